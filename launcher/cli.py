@@ -1,0 +1,210 @@
+"""The command line: `launcher run | validate | report | sim`.
+
+Thin by design: parse, merge options (flag > config file > environment),
+call into `runner`, map errors to the exit codes of interface.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from launcher import __version__
+from launcher.config import load_config_file, resolve_options
+from launcher.errors import LauncherError
+from launcher.ledger import read_ledger
+from launcher.logs import configure_logging
+from launcher.manifest import Defaults, validate
+from launcher.report import dumps_json, format_text, summarize
+
+__all__ = ["cli", "main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _run_options(func: F) -> F:
+    """The options shared by `run` (and later `replay`); every one may also come from --config."""
+    decorators = [
+        click.option(
+            "--config", "config_path", type=click.Path(dir_okay=False), help="TOML file of options."
+        ),
+        click.option("--endpoint", help="DLF endpoint URL, or `sim` for the embedded simulator."),
+        click.option(
+            "--region", help="Region id; derives the endpoint (env HUAWEICLOUD_SDK_REGION)."
+        ),
+        click.option("--project-id", help="Default project id (env HUAWEICLOUD_SDK_PROJECT_ID)."),
+        click.option("--workspace", help="Default workspace for lines that name none."),
+        click.option("--ledger", help="Ledger path (default ledgers/<manifest>-<UTC time>.jsonl)."),
+        click.option("--concurrency", type=int, help="Most requests in flight at once [64]."),
+        click.option(
+            "--per-workspace", type=int, help="Most requests in flight per workspace [no limit]."
+        ),
+        click.option(
+            "--rate", help="Most requests started per second: 30/s, 120/m, 0 = unlimited [30/s]."
+        ),
+        click.option(
+            "--burst", type=int, help="Requests that may go back to back after idling [1]."
+        ),
+        click.option("--max-attempts", type=int, help="Attempts per job, the first included [5]."),
+        click.option("--timeout", type=float, help="Per-request timeout in seconds [10]."),
+        click.option(
+            "--action",
+            type=click.Choice(["start", "stop", "run-immediate"]),
+            help="What to do to each job [start].",
+        ),
+        click.option(
+            "--allow-duplicates", is_flag=True, default=None, help="Accept the same job twice."
+        ),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            default=None,
+            help="Validate and print the plan; send nothing.",
+        ),
+        click.option(
+            "--no-canary",
+            "canary",
+            flag_value=False,
+            default=None,
+            help="Do not send the first request alone.",
+        ),
+        click.option(
+            "--adaptive/--no-adaptive",
+            default=None,
+            help="Slow down on 429s and recover along a CUBIC curve [on].",
+        ),
+        click.option(
+            "--retry-budget",
+            type=int,
+            help="Run-wide retry tokens (a retry costs 5, a success refunds 1); 0 = off [500].",
+        ),
+        click.option("--halt", help="Stop dispatching when failures cross fail=N or fail=P%."),
+        click.option("--deadline", help="Bound the whole run (30m, 90s); unsent jobs end pending."),
+        click.option(
+            "--ca-bundle",
+            type=click.Path(dir_okay=False),
+            help="Extra CA certificates (PEM) to trust.",
+        ),
+        click.option(
+            "--iam-endpoint", help="IAM endpoint for password login (default from --region)."
+        ),
+        click.option(
+            "--fsync",
+            type=click.Choice(["always", "batch", "never"]),
+            help="Ledger durability [batch].",
+        ),
+        click.option(
+            "--format",
+            "manifest_format",
+            type=click.Choice(["jsonl", "csv", "yaml"]),
+            help="Manifest format (default: by file suffix).",
+        ),
+        click.option(
+            "--log-format",
+            type=click.Choice(["auto", "console", "json"]),
+            help="Logs on stderr [auto].",
+        ),
+        click.option(
+            "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]"
+        ),
+        click.option(
+            "--progress",
+            type=click.Choice(["auto", "bar", "lines", "off"]),
+            help="Progress display [auto].",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def _fail(error: LauncherError) -> None:
+    click.echo(f"launcher: error: {error}", err=True)
+    sys.exit(error.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="launcher")
+def cli() -> None:
+    """Launch DataArts Factory (DLF) jobs in bulk: fast, paced, recorded, resumable."""
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@_run_options
+def run(manifest: str, config_path: str | None, **flags: Any) -> None:
+    """Launch every job in MANIFEST."""
+    from launcher.runner import launch
+
+    try:
+        file_values = load_config_file(config_path) if config_path else {}
+        options = resolve_options(flags, file_values, os.environ, config_path=config_path)
+        configure_logging(options.log_format, options.log_level)  # type: ignore[arg-type]
+        result = anyio.run(launch, manifest, options, dict(os.environ))
+    except LauncherError as error:
+        _fail(error)
+        return
+    sys.exit(result.exit_code)
+
+
+@cli.command("validate")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--project-id", help="Default project id applied before the duplicate check.")
+@click.option("--workspace", help="Default workspace applied before the duplicate check.")
+@click.option("--allow-duplicates", is_flag=True, help="Accept the same job twice.")
+@click.option("--format", "manifest_format", type=click.Choice(["jsonl", "csv", "yaml"]))
+def validate_command(
+    manifest: str,
+    project_id: str | None,
+    workspace: str | None,
+    allow_duplicates: bool,
+    manifest_format: str | None,
+) -> None:
+    """Check MANIFEST exactly as `run` would, and send nothing."""
+    try:
+        project = project_id or os.environ.get("HUAWEICLOUD_SDK_PROJECT_ID") or None
+        result = validate(
+            manifest,
+            Defaults(project_id=project, workspace=workspace),
+            allow_duplicates=allow_duplicates,
+            fmt=manifest_format,
+        )
+        result.raise_if_invalid()
+    except LauncherError as error:
+        _fail(error)
+        return
+    click.echo(f"{manifest}: {result.jobs} job(s), valid (sha256 {result.sha256[:16]}…)")
+
+
+@cli.command()
+@click.argument("ledgers", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+def report(ledgers: tuple[str, ...], fmt: str) -> None:
+    """Summarize one or more LEDGERS: one final outcome per job."""
+    try:
+        summary = summarize(read_ledger(path) for path in ledgers)
+    except LauncherError as error:
+        _fail(error)
+        return
+    click.echo(dumps_json(summary) if fmt == "json" else format_text(summary))
+
+
+def _register_sim() -> None:
+    from launcher.cli_sim import sim_command
+
+    cli.add_command(sim_command, "sim")
+
+
+_register_sim()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="launcher")

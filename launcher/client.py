@@ -1,0 +1,282 @@
+"""The one place that talks HTTP: DataArts Factory calls over one aiohttp session.
+
+`DlfClient.call(job, action)` turns a job into a signed request and the answer
+into a `Reply`; every other module sees only `Reply` values, never aiohttp.
+Transport failures become data too: a failure before any byte was written is
+`Failure.CONNECT` (safe to resend), anything later is ambiguous.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from launcher import __version__
+from launcher.auth import Auth
+from launcher.errors import UsageError
+from launcher.models import Action, Failure, Job, JobStatus, Reply
+
+__all__ = ["DlfClient", "endpoint_for_region", "path_segment"]
+
+CONTENT_TYPE = "application/json;charset=UTF-8"
+USER_AGENT = f"launcher/{__version__}"
+
+# Errors raised before the request could have been written: resending is safe.
+_NOT_WRITTEN: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+)
+# Errors after which the service may or may not have acted on the request.
+_AMBIGUOUS_TIMEOUTS: tuple[type[BaseException], ...] = (TimeoutError, aiohttp.ServerTimeoutError)
+
+
+def endpoint_for_region(region: str) -> str:
+    """The DLF endpoint of a region id (`cn-north-4`, `eu-west-101`, ...)."""
+    if not region or any(c.isspace() or c == "/" for c in region):
+        raise UsageError(f"--region: invalid region id {region!r}")
+    suffix = "myhuaweicloud.eu" if region.startswith("eu-") else "myhuaweicloud.com"
+    return f"https://dayu-dlf.{region}.{suffix}"
+
+
+def path_segment(value: str) -> str:
+    """Percent-encode `value` as exactly one path segment.
+
+    `/`, `?`, `#`, spaces and non-ASCII are escaped; a segment made only of
+    dots (`.`, `..`) is escaped too, because proxies and servers would
+    otherwise collapse it as a relative path and start a different job.
+    """
+    encoded = quote(value, safe="~")
+    if encoded.strip(".") == "":
+        encoded = encoded.replace(".", "%2E")
+    return encoded
+
+
+class DlfClient:
+    """DLF job calls over one aiohttp session whose pool matches the concurrency.
+
+    Use as an async context manager. `auth_factory` gets the session, so that
+    an IAM password login can reuse the same pool.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        auth_factory: Callable[[aiohttp.ClientSession], Auth],
+        *,
+        concurrency: int,
+        timeout: float,
+        ca_bundle: str | None = None,
+    ) -> None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise UsageError(f"--endpoint: expected an http(s) URL, got {endpoint!r}")
+        self._scheme = parts.scheme
+        self._host = parts.netloc
+        self._base = parts.path.rstrip("/")
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._auth_factory = auth_factory
+        self._concurrency = concurrency
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=timeout)
+        self._ca_bundle = ca_bundle
+        self._session: aiohttp.ClientSession | None = None
+        self._auth: Auth | None = None
+
+    @property
+    def auth(self) -> Auth:
+        """The authentication in use (available inside the context)."""
+        if self._auth is None:
+            raise RuntimeError("DlfClient used outside its context")
+        return self._auth
+
+    async def __aenter__(self) -> DlfClient:
+        ssl_context: ssl.SSLContext | bool = False
+        if self._scheme == "https":
+            # Verification is always on; --ca-bundle only adds trust for private CAs.
+            ssl_context = ssl.create_default_context(cafile=self._ca_bundle)
+        connector = aiohttp.TCPConnector(
+            limit=self._concurrency + 4,  # + room for status checks beside the starts
+            limit_per_host=0,
+            ssl=ssl_context,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            headers={"User-Agent": USER_AGENT},
+            skip_auto_headers=("Accept-Encoding",),
+            auto_decompress=False,
+            json_serialize=lambda obj: orjson.dumps(obj).decode(),
+        )
+        self._auth = self._auth_factory(self._session)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def refresh_auth(self) -> bool:
+        """Renew the credentials after the service said so; True when a retry may succeed."""
+        return await self.auth.refresh()
+
+    async def call(self, job: Job, action: Action) -> Reply:
+        """Send `action` (start, stop, run-immediate) for `job`; never raises for HTTP trouble."""
+        path = (
+            f"{self._base}/v1/{path_segment(job.project_id or '')}"
+            f"/jobs/{path_segment(job.name)}/{action}"
+        )
+        body = _job_body(job)
+        reply, payload = await self._request("POST", path, (), job, body)
+        if action == "run-immediate" and payload is not None and reply.status == 200:
+            instance_id = payload.get("instanceId")
+            if isinstance(instance_id, int):
+                return _with_instance(reply, instance_id)
+        return reply
+
+    async def job_status(self, job: Job) -> JobStatus:
+        """Ask the job list (filtered by name, same workspace) what state `job` is in."""
+        path = f"{self._base}/v1/{path_segment(job.project_id or '')}/jobs"
+        query = (("jobName", job.name), ("jobType", "BATCH"), ("limit", "100"))
+        reply, payload = await self._request("GET", path, query, job, b"")
+        if payload is None or reply.status != 200:
+            return JobStatus(reply, None, False)
+        for entry in payload.get("jobs") or ():
+            if isinstance(entry, dict) and entry.get("name") == job.name:
+                status = entry.get("status")
+                return JobStatus(reply, status if isinstance(status, str) else None, True)
+        return JobStatus(reply, None, False)
+
+    async def instances(
+        self, job: Job, min_plan_time_ms: int
+    ) -> tuple[Reply, list[dict[str, Any]]]:
+        """Instances of `job` planned at or after `min_plan_time_ms` (epoch milliseconds)."""
+        path = f"{self._base}/v1/{path_segment(job.project_id or '')}/jobs/instances/detail"
+        query = (("jobName", job.name), ("minPlanTime", str(min_plan_time_ms)), ("limit", "100"))
+        reply, payload = await self._request("GET", path, query, job, b"")
+        found: list[dict[str, Any]] = []
+        if payload is not None and reply.status == 200:
+            found = [
+                entry
+                for entry in payload.get("instances") or ()
+                if isinstance(entry, dict) and entry.get("jobName") == job.name
+            ]
+        return reply, found
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        job: Job,
+        body: bytes,
+    ) -> tuple[Reply, dict[str, Any] | None]:
+        session = self._session
+        auth = self._auth
+        if session is None or auth is None:
+            raise RuntimeError("DlfClient used outside its context")
+        headers = {"Host": self._host}
+        if method == "POST":
+            headers["Content-Type"] = CONTENT_TYPE
+        if job.project_id:
+            headers["X-Project-Id"] = job.project_id
+        if job.workspace:
+            headers["workspace"] = job.workspace
+        await auth.apply(method, self._host, path, query, headers, body)
+        target = self._origin + path
+        if query:
+            target += "?" + "&".join(f"{quote(k, safe='~')}={quote(v, safe='~')}" for k, v in query)
+        started = time.perf_counter()
+        try:
+            async with session.request(
+                method, URL(target, encoded=True), data=body or None, headers=headers
+            ) as response:
+                status = response.status
+                raw = await response.read()
+                latency = time.perf_counter() - started
+                return _reply_from_answer(status, response.headers, raw, latency)
+        except _NOT_WRITTEN:
+            return Reply(None, time.perf_counter() - started, failure=Failure.CONNECT), None
+        except _AMBIGUOUS_TIMEOUTS:
+            return Reply(None, time.perf_counter() - started, failure=Failure.TIMEOUT), None
+        except (aiohttp.ClientError, OSError):
+            return Reply(None, time.perf_counter() - started, failure=Failure.DISCONNECT), None
+
+
+def _job_body(job: Job) -> bytes:
+    params = []
+    for param in job.params:
+        entry = {"name": param.name, "value": param.value}
+        if param.param_type is not None:
+            entry["paramType"] = param.param_type
+        params.append(entry)
+    return orjson.dumps({"jobParams": params})
+
+
+def _with_instance(reply: Reply, instance_id: int) -> Reply:
+    return Reply(
+        reply.status,
+        reply.latency,
+        request_id=reply.request_id,
+        instance_id=instance_id,
+    )
+
+
+def _reply_from_answer(
+    status: int, headers: Any, raw: bytes, latency: float
+) -> tuple[Reply, dict[str, Any] | None]:
+    request_id = headers.get("X-Request-Id")
+    retry_after = _retry_after(headers.get("Retry-After")) if status in (429, 503) else None
+    if status == 204 or not raw:
+        return Reply(status, latency, request_id=request_id, retry_after=retry_after), None
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        payload = None
+    if not isinstance(payload, dict):
+        return Reply(status, latency, request_id=request_id, retry_after=retry_after), None
+    if status < 300:
+        return Reply(status, latency, request_id=request_id), payload
+    code = payload.get("error_code")
+    message = payload.get("error_msg")
+    body_request_id = payload.get("request_id")
+    return (
+        Reply(
+            status,
+            latency,
+            error_code=code if isinstance(code, str) else None,
+            error_msg=message if isinstance(message, str) else None,
+            request_id=body_request_id if isinstance(body_request_id, str) else request_id,
+            retry_after=retry_after,
+        ),
+        payload,
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

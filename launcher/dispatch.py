@@ -1,0 +1,391 @@
+"""The dispatcher: launch a stream of jobs with bounded concurrency, pacing and retries.
+
+It knows nothing of HTTP. It drives a `Service` (send an action, check a job's
+state, refresh credentials) and a `Recorder` (the ledger), and decides what to
+do with each reply through the pure functions of `launcher.policy`.
+
+Shape: one feeder task pulls jobs lazily from the manifest iterator into a
+bounded memory stream; `concurrency` workers take jobs from it, each running
+one job's whole attempt loop. Memory is therefore proportional to the
+concurrency, never to the manifest. Everything lives in one anyio task group.
+
+Stopping is designed in three strengths:
+- `stop(reason)`: no new attempt starts; requests in flight finish and are
+  recorded (graceful shutdown, `--deadline`, safety stops);
+- cancelling the caller's scope: in-flight requests are abandoned (their
+  intents stay in the ledger without results, so they read as `unknown`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from launcher.adaptive import AdaptiveRate
+from launcher.errors import AuthFailed, HaltError
+from launcher.models import Action, Job, JobStatus, Reply
+from launcher.pacing import Pacer
+from launcher.policy import HaltRule, RetryBudget, RetryPolicy, Verdict, classify, retry_delay
+
+__all__ = [
+    "DispatchSettings",
+    "Dispatcher",
+    "Recorder",
+    "Service",
+    "Tally",
+    "failure_key",
+]
+
+
+class Service(Protocol):
+    """What the dispatcher needs from the DLF client."""
+
+    async def call(self, job: Job, action: Action) -> Reply: ...
+
+    async def job_status(self, job: Job) -> JobStatus: ...
+
+    async def refresh_auth(self) -> bool: ...
+
+
+class Recorder(Protocol):
+    """What the dispatcher needs from the ledger."""
+
+    def intent(self, job: Job, attempt: int, action: Action) -> None: ...
+
+    def result(
+        self, job: Job, attempt: int, reply: Reply, verdict: str, outcome: str | None
+    ) -> None: ...
+
+    def check(
+        self,
+        job: Job,
+        attempt: int,
+        reply: Reply,
+        state: str | None,
+        conclusion: str,
+        outcome: str | None = None,
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    """How a run dispatches. `per_workspace` 0 means only the global limit applies."""
+
+    action: Action = "start"
+    concurrency: int = 64
+    per_workspace: int = 0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    canary: bool = True
+    status_checks: int = 3  # tries at the status check that settles an ambiguous attempt
+    halt: HaltRule | None = None
+
+
+@dataclass(slots=True)
+class Tally:
+    """Live counters of a run, read by the progress display."""
+
+    total: int = 0
+    done: int = 0
+    started: int = 0
+    failed: int = 0
+    unknown: int = 0
+    attempts: int = 0
+    in_flight: int = 0
+    throttled: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+
+
+def failure_key(reply: Reply) -> str:
+    """How a failed reply is counted in reports: its error code, else `HTTP 503`, else `timeout`."""
+    if reply.error_code:
+        return reply.error_code
+    if reply.status is not None:
+        return f"HTTP {reply.status}"
+    return reply.failure.value if reply.failure is not None else "error"
+
+
+# What a status check says about an ambiguous `start`/`stop`.
+_TOOK_EFFECT = {"start": "SCHEDULING", "stop": "STOPPED"}
+_NOT_TAKEN = {"start": frozenset({"STOPPED", "PAUSED"}), "stop": frozenset({"SCHEDULING"})}
+
+
+class Dispatcher:
+    """Runs jobs through a `Service`, recording every attempt with a `Recorder`."""
+
+    def __init__(
+        self,
+        service: Service,
+        recorder: Recorder,
+        pacer: Pacer,
+        settings: DispatchSettings,
+        *,
+        tally: Tally | None = None,
+        rand: random.Random | None = None,
+        flow: AdaptiveRate | None = None,
+        budget: RetryBudget | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._service = service
+        self._recorder = recorder
+        self._pacer = pacer
+        self._settings = settings
+        self.tally = tally if tally is not None else Tally()
+        self._rand = rand if rand is not None else random.Random()
+        self._flow = flow
+        self._budget = budget
+        self._clock = clock
+        self._stopped = anyio.Event()  # wakes jobs sleeping in a backoff when the run stops
+        self._workspace_limits: dict[str | None, anyio.CapacityLimiter] = {}
+        self._stopping = False
+        self.stop_reason: str | None = None
+        self.halt_error: HaltError | None = None
+        self._canary_answered = anyio.Event()
+
+    # -- control --------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """True once `stop` was called: no new attempt will start."""
+        return self._stopping
+
+    def stop(self, reason: str, error: HaltError | None = None) -> None:
+        """Stop starting attempts; requests in flight finish. The first reason wins."""
+        if not self._stopping:
+            self._stopping = True
+            self.stop_reason = reason
+            self.halt_error = error
+        self._stopped.set()
+        self._canary_answered.set()  # release a feeder waiting on the canary
+
+    async def run(self, jobs: Iterable[Job]) -> None:
+        """Launch every job of `jobs` (pulled lazily) and return when all are settled."""
+        send, receive = anyio.create_memory_object_stream[Job](self._settings.concurrency)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._feed, jobs, send)
+            async with receive:
+                for _ in range(self._settings.concurrency):
+                    tg.start_soon(self._work, receive.clone())
+
+    # -- tasks ----------------------------------------------------------------
+
+    async def _feed(self, jobs: Iterable[Job], send: ObjectSendStream[Job]) -> None:
+        async with send:
+            canary = self._settings.canary
+            for job in jobs:
+                if self._stopping:
+                    return
+                await send.send(job)
+                if canary:
+                    # The first request goes alone: if the credentials are wrong,
+                    # one rejection is all the service sees, not one per worker.
+                    canary = False
+                    await self._canary_answered.wait()
+            self._canary_answered.set()
+
+    async def _work(self, receive: ObjectReceiveStream[Job]) -> None:
+        async with receive:
+            async for job in receive:
+                if self._stopping:
+                    continue  # left pending: drained, never attempted
+                try:
+                    await self._launch(job)
+                finally:
+                    # A canary that never got an HTTP answer (service unreachable)
+                    # still releases the others: they will meet the same fate,
+                    # and each records it.
+                    self._canary_answered.set()
+
+    def _workspace_limit(self, workspace: str | None) -> anyio.CapacityLimiter:
+        limiter = self._workspace_limits.get(workspace)
+        if limiter is None:
+            limiter = anyio.CapacityLimiter(self._settings.per_workspace)
+            self._workspace_limits[workspace] = limiter
+        return limiter
+
+    async def _attempt(self, job: Job, attempt: int, action: Action) -> Reply | None:
+        """Wait for a send slot, record the intent, send. None: stopped before sending."""
+        await self._pacer.wait()
+        if self._stopping:
+            return None
+        self._recorder.intent(job, attempt, action)
+        tally = self.tally
+        tally.attempts += 1
+        tally.in_flight += 1
+        flow = self._flow
+        sent_at = self._clock()
+        if flow is not None:
+            flow.on_send(sent_at)
+        try:
+            reply = await self._service.call(job, action)
+        finally:
+            tally.in_flight -= 1
+        if flow is not None:
+            self._adapt(flow, reply, sent_at)
+        return reply
+
+    def _adapt(self, flow: AdaptiveRate, reply: Reply, sent_at: float) -> None:
+        """Feed the adaptive rate and hand its new rate to the pacer."""
+        now = self._clock()
+        if reply.status == 429:
+            if not flow.on_throttle(now, sent_at):
+                return
+        elif reply.status is not None:
+            flow.on_accept(now)
+            if not flow.throttled:
+                return
+        else:
+            return
+        bucket = self._pacer.bucket
+        rate = flow.rate
+        if rate != bucket.rate:
+            bucket.set_rate(rate, now)
+
+    async def _launch(self, job: Job) -> None:
+        """One job's attempt loop: send, classify, settle or back off and resend."""
+        action: Action = job.action or self._settings.action
+        policy = self._settings.retry
+        refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            if self._settings.per_workspace > 0:
+                async with self._workspace_limit(job.workspace):
+                    reply = await self._attempt(job, attempt, action)
+            else:
+                reply = await self._attempt(job, attempt, action)
+            if reply is None:
+                return None  # stopped while waiting for a slot: the job stays pending
+            verdict = classify(reply)
+            if reply.status is not None and verdict not in _AUTH:
+                self._canary_answered.set()
+
+            if verdict is Verdict.STARTED:
+                if self._budget is not None:
+                    self._budget.refund()
+                return self._settle(job, attempt, reply, verdict, "started")
+            if verdict is Verdict.PERMANENT:
+                return self._settle(job, attempt, reply, verdict, "failed")
+            if verdict is Verdict.REFRESH_AUTH and not refreshed and attempt < policy.max_attempts:
+                refreshed = True
+                self._recorder.result(job, attempt, reply, verdict, None)
+                if await self._service.refresh_auth():
+                    continue
+                verdict = Verdict.AUTH_FAILED
+            if verdict in _AUTH:
+                self._settle(job, attempt, reply, Verdict.AUTH_FAILED, "failed")
+                self.stop("auth", AuthFailed(_auth_message(reply)))
+                return None
+            if verdict is Verdict.AMBIGUOUS:
+                self._recorder.result(job, attempt, reply, verdict, None)
+                conclusion = await self._reconcile(job, attempt, action)
+                if conclusion != "not_taken":
+                    return None  # settled by the check: started, or unknown
+                if attempt >= policy.max_attempts or not self._may_retry(verdict):
+                    self._final(job, attempt, reply, "failed")
+                    return None
+            elif attempt >= policy.max_attempts or not self._may_retry(verdict):
+                return self._settle(job, attempt, reply, verdict, "failed")
+            else:
+                self._recorder.result(job, attempt, reply, verdict, None)
+            if verdict is Verdict.THROTTLED:
+                self.tally.throttled += 1
+            delay = retry_delay(verdict, reply, attempt, policy, self._rand)
+            if delay > 0.0:
+                with anyio.move_on_after(delay):
+                    await self._stopped.wait()
+            if self._stopping:
+                return None  # the ledger shows a retryable last attempt: the job is pending
+
+    def _may_retry(self, verdict: Verdict) -> bool:
+        return self._budget is None or self._budget.try_spend(verdict)
+
+    async def _reconcile(self, job: Job, attempt: int, action: Action) -> str:
+        """Settle an ambiguous attempt by asking the service; never resend blindly.
+
+        Returns `started` (the check saw the action take effect), `not_taken`
+        (safe to send again) or `unknown` (the check itself kept failing, or
+        the action has no state to check).
+        """
+        took_effect = _TOOK_EFFECT.get(action)
+        not_taken = _NOT_TAKEN.get(action)
+        if took_effect is None or not_taken is None:
+            self._recorder.check(job, attempt, _NO_REPLY, None, "uncheckable", "unknown")
+            self._count_final("unknown", None)
+            return "unknown"
+        policy = self._settings.retry
+        last: JobStatus | None = None
+        for check in range(1, self._settings.status_checks + 1):
+            # Wait first: an answer that was lost may still be in the service's hands.
+            await anyio.sleep(retry_delay(Verdict.TRANSIENT, _NO_REPLY, check, policy, self._rand))
+            last = await self._service.job_status(job)
+            state = last.state
+            if state == took_effect:
+                self._recorder.check(job, attempt, last.reply, state, "took_effect", "started")
+                self._count_final("started", None)
+                return "started"
+            if (state is not None and state in not_taken) or (
+                last.reply.status == 200 and not last.found
+            ):
+                # Absent from the list: the job does not exist, so the start
+                # cannot have worked; resending gets the service's own verdict.
+                self._recorder.check(job, attempt, last.reply, state, "not_taken")
+                return "not_taken"
+            self._recorder.check(job, attempt, last.reply, state, "check_failed")
+        reply = last.reply if last is not None else _NO_REPLY
+        self._recorder.check(job, attempt, reply, None, "gave_up", "unknown")
+        self._count_final("unknown", None)
+        return "unknown"
+
+    # -- bookkeeping ----------------------------------------------------------
+
+    def _settle(self, job: Job, attempt: int, reply: Reply, verdict: Verdict, outcome: str) -> None:
+        self._recorder.result(job, attempt, reply, verdict, outcome)
+        self._count_final(outcome, reply)
+
+    def _final(self, job: Job, attempt: int, reply: Reply, outcome: str) -> None:
+        self._recorder.check(job, attempt, reply, None, "attempts_exhausted", outcome)
+        self._count_final(outcome, reply)
+
+    def _count_final(self, outcome: str, reply: Reply | None) -> None:
+        tally = self.tally
+        tally.done += 1
+        if outcome == "started":
+            tally.started += 1
+        elif outcome == "failed":
+            tally.failed += 1
+            if reply is not None:
+                tally.failures[failure_key(reply)] += 1
+            halt = self._settings.halt
+            if halt is not None and halt.tripped(tally.failed, tally.done, tally.total):
+                self.stop(
+                    "halt",
+                    HaltError(
+                        f"failure threshold --halt {halt.describe()} crossed: "
+                        f"{tally.failed} failed of {tally.done} settled"
+                    ),
+                )
+        else:
+            tally.unknown += 1
+
+
+_AUTH = frozenset({Verdict.AUTH_FAILED, Verdict.REFRESH_AUTH})
+_NO_REPLY = Reply(None, 0.0)
+
+
+def _auth_message(reply: Reply) -> str:
+    detail = f"HTTP {reply.status}"
+    if reply.error_code:
+        detail += f" {reply.error_code}"
+    if reply.error_msg:
+        detail += f": {reply.error_msg}"
+    return (
+        f"authentication failed ({detail}); check the credentials, the project id and the "
+        "endpoint. Stopped at once: repeated bad signatures lock an AK/SK pair for 5 minutes."
+    )

@@ -1,0 +1,62 @@
+"""The launcher's error tree; the CLI maps each branch to an exit code.
+
+    LauncherError
+    ├── UsageError          bad options or input; nothing was sent      → exit 2
+    │   └── ManifestInvalid bad manifest lines (carries every message)  → exit 2
+    └── HaltError           a safety stop during a run                  → exit 3
+        ├── AuthFailed      the service rejected our credentials
+        └── LedgerFailed    the ledger cannot be written
+
+Outcomes of individual requests are data (`models.Reply`), never exceptions:
+one failed start does not stop a run.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthFailed",
+    "HaltError",
+    "LauncherError",
+    "LedgerFailed",
+    "ManifestInvalid",
+    "UsageError",
+]
+
+
+class LauncherError(Exception):
+    """Base of every error the launcher raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(LauncherError):
+    """Bad usage or bad input, found before anything was sent."""
+
+    exit_code = 2
+
+
+class ManifestInvalid(UsageError):
+    """The manifest has bad lines; `messages` holds `FILE:LINE: field: problem` lines."""
+
+    def __init__(self, messages: list[str], total: int) -> None:
+        self.messages = messages
+        self.total = total
+        more = total - len(messages)
+        text = "\n".join(messages)
+        if more > 0:
+            text += f"\n... and {more} more error(s)"
+        super().__init__(text)
+
+
+class HaltError(LauncherError):
+    """A safety stop: dispatching was halted before the manifest was done."""
+
+    exit_code = 3
+
+
+class AuthFailed(HaltError):
+    """The service rejected the credentials, and a refresh could not fix it."""
+
+
+class LedgerFailed(HaltError):
+    """The ledger could not be written; nothing more may be sent."""

@@ -1,0 +1,105 @@
+"""The records that flow through the launcher: a job and its parameters.
+
+A `Job` is what one manifest line asks for, with the run's defaults (project,
+workspace) already applied, so two lines that mean the same start are equal and
+share one identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+import orjson
+
+__all__ = ["ACTIONS", "Action", "Failure", "Job", "JobParam", "JobStatus", "Reply", "job_identity"]
+
+Action = Literal["start", "stop", "run-immediate"]
+ACTIONS: tuple[Action, ...] = ("start", "stop", "run-immediate")
+
+
+@dataclass(frozen=True, slots=True)
+class JobParam:
+    """One entry of the request body's `jobParams` list."""
+
+    name: str
+    value: str
+    param_type: str | None = None  # "variable" | "constants" | None (service default)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One job to launch, fully resolved.
+
+    `id` is the manifest's `id` when given, else `job_identity(...)`; resume,
+    replay, sharding and reports key on it. `line` is the manifest line it came
+    from (1-based), for messages.
+    """
+
+    id: str
+    name: str
+    params: tuple[JobParam, ...]
+    workspace: str | None
+    project_id: str | None
+    line: int = 0
+    action: Action | None = None  # None: the run's --action
+
+
+def job_identity(
+    project_id: str | None,
+    workspace: str | None,
+    name: str,
+    params: tuple[JobParam, ...],
+) -> str:
+    """A stable identity for a job: 32 hex digits of SHA-256 over its canonical form.
+
+    Param order matters (the service receives a list), so it is kept as given.
+    The same inputs give the same identity on every machine and in every
+    version, because resume and replay compare identities across runs.
+    """
+    canonical = orjson.dumps(
+        [project_id, workspace, name, [[p.name, p.value, p.param_type] for p in params]]
+    )
+    return hashlib.sha256(canonical).hexdigest()[:32]
+
+
+class Failure(StrEnum):
+    """How a request failed when no HTTP answer was read.
+
+    `CONNECT` failures happen before any byte of the request was written
+    (refused connection, DNS, TLS handshake), so resending is safe. The others
+    may follow a request the service received and acted on: ambiguous.
+    """
+
+    CONNECT = "connect"
+    TIMEOUT = "timeout"
+    DISCONNECT = "disconnect"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What one attempt got back: an HTTP answer, or a transport failure."""
+
+    status: int | None  # None when no HTTP answer was read
+    latency: float  # seconds, send to answer (or to failure)
+    error_code: str | None = None
+    error_msg: str | None = None
+    request_id: str | None = None
+    failure: Failure | None = None
+    retry_after: float | None = None  # seconds, from a Retry-After header
+    instance_id: int | None = None  # run-immediate's answer
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    """The job list's view of one job, used to settle ambiguous attempts.
+
+    `state` is `SCHEDULING`, `STOPPED` or `PAUSED` when the list named the job;
+    None when the list did not answer (see `reply`) or did not contain it.
+    """
+
+    reply: Reply
+    state: str | None
+    found: bool

@@ -1,0 +1,121 @@
+"""When requests may leave: rate parsing and an evenly paced token bucket.
+
+The bucket is GCRA (the "virtual scheduling" form of a token bucket): it keeps
+one number, the theoretical arrival time of the next request, so every
+reservation is O(1) and the spacing between sends is exact on a monotonic
+clock instead of bursting at the top of each second. `burst` > 1 lets that many
+requests go back to back after an idle spell, as a classic bucket would.
+
+`TokenBucket` is pure (time is an argument) so tables of cases test it fully;
+`Pacer` is the thin async wrapper the dispatcher awaits.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+
+__all__ = ["Pacer", "TokenBucket", "format_rate", "parse_rate"]
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$")
+_PER_SECOND = {
+    None: 1.0,
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
+
+
+def parse_rate(text: str) -> float:
+    """Parse `30/s`, `120/m`, `5000/h` or a bare number (per second) into requests per second.
+
+    `0` means unlimited and parses to 0.0. Raises ValueError with a message
+    fit for the user on anything else.
+    """
+    match = _RATE.match(text)
+    if match is None:
+        raise ValueError(
+            f"invalid rate {text!r}: write it as 30/s, 120/m, 5000/h, or 0 for unlimited"
+        )
+    amount = float(match.group(1))
+    if not math.isfinite(amount):
+        raise ValueError(f"invalid rate {text!r}: must be finite")
+    return amount / _PER_SECOND[match.group(2)]
+
+
+def format_rate(per_second: float) -> str:
+    """The inverse of `parse_rate` for display: `30/s`, `2/m`-style for slow rates, `unlimited`."""
+    if per_second <= 0:
+        return "unlimited"
+    if per_second >= 1:
+        return f"{per_second:g}/s"
+    return f"{per_second * 60:g}/m"
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """An evenly paced token bucket (GCRA) on a caller-supplied clock.
+
+    `rate` is requests per second (0 or less: unlimited); `burst` is how many
+    requests may go back to back after an idle spell (1: perfectly even pacing).
+    """
+
+    rate: float
+    burst: int = 1
+    _tat: float = -math.inf  # theoretical arrival time of the next request
+
+    def reserve(self, now: float) -> float:
+        """Claim the next send slot and return how long to wait for it (0.0: go now).
+
+        Each call claims its own slot, so N concurrent callers are spread out
+        evenly: the k-th waits about k/rate.
+        """
+        if self.rate <= 0:
+            return 0.0
+        interval = 1.0 / self.rate
+        earliest = self._tat - (self.burst - 1) * interval
+        send_at = max(now, earliest)
+        self._tat = max(self._tat, now) + interval
+        return send_at - now
+
+    def set_rate(self, rate: float, now: float) -> None:
+        """Change the rate from now on, so slots not yet claimed follow the new rate.
+
+        Already-claimed slots keep their times; the theoretical arrival time is
+        pulled forward when the rate rises, so a faster rate applies at once.
+        """
+        if rate > 0 and self.rate > 0 and self._tat > now:
+            # Re-space the backlog of the next slot onto the new interval.
+            self._tat = now + (self._tat - now) * (self.rate / rate)
+        self.rate = rate
+
+
+class Pacer:
+    """Async front of a `TokenBucket`: `await pacer.wait()` before each send."""
+
+    __slots__ = ("_bucket", "_clock")
+
+    def __init__(self, bucket: TokenBucket, clock: Callable[[], float] = time.monotonic) -> None:
+        self._bucket = bucket
+        self._clock = clock
+
+    @property
+    def bucket(self) -> TokenBucket:
+        """The bucket behind this pacer (the adaptive controller adjusts its rate)."""
+        return self._bucket
+
+    async def wait(self) -> None:
+        """Sleep until this caller's slot; return at once when the rate is unlimited."""
+        delay = self._bucket.reserve(self._clock())
+        if delay > 0.0:
+            await anyio.sleep(delay)

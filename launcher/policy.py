@@ -1,0 +1,239 @@
+"""Retry policy as pure functions: classify an attempt's reply, decide what comes next.
+
+Nothing here does I/O or reads a clock, so every rule is covered by a table of
+cases in tests/test_policy.py.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from launcher.models import Failure, Reply
+
+__all__ = [
+    "HaltRule",
+    "RetryBudget",
+    "RetryPolicy",
+    "Verdict",
+    "backoff_delay",
+    "classify",
+    "parse_duration",
+    "parse_halt",
+    "retry_delay",
+]
+
+
+class Verdict(StrEnum):
+    """What one attempt's reply means for the job."""
+
+    STARTED = "started"  # 2xx: the action took effect
+    PERMANENT = "permanent"  # the service refused for good (job missing, bad params, wrong path)
+    REFRESH_AUTH = "refresh_auth"  # token must be renewed (APIGW.0307): refresh, retry once
+    AUTH_FAILED = "auth_failed"  # credentials rejected: stop the whole run
+    THROTTLED = "throttled"  # 429: back off (honouring Retry-After) and retry
+    TRANSIENT = "transient"  # 5xx, or failed before the request was written: safe to retry
+    AMBIGUOUS = "ambiguous"  # the request may have reached the service: check before resending
+
+    @property
+    def retryable(self) -> bool:
+        """True for verdicts that allow another attempt (ambiguous ones after a check)."""
+        return self in _RETRYABLE
+
+
+_RETRYABLE = frozenset(
+    {Verdict.REFRESH_AUTH, Verdict.THROTTLED, Verdict.TRANSIENT, Verdict.AMBIGUOUS}
+)
+
+_TOKEN_MUST_BE_UPDATED = "APIGW.0307"
+
+
+def classify(reply: Reply) -> Verdict:
+    """Map a reply (HTTP answer or transport failure) to a verdict.
+
+    | reply                                   | verdict      |
+    |-----------------------------------------|--------------|
+    | 2xx                                     | STARTED      |
+    | 401 APIGW.0307                          | REFRESH_AUTH |
+    | other 401, any 403                      | AUTH_FAILED  |
+    | 429                                     | THROTTLED    |
+    | 5xx                                     | TRANSIENT    |
+    | other 4xx (DLF.* codes, 404), 1xx, 3xx  | PERMANENT    |
+    | connect failure (nothing written)       | TRANSIENT    |
+    | timeout, reset after writing            | AMBIGUOUS    |
+    """
+    status = reply.status
+    if status is None:
+        return Verdict.TRANSIENT if reply.failure is Failure.CONNECT else Verdict.AMBIGUOUS
+    if 200 <= status < 300:
+        return Verdict.STARTED
+    if status == 429:
+        return Verdict.THROTTLED
+    if status >= 500:
+        return Verdict.TRANSIENT
+    if status == 401:
+        if reply.error_code == _TOKEN_MUST_BE_UPDATED:
+            return Verdict.REFRESH_AUTH
+        return Verdict.AUTH_FAILED
+    if status == 403:
+        return Verdict.AUTH_FAILED
+    return Verdict.PERMANENT
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently to retry.
+
+    `base` and `cap` bound exponential backoff with full jitter; throttled
+    attempts start from `throttle_base` instead, because Huawei advises waiting
+    2-5 s after a 429 and hammering a throttled key only extends the throttling.
+    """
+
+    max_attempts: int = 5
+    base: float = 0.1
+    cap: float = 20.0
+    throttle_base: float = 1.0
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rand: random.Random) -> float:
+    """Full-jitter exponential backoff after failed attempt number `attempt` (1-based).
+
+    Uniform in [0, min(cap, base * 2**(attempt-1))]: the AWS "full jitter"
+    scheme, which spreads retries of many clients apart instead of syncing them.
+    """
+    ceiling = min(cap, base * (2.0 ** min(attempt - 1, 62)))
+    return rand.uniform(0.0, ceiling)
+
+
+def retry_delay(
+    verdict: Verdict, reply: Reply, attempt: int, policy: RetryPolicy, rand: random.Random
+) -> float:
+    """Seconds to wait before the attempt after `attempt`, for a retryable verdict.
+
+    A throttled reply with Retry-After waits at least that long (capped by
+    `policy.cap`, so a hostile header cannot park the run); a token refresh
+    retries at once.
+    """
+    if verdict is Verdict.REFRESH_AUTH:
+        return 0.0
+    if verdict is Verdict.THROTTLED:
+        delay = backoff_delay(attempt, policy.throttle_base, policy.cap, rand)
+        if reply.retry_after is not None:
+            delay = max(delay, min(reply.retry_after, policy.cap))
+        return delay
+    return backoff_delay(attempt, policy.base, policy.cap, rand)
+
+
+@dataclass(slots=True)
+class RetryBudget:
+    """A run-wide retry quota, like the AWS SDK standard mode's, so a sick service is not hammered.
+
+    Each retry of a 5xx or refused connection costs `retry_cost` tokens, each
+    retry after a lost answer `timeout_cost`; each first-attempt success gives
+    one back, up to `capacity`. When the tokens run out, failing jobs are not
+    retried until successes refill the quota. Throttled retries are free: the
+    adaptive rate already slows every sender down, and a 429 is the service
+    asking for exactly that.
+    """
+
+    capacity: int = 500
+    retry_cost: int = 5
+    timeout_cost: int = 10
+    tokens: int = -1  # -1: start full
+    exhausted: int = 0  # retries refused so far
+
+    def __post_init__(self) -> None:
+        if self.tokens < 0:
+            self.tokens = self.capacity
+
+    def try_spend(self, verdict: Verdict) -> bool:
+        """Pay for one retry after `verdict`; False (and nothing paid) when the quota is spent."""
+        if verdict in (Verdict.THROTTLED, Verdict.REFRESH_AUTH):
+            return True
+        cost = self.timeout_cost if verdict is Verdict.AMBIGUOUS else self.retry_cost
+        if self.tokens < cost:
+            self.exhausted += 1
+            return False
+        self.tokens -= cost
+        return True
+
+    def refund(self) -> None:
+        """A request succeeded: one token back."""
+        if self.tokens < self.capacity:
+            self.tokens += 1
+
+
+@dataclass(frozen=True, slots=True)
+class HaltRule:
+    """`--halt fail=N` or `--halt fail=P%`: stop dispatching when failures cross it.
+
+    A percentage is of the jobs settled so far, once `min_settled` have been
+    (so the first failure of a run is not 100%), or of the whole manifest,
+    whichever trips first.
+    """
+
+    count: int | None = None
+    fraction: float | None = None
+    min_settled: int = 20
+
+    def tripped(self, failed: int, settled: int, total: int) -> bool:
+        """True when `failed` failures among `settled` jobs (of `total`) cross the rule."""
+        if self.count is not None:
+            return failed >= self.count
+        if self.fraction is None or failed == 0:
+            return False
+        if total and failed >= math.ceil(self.fraction * total):
+            return True
+        return settled >= self.min_settled and failed / settled >= self.fraction
+
+    def describe(self) -> str:
+        """The rule as the user wrote it."""
+        if self.count is not None:
+            return f"fail={self.count}"
+        return f"fail={(self.fraction or 0.0) * 100:g}%"
+
+
+def parse_halt(text: str) -> HaltRule:
+    """Parse `fail=N` or `fail=P%` (also `N`/`P%` alone); ValueError with a hint otherwise."""
+    spec = text.strip()
+    if spec.startswith("fail="):
+        spec = spec[5:]
+    try:
+        if spec.endswith("%"):
+            percent = float(spec[:-1])
+            if not 0.0 < percent <= 100.0:
+                raise ValueError
+            return HaltRule(fraction=percent / 100.0)
+        count = int(spec)
+        if count < 1:
+            raise ValueError
+        return HaltRule(count=count)
+    except ValueError:
+        raise ValueError(
+            f"invalid --halt {text!r}: write fail=N (N failed jobs) or fail=P% (0 < P <= 100)"
+        ) from None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s|ms)?", re.IGNORECASE)
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Parse `30m`, `90s`, `1h30m`, `250ms` or bare seconds into seconds (> 0)."""
+    spec = text.strip().lower()
+    position = 0
+    total = 0.0
+    while position < len(spec):
+        match = _DURATION.match(spec, position)
+        if match is None or match.end() == position:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+        while position < len(spec) and spec[position] == " ":
+            position += 1
+    if not spec or position != len(spec) or total <= 0.0:
+        raise ValueError(f"invalid duration {text!r}: write it as 30m, 90s, 1h30m or 250ms")
+    return total

@@ -1,0 +1,359 @@
+"""`launcher run`: validate, plan, dispatch, record, report; and the exit code.
+
+This is the one module that wires the stages together. It owns the run's
+task group: the dispatcher, the ledger's group-commit flusher, the progress
+display and the signal handler all live in it, and all of them stop when
+dispatching ends.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+import anyio
+import orjson
+
+from launcher import __version__
+from launcher.adaptive import AdaptiveRate
+from launcher.auth import Auth, NoAuth, auth_from_env, iam_endpoint_for_region
+from launcher.client import DlfClient, endpoint_for_region, path_segment
+from launcher.config import RunOptions
+from launcher.dispatch import Dispatcher, DispatchSettings, Tally
+from launcher.errors import HaltError, LedgerFailed, ManifestInvalid, UsageError
+from launcher.ledger import Ledger, default_ledger_path, read_ledger
+from launcher.logs import get_logger
+from launcher.manifest import Defaults, Validation, iter_jobs, scan, validate
+from launcher.models import Job
+from launcher.pacing import Pacer, TokenBucket, format_rate
+from launcher.policy import RetryBudget, RetryPolicy, parse_halt
+from launcher.progress import show_progress
+from launcher.report import Summary, format_text, summarize
+
+__all__ = ["EXIT_INTERRUPTED", "RunResult", "launch", "plan_manifest"]
+
+EXIT_INTERRUPTED = 130
+GRACE_SECONDS = 30.0  # how long a first SIGINT/SIGTERM waits for requests in flight
+
+log = get_logger("launcher.run")
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """How a run ended: its exit code, summary and ledger path."""
+
+    exit_code: int
+    summary: Summary | None
+    ledger: str | None
+
+
+def plan_manifest(manifest: str, options: RunOptions) -> tuple[Validation, Defaults]:
+    """Validate the whole manifest before anything is sent (raises ManifestInvalid)."""
+    defaults = Defaults(project_id=options.project_id, workspace=options.workspace)
+    validation = validate(
+        manifest,
+        defaults,
+        allow_duplicates=options.allow_duplicates,
+        fmt=options.manifest_format,
+    )
+    validation.raise_if_invalid()
+    if options.project_id is None:
+        missing = [
+            f"{manifest}:{item.line}: project_id: no project id; set project_id on the line, "
+            "--project-id, or HUAWEICLOUD_SDK_PROJECT_ID"
+            for item in scan(manifest, defaults, fmt=options.manifest_format)
+            if isinstance(item, Job) and not item.project_id
+        ]
+        if missing:
+            raise ManifestInvalid(missing[:20], len(missing))
+    return validation, defaults
+
+
+def _resolve_endpoint(options: RunOptions) -> str:
+    if options.endpoint:
+        return options.endpoint
+    if options.region:
+        return endpoint_for_region(options.region)
+    raise UsageError(
+        "no endpoint: give --endpoint URL, --region ID, or --endpoint sim for the simulator"
+    )
+
+
+def print_dry_run(
+    manifest: str, defaults: Defaults, options: RunOptions, endpoint: str, out: TextIO
+) -> None:
+    """Print the requests a run would send (the first 20, then a count)."""
+    count = 0
+    for job in iter_jobs(manifest, defaults, fmt=options.manifest_format):
+        count += 1
+        if count <= 20:
+            action = job.action or options.action
+            path = (
+                f"/v1/{path_segment(job.project_id or '')}/jobs/{path_segment(job.name)}/{action}"
+            )
+            body = orjson.dumps(
+                {"jobParams": [{"name": p.name, "value": p.value} for p in job.params]}
+            ).decode()
+            workspace = f" workspace={job.workspace}" if job.workspace else ""
+            out.write(f"POST {endpoint}{path}{workspace} {body}\n")
+    if count > 20:
+        out.write(f"... and {count - 20} more\n")
+    out.write(
+        f"dry run: {count} job(s) would be sent at {format_rate(options.rate)}, "
+        f"concurrency {options.concurrency}; nothing was sent\n"
+    )
+
+
+@asynccontextmanager
+async def _service_endpoint(
+    endpoint: str, options: RunOptions
+) -> AsyncIterator[tuple[str, Callable[[aiohttp.ClientSession], Auth] | None]]:
+    """Yield the URL to call and, for the embedded simulator, the auth to use."""
+    if endpoint != "sim":
+        yield endpoint, None
+        return
+    from launcher.simulator import SimConfig, running
+
+    try:
+        config = SimConfig.from_mapping(options.sim)
+    except ValueError as error:
+        raise UsageError(f"[sim]: {error}") from None
+    async with running(config) as (_sim, url):
+        yield url, (lambda _session: NoAuth())
+
+
+async def launch(
+    manifest: str,
+    options: RunOptions,
+    env: Mapping[str, str],
+    *,
+    out: TextIO | None = None,
+) -> RunResult:
+    """Run a manifest end to end and return the exit code (see interface.md)."""
+    stdout = out if out is not None else sys.stdout
+    endpoint = _resolve_endpoint(options)
+    validation, defaults = plan_manifest(manifest, options)
+    if options.dry_run:
+        print_dry_run(manifest, defaults, options, endpoint, stdout)
+        return RunResult(0, None, None)
+    if validation.jobs == 0:
+        stdout.write(f"{manifest}: no jobs; nothing to do\n")
+        return RunResult(0, None, None)
+
+    async with _service_endpoint(endpoint, options) as (url, sim_auth):
+        project_id = options.project_id
+
+        def make_auth(session: aiohttp.ClientSession) -> Auth:
+            if sim_auth is not None:
+                return sim_auth(session)
+            iam = options.iam_endpoint
+            if iam is None and options.region:
+                iam = iam_endpoint_for_region(options.region)
+            return auth_from_env(env, session=session, iam_endpoint=iam, project_id=project_id)
+
+        client = DlfClient(
+            url,
+            make_auth,
+            concurrency=options.concurrency,
+            timeout=options.timeout,
+            ca_bundle=options.ca_bundle,
+        )
+        async with client:
+            ledger_path = options.ledger or str(default_ledger_path(manifest))
+            if _has_content(ledger_path):
+                raise UsageError(
+                    f"{ledger_path}: the ledger already holds a run; choose another --ledger "
+                    "(appending an unrelated run would merge two runs' outcomes)"
+                )
+            ledger = Ledger(ledger_path, fsync=options.fsync)  # type: ignore[arg-type]
+            try:
+                exit_code = await _dispatch(
+                    manifest, validation, defaults, options, endpoint, url, client, ledger
+                )
+            finally:
+                ledger.close()
+    summary = summarize([read_ledger(ledger_path)])
+    stdout.write(format_text(summary) + "\n")
+    stdout.flush()
+    return RunResult(exit_code, summary, ledger_path)
+
+
+async def _dispatch(
+    manifest: str,
+    validation: Validation,
+    defaults: Defaults,
+    options: RunOptions,
+    endpoint: str,
+    url: str,
+    client: DlfClient,
+    ledger: Ledger,
+) -> int:
+    run_id = uuid.uuid4().hex
+    started = time.time()
+    ledger.header(
+        {
+            "run_id": run_id,
+            "segment": 1,
+            "version": __version__,
+            "manifest": {
+                "path": str(Path(manifest).resolve()),  # noqa: ASYNC240 (once per run)
+                "sha256": validation.sha256,
+                "jobs": validation.jobs,
+                "format": options.manifest_format,
+            },
+            "endpoint": endpoint if endpoint == url else url,
+            "simulator": endpoint == "sim",
+            "auth": client.auth.describe(),
+            "options": options.public(),
+            "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+    )
+    log.info(
+        "run starting",
+        run_id=run_id,
+        jobs=validation.jobs,
+        endpoint=url,
+        rate=format_rate(options.rate),
+        concurrency=options.concurrency,
+        ledger=str(ledger.path),
+        auth=client.auth.describe(),
+    )
+    tally = Tally(total=validation.jobs)
+    settings = DispatchSettings(
+        action=options.action,
+        concurrency=options.concurrency,
+        per_workspace=options.per_workspace,
+        retry=RetryPolicy(
+            max_attempts=options.max_attempts,
+            base=options.backoff_base,
+            cap=options.backoff_cap,
+        ),
+        canary=options.canary,
+        halt=parse_halt(options.halt) if options.halt else None,
+    )
+    flow = AdaptiveRate(ceiling=options.rate) if options.adaptive else None
+    dispatcher = Dispatcher(
+        client,
+        ledger,
+        Pacer(TokenBucket(options.rate, options.burst)),
+        settings,
+        tally=tally,
+        rand=random.Random(),
+        flow=flow,
+        budget=RetryBudget(capacity=options.retry_budget) if options.retry_budget else None,
+    )
+    jobs = iter_jobs(manifest, defaults, fmt=options.manifest_format)
+    interrupted = False
+
+    async with anyio.create_task_group() as tg:
+        dispatch_scope = anyio.CancelScope()
+
+        async def flusher() -> None:
+            try:
+                await ledger.run_flusher()
+            except LedgerFailed as error:
+                dispatcher.stop("ledger", error)
+
+        async def signals() -> None:
+            nonlocal interrupted
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+                async for signum in received:
+                    if not interrupted:
+                        interrupted = True
+                        log.warning(
+                            "interrupted: no new requests; waiting for requests in flight",
+                            signal=signal.Signals(signum).name,
+                            grace_s=GRACE_SECONDS,
+                        )
+                        dispatcher.stop("interrupted")
+                        dispatch_scope.deadline = anyio.current_time() + GRACE_SECONDS
+                    else:
+                        log.warning("second signal: abandoning requests in flight")
+                        dispatch_scope.cancel()
+
+        async def deadline(seconds: float) -> None:
+            await anyio.sleep(seconds)
+            log.warning("deadline reached: no new requests", deadline_s=seconds)
+            dispatcher.stop("deadline")
+
+        tg.start_soon(flusher)
+        tg.start_soon(signals)
+        if options.deadline is not None:
+            tg.start_soon(deadline, options.deadline)
+        if _progress_wanted(options):
+            tg.start_soon(_progress, tally, options)
+        with dispatch_scope:
+            await _run_dispatcher(dispatcher, jobs)
+        tg.cancel_scope.cancel()
+
+    error = dispatcher.halt_error
+    if error is not None:
+        exit_code = error.exit_code
+        log.error("run halted", reason=dispatcher.stop_reason, error=str(error))
+        sys.stderr.write(f"launcher: halted: {error}\n")
+    elif interrupted:
+        exit_code = EXIT_INTERRUPTED
+    elif tally.started < validation.jobs:
+        exit_code = 1  # finished, but some jobs failed, ended unknown or were never sent
+    else:
+        exit_code = 0
+    ledger.footer(
+        {
+            "run_id": run_id,
+            "reason": dispatcher.stop_reason or "complete",
+            "exit_code": exit_code,
+            "elapsed_s": round(time.time() - started, 3),
+            "finished_at": datetime.now(UTC).isoformat(),
+            "tally": {
+                "done": tally.done,
+                "started": tally.started,
+                "failed": tally.failed,
+                "unknown": tally.unknown,
+                "attempts": tally.attempts,
+            },
+        }
+    )
+    return exit_code
+
+
+async def _run_dispatcher(dispatcher: Dispatcher, jobs: Any) -> None:
+    try:
+        await dispatcher.run(jobs)
+    except* LedgerFailed as group:
+        first = group.exceptions[0]
+        assert isinstance(first, HaltError)
+        dispatcher.stop("ledger", first)
+
+
+def _has_content(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except OSError:
+        return False
+
+
+def _progress_wanted(options: RunOptions) -> bool:
+    return options.progress != "off"
+
+
+async def _progress(tally: Tally, options: RunOptions) -> None:
+    tty: bool | None = None
+    if options.progress == "bar":
+        tty = True
+    elif options.progress == "lines":
+        tty = False
+    await show_progress(tally, tty=tty)

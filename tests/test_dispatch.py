@@ -1,0 +1,286 @@
+"""The dispatcher against an in-memory `Service` (its one swap point): limits, retries,
+ambiguity, canary and stopping. The real ledger records every run and the report
+reads it back, so these also cover the ledger-report round trip without sockets."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from launcher.dispatch import Dispatcher, DispatchSettings
+from launcher.errors import AuthFailed
+from launcher.ledger import Ledger, read_ledger
+from launcher.models import Action, Failure, Job, JobStatus, Reply
+from launcher.pacing import Pacer, TokenBucket
+from launcher.policy import RetryPolicy
+from launcher.report import Summary, summarize
+
+pytestmark = pytest.mark.anyio
+
+OK = Reply(204, 0.001)
+
+
+def make_jobs(count: int, workspace: str | None = None, prefix: str = "job") -> list[Job]:
+    return [
+        Job(
+            id=f"{prefix}-{n}",
+            name=f"{prefix}-{n}",
+            params=(),
+            workspace=workspace,
+            project_id="p",
+            line=n + 1,
+        )
+        for n in range(count)
+    ]
+
+
+class FakeService:
+    """Answers from a per-job script (then 204), tracks concurrency and effects."""
+
+    def __init__(self, script: dict[str, list[Reply]] | None = None, delay: float = 0.0) -> None:
+        self.script = {name: list(replies) for name, replies in (script or {}).items()}
+        self.delay = delay
+        self.calls: list[str] = []
+        self.in_flight = 0
+        self.peak = 0
+        self.peak_by_workspace: dict[str | None, int] = defaultdict(int)
+        self._by_workspace: dict[str | None, int] = defaultdict(int)
+        self.state: dict[str, str] = {}
+        self.status_script: dict[str, list[JobStatus]] = {}
+        self.refreshes = 0
+        self.refresh_result = True
+        self.first_call_alone: bool | None = None
+        self.calls_seen = anyio.Event()  # set once `notify_after` calls were made
+        self.notify_after = 0
+
+    async def call(self, job: Job, action: Action) -> Reply:
+        self.calls.append(job.name)
+        if len(self.calls) == self.notify_after:
+            self.calls_seen.set()
+        self.in_flight += 1
+        self._by_workspace[job.workspace] += 1
+        self.peak = max(self.peak, self.in_flight)
+        self.peak_by_workspace[job.workspace] = max(
+            self.peak_by_workspace[job.workspace], self._by_workspace[job.workspace]
+        )
+        try:
+            await anyio.sleep(self.delay)
+            if len(self.calls) == 1:
+                await anyio.sleep(0.02)  # give others the chance to (wrongly) start
+                self.first_call_alone = self.peak == 1
+            replies = self.script.get(job.name)
+            reply = replies.pop(0) if replies else OK
+            if reply.status == 204 or reply.failure is Failure.TIMEOUT:
+                self.state[job.name] = "SCHEDULING"
+            return reply
+        finally:
+            self.in_flight -= 1
+            self._by_workspace[job.workspace] -= 1
+
+    async def job_status(self, job: Job) -> JobStatus:
+        scripted = self.status_script.get(job.name)
+        if scripted:
+            return scripted.pop(0)
+        state = self.state.get(job.name, "STOPPED")
+        return JobStatus(Reply(200, 0.001), state, True)
+
+    async def refresh_auth(self) -> bool:
+        self.refreshes += 1
+        return self.refresh_result
+
+
+async def dispatch(
+    tmp_path: Path,
+    jobs: list[Job] | Iterator[Job],
+    service: FakeService,
+    *,
+    concurrency: int = 8,
+    per_workspace: int = 0,
+    max_attempts: int = 4,
+    canary: bool = True,
+    total: int | None = None,
+) -> tuple[Dispatcher, Summary]:
+    ledger_path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(ledger_path, fsync="never")
+    count = total if total is not None else len(jobs)  # type: ignore[arg-type]
+    ledger.header({"run_id": "r1", "manifest": {"jobs": count}})
+    settings = DispatchSettings(
+        concurrency=concurrency,
+        per_workspace=per_workspace,
+        retry=RetryPolicy(max_attempts=max_attempts, base=0.001, cap=0.01, throttle_base=0.001),
+        canary=canary,
+    )
+    dispatcher = Dispatcher(service, ledger, Pacer(TokenBucket(0.0)), settings)
+    await dispatcher.run(jobs)
+    ledger.footer({"reason": dispatcher.stop_reason or "complete"})
+    ledger.close()
+    return dispatcher, summarize([read_ledger(ledger_path)])
+
+
+async def test_every_job_starts_once_and_the_report_agrees(tmp_path: Path) -> None:
+    service = FakeService(delay=0.001)
+    _, summary = await dispatch(tmp_path, make_jobs(200), service)
+    assert sorted(service.calls) == sorted(job.name for job in make_jobs(200))
+    assert summary.jobs == 200
+    assert summary.outcomes == {"started": 200, "failed": 0, "unknown": 0, "pending": 0}
+    assert summary.attempts == 200
+
+
+async def test_in_flight_never_exceeds_the_concurrency(tmp_path: Path) -> None:
+    service = FakeService(delay=0.002)
+    await dispatch(tmp_path, make_jobs(100), service, concurrency=7)
+    assert service.peak == 7
+
+
+async def test_per_workspace_limit_holds_while_others_proceed(tmp_path: Path) -> None:
+    jobs = [
+        j
+        for pair in zip(make_jobs(40, "ws-a", "a"), make_jobs(40, "ws-b", "b"), strict=True)
+        for j in pair
+    ]
+    service = FakeService(delay=0.002)
+    await dispatch(tmp_path, jobs, service, concurrency=10, per_workspace=3)
+    assert service.peak_by_workspace["ws-a"] <= 3
+    assert service.peak_by_workspace["ws-b"] <= 3
+    assert service.peak >= 4  # the two workspaces ran side by side
+
+
+async def test_transient_failures_are_retried_until_started(tmp_path: Path) -> None:
+    script = {
+        "job-0": [Reply(503, 0.0), Reply(500, 0.0)],
+        "job-1": [Reply(429, 0.0, error_code="APIGW.0308")],
+        "job-2": [Reply(None, 0.0, failure=Failure.CONNECT)],
+    }
+    service = FakeService(script)
+    _, summary = await dispatch(tmp_path, make_jobs(3), service, canary=False)
+    assert summary.outcomes["started"] == 3
+    assert service.calls.count("job-0") == 3
+    assert summary.attempts == 3 + 2 + 2
+
+
+async def test_permanent_failures_are_not_retried_and_counted_by_code(tmp_path: Path) -> None:
+    missing = Reply(400, 0.0, error_code="DLF.0100", error_msg="The job does not exists.")
+    service = FakeService({"job-1": [missing]})
+    _, summary = await dispatch(tmp_path, make_jobs(3), service)
+    assert service.calls.count("job-1") == 1
+    assert summary.outcomes["failed"] == 1
+    assert summary.failed_by_code == {"DLF.0100": 1}
+
+
+async def test_attempts_are_bounded_and_exhaustion_is_a_failure(tmp_path: Path) -> None:
+    service = FakeService({"job-0": [Reply(503, 0.0)] * 10})
+    _, summary = await dispatch(tmp_path, make_jobs(1), service, max_attempts=3)
+    assert service.calls.count("job-0") == 3
+    assert summary.outcomes["failed"] == 1
+    assert summary.failed_by_code == {"HTTP 503": 1}
+
+
+async def test_a_lost_answer_is_checked_not_resent_when_the_start_took_effect(
+    tmp_path: Path,
+) -> None:
+    service = FakeService({"job-0": [Reply(None, 1.0, failure=Failure.TIMEOUT)]})
+    _, summary = await dispatch(tmp_path, make_jobs(1), service)
+    assert service.calls == ["job-0"]
+    assert summary.outcomes["started"] == 1
+    assert summary.reconciled == 1
+
+
+async def test_a_lost_answer_is_resent_when_the_check_says_it_did_not_start(
+    tmp_path: Path,
+) -> None:
+    service = FakeService({"job-0": [Reply(None, 0.0, failure=Failure.DISCONNECT)]})
+    _, summary = await dispatch(tmp_path, make_jobs(1), service)
+    assert service.calls == ["job-0", "job-0"]
+    assert summary.outcomes["started"] == 1
+
+
+async def test_when_the_check_keeps_failing_the_job_ends_unknown(tmp_path: Path) -> None:
+    service = FakeService({"job-0": [Reply(None, 0.0, failure=Failure.DISCONNECT)]})
+    service.status_script["job-0"] = [JobStatus(Reply(503, 0.0), None, False)] * 5
+    _, summary = await dispatch(tmp_path, make_jobs(1), service)
+    assert service.calls == ["job-0"]
+    assert summary.outcomes["unknown"] == 1
+    events = read_ledger(tmp_path / "ledger.jsonl").events
+    assert [e["conclusion"] for e in events if e["event"] == "check"] == [
+        "check_failed",
+        "check_failed",
+        "check_failed",
+        "gave_up",
+    ]
+
+
+async def test_canary_goes_alone_and_bad_credentials_stop_the_run(tmp_path: Path) -> None:
+    rejected = Reply(401, 0.0, error_code="APIGW.0301", error_msg="verify aksk signature fail")
+    service = FakeService({f"job-{n}": [rejected] for n in range(100)})
+    dispatcher, summary = await dispatch(tmp_path, make_jobs(100), service, concurrency=64)
+    assert service.calls == ["job-0"]
+    assert isinstance(dispatcher.halt_error, AuthFailed)
+    assert "APIGW.0301" in str(dispatcher.halt_error)
+    assert summary.outcomes["failed"] == 1
+    assert summary.outcomes["pending"] == 99
+
+
+async def test_canary_is_alone_even_when_it_succeeds(tmp_path: Path) -> None:
+    service = FakeService(delay=0.001)
+    await dispatch(tmp_path, make_jobs(50), service, concurrency=16)
+    assert service.first_call_alone is True
+    assert service.peak > 1
+
+
+async def test_expired_token_is_refreshed_once_then_the_run_goes_on(tmp_path: Path) -> None:
+    expired = Reply(401, 0.0, error_code="APIGW.0307")
+    service = FakeService({"job-0": [expired]})
+    dispatcher, summary = await dispatch(tmp_path, make_jobs(5), service)
+    assert service.refreshes == 1
+    assert dispatcher.halt_error is None
+    assert summary.outcomes["started"] == 5
+
+
+async def test_a_token_that_stays_rejected_after_refresh_halts(tmp_path: Path) -> None:
+    expired = Reply(401, 0.0, error_code="APIGW.0307")
+    service = FakeService({"job-0": [expired, expired]})
+    dispatcher, _ = await dispatch(tmp_path, make_jobs(5), service)
+    assert isinstance(dispatcher.halt_error, AuthFailed)
+    assert service.calls == ["job-0", "job-0"]  # never more than 2 rejected requests
+
+
+async def test_jobs_are_pulled_lazily(tmp_path: Path) -> None:
+    """Memory stays proportional to the concurrency: the feeder is never far ahead."""
+    pulled = 0
+    service = FakeService(delay=0.001)
+    max_lead = 0
+
+    def jobs() -> Iterator[Job]:
+        nonlocal pulled, max_lead
+        for job in make_jobs(500):
+            pulled += 1
+            max_lead = max(max_lead, pulled - len(service.calls))
+            yield job
+
+    await dispatch(tmp_path, jobs(), service, concurrency=8, total=500)
+    assert pulled == 500
+    assert max_lead <= 8 * 2 + 2
+
+
+async def test_stop_leaves_unsent_jobs_pending(tmp_path: Path) -> None:
+    service = FakeService(delay=0.005)
+    service.notify_after = 20
+    ledger = Ledger(tmp_path / "l.jsonl", fsync="never")
+    ledger.header({"run_id": "r", "manifest": {"jobs": 1000}})
+    dispatcher = Dispatcher(
+        service, ledger, Pacer(TokenBucket(0.0)), DispatchSettings(concurrency=4)
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dispatcher.run, itertools.islice(make_jobs(1000), 1000))
+        await service.calls_seen.wait()
+        dispatcher.stop("interrupted")
+    ledger.close()
+    summary = summarize([read_ledger(tmp_path / "l.jsonl")])
+    assert summary.outcomes["unknown"] == 0  # in-flight requests finished and were recorded
+    assert summary.outcomes["started"] == len(service.calls)
+    assert summary.outcomes["pending"] == 1000 - len(service.calls)

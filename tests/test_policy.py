@@ -1,0 +1,81 @@
+"""Outcome classification and backoff: a table per rule, no I/O."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from launcher.models import Failure, Reply
+from launcher.policy import RetryPolicy, Verdict, backoff_delay, classify, retry_delay
+
+
+@pytest.mark.parametrize(
+    ("reply", "verdict"),
+    [
+        (Reply(204, 0.01), Verdict.STARTED),
+        (Reply(200, 0.01), Verdict.STARTED),
+        (Reply(400, 0.01, error_code="DLF.0100"), Verdict.PERMANENT),
+        (Reply(400, 0.01, error_code="DLF.30100"), Verdict.PERMANENT),
+        (Reply(400, 0.01, error_code="DLF.3051"), Verdict.PERMANENT),
+        (Reply(400, 0.01), Verdict.PERMANENT),
+        (Reply(404, 0.01, error_code="APIGW.0101"), Verdict.PERMANENT),
+        (Reply(401, 0.01, error_code="APIGW.0307"), Verdict.REFRESH_AUTH),
+        (Reply(401, 0.01, error_code="APIGW.0301"), Verdict.AUTH_FAILED),
+        (Reply(401, 0.01, error_code="APIG.0301"), Verdict.AUTH_FAILED),
+        (Reply(401, 0.01), Verdict.AUTH_FAILED),
+        (Reply(403, 0.01, error_code="APIGW.0302"), Verdict.AUTH_FAILED),
+        (Reply(429, 0.01, error_code="APIGW.0308"), Verdict.THROTTLED),
+        (Reply(429, 0.01, retry_after=3.0), Verdict.THROTTLED),
+        (Reply(500, 0.01), Verdict.TRANSIENT),
+        (Reply(502, 0.01), Verdict.TRANSIENT),
+        (Reply(503, 0.01), Verdict.TRANSIENT),
+        (Reply(None, 0.01, failure=Failure.CONNECT), Verdict.TRANSIENT),
+        (Reply(None, 1.0, failure=Failure.TIMEOUT), Verdict.AMBIGUOUS),
+        (Reply(None, 0.01, failure=Failure.DISCONNECT), Verdict.AMBIGUOUS),
+        (Reply(302, 0.01), Verdict.PERMANENT),
+    ],
+)
+def test_classify(reply: Reply, verdict: Verdict) -> None:
+    assert classify(reply) is verdict
+
+
+@given(st.integers(min_value=100, max_value=599))
+def test_every_status_has_a_verdict(status: int) -> None:
+    assert isinstance(classify(Reply(status, 0.0)), Verdict)
+
+
+@given(
+    attempt=st.integers(min_value=1, max_value=200),
+    base=st.floats(min_value=0.001, max_value=5.0),
+    cap=st.floats(min_value=0.001, max_value=60.0),
+    seed=st.integers(),
+)
+def test_backoff_is_full_jitter_within_the_cap(
+    attempt: int, base: float, cap: float, seed: int
+) -> None:
+    delay = backoff_delay(attempt, base, cap, random.Random(seed))
+    assert 0.0 <= delay <= min(cap, base * 2 ** (attempt - 1))
+
+
+def test_backoff_grows_exponentially_on_average() -> None:
+    rand = random.Random(7)
+    means = [sum(backoff_delay(n, 0.1, 100.0, rand) for _ in range(2000)) / 2000 for n in (1, 4)]
+    assert means[0] == pytest.approx(0.05, rel=0.1)
+    assert means[1] == pytest.approx(0.4, rel=0.1)
+
+
+def test_throttled_retry_honours_retry_after_but_not_beyond_the_cap() -> None:
+    policy = RetryPolicy(cap=10.0, throttle_base=0.001)
+    rand = random.Random(1)
+    honoured = retry_delay(Verdict.THROTTLED, Reply(429, 0.0, retry_after=4.0), 1, policy, rand)
+    capped = retry_delay(Verdict.THROTTLED, Reply(429, 0.0, retry_after=3600.0), 1, policy, rand)
+    assert honoured >= 4.0
+    assert capped == 10.0
+
+
+def test_token_refresh_retries_at_once() -> None:
+    reply = Reply(401, 0.0, error_code="APIGW.0307")
+    assert retry_delay(Verdict.REFRESH_AUTH, reply, 1, RetryPolicy(), random.Random()) == 0.0
