@@ -1,18 +1,20 @@
 """Adaptive throttling: slow down on 429s, recover along a CUBIC curve.
 
 This is the AWS SDK's "adaptive" retry mode rate limiter (C = 0.4, β = 0.7, a
-smoothed measured rate, a 0.5 requests/s floor), with two changes that matter
-when a launcher starts thousands of jobs against a limit it was not told:
+smoothed measured send rate, a 0.5 requests/s floor), with two changes that
+matter when a launcher starts thousands of jobs against a limit it was not told:
 
-- **One cut per round trip.** A burst of 429s for requests that all left
-  before the last cut is one congestion signal, not fifty; like TCP, only a
-  429 for a request sent after the last cut cuts again. (The AWS limiter cuts
-  on every 429 and collapses the rate after a burst.)
-- **The cut starts from what the service accepted.** The new rate is β times
-  the smallest of the current fill rate, the measured send rate and the
-  measured *accepted* rate (2xx and other final answers). At the start of an
-  unlimited run the send rate can be ten times the service's limit; the
-  accepted rate is the limit, so one cut lands near it instead of seven.
+- **One cut per congestion episode.** A burst of 429s is one signal, not
+  fifty. Only answers to requests sent after the last cut count towards the
+  next one (like TCP), and a cut needs `MIN_SAMPLE` of them, because right
+  after a burst the gateway's bucket is empty and rejects a few more requests
+  even at the lower rate. (The AWS limiter cuts on every 429 and collapses.)
+- **The cut starts from what the service accepts.** The new rate is β times
+  the recent send rate *times the fraction of recent answers that were not
+  429*. Near the limit that fraction is ~1 and this is the AWS rule; at the
+  start of an unlimited run, sending ten times the limit, it is ~1/10, so the
+  first cuts land near the limit instead of halving down to it one round
+  trip at a time while thousands of requests are throttled.
 
 The configured rate is a ceiling the curve never exceeds. Everything here is
 pure (time is an argument), so tests drive it with tables of timestamps.
@@ -30,6 +32,9 @@ SCALE = 0.4  # CUBIC's C: how fast the rate climbs back
 SMOOTH = 0.8  # weight of the newest bucket in the measured rate
 BUCKET = 0.5  # seconds per measurement bucket
 MIN_RATE = 0.5  # requests/s: the floor, so a throttled run still makes progress
+MIN_SAMPLE = 16  # answers to requests sent after the last cut needed before the next cut
+RECENT = 64  # how many recent answers the accepted fraction is measured over
+ESTIMATE_MARGIN = 0.9  # how far below an estimated limit to land when far above it
 
 
 @dataclass(slots=True)
@@ -75,7 +80,7 @@ class RateMeter:
 
 @dataclass(slots=True)
 class AdaptiveRate:
-    """The sending rate to use, given sends, acceptances and throttles so far.
+    """The sending rate to use, given sends, answers and throttles so far.
 
     `ceiling` is the configured rate (0: unlimited). `rate` is what the pacer
     should use now; 0 means unlimited (nothing throttled yet, no ceiling).
@@ -83,13 +88,16 @@ class AdaptiveRate:
 
     ceiling: float
     enabled: bool = True
-    _fill: float = 0.0  # the curve's current rate; 0 until the first throttle
+    sent: RateMeter = field(default_factory=RateMeter)
+    cuts: int = 0
+    _fill: float = 0.0  # the curve's current rate; 0 until the first cut
     _last_max: float = 0.0
     _last_cut: float = -math.inf
     _window: float = 0.0
-    sent: RateMeter = field(default_factory=RateMeter)
-    accepted: RateMeter = field(default_factory=RateMeter)
-    cuts: int = 0
+    _recent: list[bool] = field(default_factory=list)  # ring: True = throttled
+    _recent_next: int = 0
+    _episode_answers: int = 0
+    _episode_sent: int = 0
 
     @property
     def rate(self) -> float:
@@ -108,29 +116,61 @@ class AdaptiveRate:
     def on_send(self, now: float) -> None:
         """A request left at `now`."""
         self.sent.add(now)
+        self._episode_sent += 1
 
-    def on_throttle(self, now: float, sent_at: float) -> bool:
-        """A 429 arrived for a request sent at `sent_at`. True when the rate was cut."""
+    def on_answer(self, now: float, sent_at: float, throttled: bool) -> bool:
+        """An answer arrived for a request sent at `sent_at`. True when the rate was cut."""
         if not self.enabled or sent_at < self._last_cut:
-            return False  # sent before the last cut: already accounted for
-        measured = (self.sent.rate_at(now), self.accepted.rate_at(now))
-        candidates = [r for r in measured if r > 0.0]
-        if self._fill > 0.0:
-            candidates.append(self._fill)
-        elif self.ceiling > 0.0:
-            candidates.append(self.ceiling)
-        base = min(candidates) if candidates else MIN_RATE
-        self._last_max = base
-        self._window = ((base * (1.0 - BETA)) / SCALE) ** (1.0 / 3.0)
-        self._fill = max(MIN_RATE, base * BETA)
-        self._last_cut = now
-        self.cuts += 1
+            return False  # sent before the last cut: that episode is already answered
+        self._remember(throttled)
+        if not throttled:
+            self._climb(now)
+            return False
+        if self._episode_answers < MIN_SAMPLE:
+            return False
+        self._cut(now)
         return True
 
-    def on_accept(self, now: float) -> None:
-        """A final, non-throttled answer arrived: measure it and climb the curve."""
-        self.accepted.add(now)
-        if not self.enabled or self._fill <= 0.0:
+    def _remember(self, throttled: bool) -> None:
+        self._episode_answers += 1
+        recent = self._recent
+        if len(recent) < RECENT:
+            recent.append(throttled)
+        else:
+            recent[self._recent_next] = throttled
+            self._recent_next = (self._recent_next + 1) % RECENT
+
+    def _cut(self, now: float) -> None:
+        recent = self._recent
+        # None accepted in the sample says "below 1 in len(recent)", not zero:
+        # estimate half of that rather than collapse to the floor.
+        accepted = max(1.0 - sum(recent) / len(recent), 0.5 / len(recent))
+        span = now - self._last_cut
+        if span >= 2 * BUCKET:
+            sending = self.sent.rate_at(now)
+        else:
+            sending = self._episode_sent / span if span > 0.0 else self._fill
+        if self._fill > 0.0:
+            sending = min(sending, self._fill)
+        base = sending * accepted
+        if self.ceiling > 0.0:
+            base = min(base, self.ceiling)
+        base = max(MIN_RATE, base)
+        # Far above the limit, `base` already estimates the limit itself: back off
+        # just below it. Near the limit, `base` is the rate that crossed it: CUBIC's β.
+        factor = BETA if accepted >= 0.5 else ESTIMATE_MARGIN
+        self._last_max = base
+        self._window = ((base * (1.0 - factor)) / SCALE) ** (1.0 / 3.0)
+        self._fill = max(MIN_RATE, base * factor)
+        self._last_cut = now
+        self._episode_answers = 0
+        self._episode_sent = 0
+        self._recent.clear()
+        self._recent_next = 0
+        self.cuts += 1
+
+    def _climb(self, now: float) -> None:
+        if self._fill <= 0.0:
             return
         elapsed = now - self._last_cut
         cubic = SCALE * (elapsed - self._window) ** 3 + self._last_max

@@ -78,6 +78,8 @@ def _run_options(func: F) -> F:
             default=None,
             help="Slow down on 429s and recover along a CUBIC curve [on].",
         ),
+        click.option("--backoff-base", type=float, help="First retry waits up to this [0.1 s]."),
+        click.option("--backoff-cap", type=float, help="No retry waits longer [20 s]."),
         click.option(
             "--retry-budget",
             type=int,

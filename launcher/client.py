@@ -24,6 +24,7 @@ from launcher import __version__
 from launcher.auth import Auth
 from launcher.errors import UsageError
 from launcher.models import Action, Failure, Job, JobStatus, Reply
+from launcher.signing import canonical_query
 
 __all__ = ["DlfClient", "endpoint_for_region", "path_segment"]
 
@@ -116,7 +117,12 @@ class DlfClient:
             auto_decompress=False,
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
         )
-        self._auth = self._auth_factory(self._session)
+        try:
+            self._auth = self._auth_factory(self._session)
+        except BaseException:
+            await self._session.close()
+            self._session = None
+            raise
         return self
 
     async def __aexit__(
@@ -198,7 +204,9 @@ class DlfClient:
         await auth.apply(method, self._host, path, query, headers, body)
         target = self._origin + path
         if query:
-            target += "?" + "&".join(f"{quote(k, safe='~')}={quote(v, safe='~')}" for k, v in query)
+            # The canonical (sorted, encoded) query is what was signed; sending exactly
+            # it makes the bytes on the wire the official SDK's too.
+            target += "?" + canonical_query(query)
         started = time.perf_counter()
         try:
             async with session.request(

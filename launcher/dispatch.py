@@ -232,20 +232,17 @@ class Dispatcher:
 
     def _adapt(self, flow: AdaptiveRate, reply: Reply, sent_at: float) -> None:
         """Feed the adaptive rate and hand its new rate to the pacer."""
+        if reply.status is None:
+            return  # no answer: says nothing about the service's limit
         now = self._clock()
-        if reply.status == 429:
-            if not flow.on_throttle(now, sent_at):
-                return
-        elif reply.status is not None:
-            flow.on_accept(now)
-            if not flow.throttled:
-                return
-        else:
-            return
-        bucket = self._pacer.bucket
-        rate = flow.rate
-        if rate != bucket.rate:
-            bucket.set_rate(rate, now)
+        flow.on_answer(now, sent_at, reply.status == 429)
+        if flow.throttled:
+            bucket = self._pacer.bucket
+            rate = flow.rate
+            # The curve moves a little on every answer; re-pace on cuts and on
+            # climbs of more than 1%, not on every answer.
+            if rate < bucket.rate or rate > bucket.rate * 1.01 or bucket.rate <= 0:
+                bucket.set_rate(rate, now)
 
     async def _launch(self, job: Job) -> None:
         """One job's attempt loop: send, classify, settle or back off and resend."""

@@ -72,6 +72,7 @@ class TokenBucket:
 
     rate: float
     burst: int = 1
+    generation: int = 0  # bumped by every rate change
     _tat: float = -math.inf  # theoretical arrival time of the next request
 
     def reserve(self, now: float) -> float:
@@ -89,14 +90,23 @@ class TokenBucket:
         return send_at - now
 
     def set_rate(self, rate: float, now: float) -> None:
-        """Change the rate from now on, so slots not yet claimed follow the new rate.
+        """Change the rate from now on.
 
-        Already-claimed slots keep their times; the theoretical arrival time is
-        pulled forward when the rate rises, so a faster rate applies at once.
+        A *lower* rate applies to slots already claimed too: they are
+        forgotten and `generation` moves on, so a `Pacer` caller still waiting
+        for one claims a new slot under the new rate when it wakes. Otherwise,
+        after a cut, every worker already holding a slot would still send at
+        the old rate, and a gateway that just throttled us would see it for
+        another `concurrency / old rate` seconds. A *higher* rate re-spaces the
+        claimed backlog onto the shorter interval and keeps it.
         """
-        if rate > 0 and self.rate > 0 and self._tat > now:
-            # Re-space the backlog of the next slot onto the new interval.
-            self._tat = now + (self._tat - now) * (self.rate / rate)
+        old = self.rate
+        slower = rate > 0 and (old <= 0 or rate < old)
+        if slower:
+            self._tat = min(self._tat, now)
+            self.generation += 1
+        elif rate > 0 and old > 0 and self._tat > now:
+            self._tat = now + (self._tat - now) * (old / rate)
         self.rate = rate
 
 
@@ -115,7 +125,17 @@ class Pacer:
         return self._bucket
 
     async def wait(self) -> None:
-        """Sleep until this caller's slot; return at once when the rate is unlimited."""
-        delay = self._bucket.reserve(self._clock())
-        if delay > 0.0:
+        """Sleep until this caller's slot; return at once when the rate is unlimited.
+
+        If the rate changed while sleeping, the slot was claimed under the old
+        rate: claim one under the new rate instead.
+        """
+        bucket = self._bucket
+        while True:
+            generation = bucket.generation
+            delay = bucket.reserve(self._clock())
+            if delay <= 0.0:
+                return
             await anyio.sleep(delay)
+            if bucket.generation == generation:
+                return

@@ -96,6 +96,7 @@ class RetryPolicy:
     base: float = 0.1
     cap: float = 20.0
     throttle_base: float = 1.0
+    throttle_cap: float = 5.0  # Huawei advises retrying a throttled call after 2 to 5 s
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rand: random.Random) -> float:
@@ -120,7 +121,9 @@ def retry_delay(
     if verdict is Verdict.REFRESH_AUTH:
         return 0.0
     if verdict is Verdict.THROTTLED:
-        delay = backoff_delay(attempt, policy.throttle_base, policy.cap, rand)
+        # Capped lower than other retries: the (adaptive) pacer already spaces
+        # the retries out, and a long sleep only leaves a tail at the end of the run.
+        delay = backoff_delay(attempt, policy.throttle_base, policy.throttle_cap, rand)
         if reply.retry_after is not None:
             delay = max(delay, min(reply.retry_after, policy.cap))
         return delay

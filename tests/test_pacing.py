@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from launcher.pacing import TokenBucket, format_rate, parse_rate
+from launcher.pacing import Pacer, TokenBucket, format_rate, parse_rate
 
 
 @pytest.mark.parametrize(
@@ -71,12 +72,38 @@ def test_idle_time_does_not_bank_credit_beyond_burst() -> None:
     assert bucket.reserve(1000.0) == pytest.approx(0.1)
 
 
-def test_raising_the_rate_shortens_the_queue_at_once() -> None:
+def test_a_lower_rate_forgets_claimed_slots_and_moves_the_generation() -> None:
+    bucket = TokenBucket(100.0)
+    for _ in range(10):
+        bucket.reserve(0.0)  # slots claimed up to t=0.1
+    bucket.set_rate(10.0, 0.0)
+    assert bucket.generation == 1
+    assert bucket.reserve(0.0) == 0.0  # the new schedule starts now
+    assert bucket.reserve(0.0) == pytest.approx(0.1)
+
+
+def test_a_higher_rate_keeps_the_claimed_backlog_respaced() -> None:
     bucket = TokenBucket(10.0)
     for _ in range(10):
         bucket.reserve(0.0)  # slots claimed up to t=1.0
     bucket.set_rate(100.0, 0.0)
-    assert bucket.reserve(0.0) == pytest.approx(0.1)
+    assert bucket.generation == 0
+    assert bucket.reserve(0.0) == pytest.approx(0.1)  # ten claimed slots, now 10 ms apart
+
+
+@pytest.mark.anyio
+async def test_a_waiter_holding_an_old_slot_claims_a_new_one_after_a_cut() -> None:
+    """After a cut, callers that had slots at the old rate send at the new rate."""
+    clock = [0.0]
+    bucket = TokenBucket(1000.0)
+    pacer = Pacer(bucket, clock=lambda: clock[0])
+    for _ in range(50):
+        bucket.reserve(0.0)  # 50 slots claimed at 1000/s, up to t=0.05
+    bucket.set_rate(10.0, 0.0)  # a 429: cut to 10/s
+    clock[0] = 0.001
+    with anyio.fail_after(1):
+        await pacer.wait()  # the first caller goes at once under the new schedule
+    assert bucket.reserve(0.001) == pytest.approx(0.1)
 
 
 @given(
