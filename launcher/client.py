@@ -135,6 +135,10 @@ class DlfClient:
             await self._session.close()
             self._session = None
 
+    async def authenticate(self) -> None:
+        """Obtain credentials now (an IAM login, if that is the method); raises AuthFailed."""
+        await self.auth.apply("GET", self._host, "/", (), {}, b"")
+
     async def refresh_auth(self) -> bool:
         """Renew the credentials after the service said so; True when a retry may succeed."""
         return await self.auth.refresh()

@@ -58,10 +58,34 @@ class RunOptions:
     log_level: str = "info"
     progress: str = "auto"
     sim: Mapping[str, Any] = field(default_factory=dict)
+    # Per-workspace limits from `[workspaces."ID"]` tables: {ID: (concurrency, rate, burst)}.
+    workspaces: Mapping[str, tuple[int, float, int]] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
         """The options as recorded in the ledger header (none of them is a secret)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sim"}
+
+
+def _workspace_limits(path: str | os.PathLike[str], table: object) -> dict[str, Any]:
+    """Check `[workspaces."ID"]` tables: each may set concurrency, rate and burst."""
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: [workspaces] must hold one table per workspace")
+    limits: dict[str, tuple[int, float, int]] = {}
+    for workspace, entry in table.items():
+        where = f'{path}: [workspaces."{workspace}"]'
+        if not isinstance(entry, dict):
+            raise UsageError(f"{where} must be a table")
+        unknown = set(entry) - {"concurrency", "rate", "burst"}
+        if unknown:
+            raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        try:
+            concurrency = _positive_int(entry["concurrency"]) if "concurrency" in entry else 0
+            rate = _rate(entry["rate"]) if "rate" in entry else 0.0
+            burst = _positive_int(entry["burst"]) if "burst" in entry else 1
+        except ValueError as error:
+            raise UsageError(f"{where}: {error}") from None
+        limits[workspace] = (concurrency, rate, burst)
+    return limits
 
 
 def _positive_int(value: object) -> int:
@@ -200,6 +224,9 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
                 raise UsageError(f"{path}: [sim] must be a table")
             values["sim"] = value
             continue
+        if name == "workspaces":
+            values["workspaces"] = _workspace_limits(path, value)
+            continue
         if name not in _CONVERTERS:
             raise UsageError(f"{path}: unknown option {key!r}")
         values[name] = value
@@ -235,4 +262,6 @@ def resolve_options(
             raise UsageError(f"{source}: {error}") from None
     if file_values.get("sim"):
         merged["sim"] = dict(file_values["sim"])
+    if file_values.get("workspaces"):
+        merged["workspaces"] = dict(file_values["workspaces"])
     return RunOptions(**merged)

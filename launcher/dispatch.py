@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,7 +31,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from launcher.adaptive import AdaptiveRate
 from launcher.errors import AuthFailed, HaltError
 from launcher.models import Action, Job, JobStatus, Reply
-from launcher.pacing import Pacer
+from launcher.pacing import Pacer, TokenBucket
 from launcher.policy import HaltRule, RetryBudget, RetryPolicy, Verdict, classify, retry_delay
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "Recorder",
     "Service",
     "Tally",
+    "WorkspaceLimits",
     "failure_key",
 ]
 
@@ -85,6 +86,17 @@ class DispatchSettings:
     canary: bool = True
     status_checks: int = 3  # tries at the status check that settles an ambiguous attempt
     halt: HaltRule | None = None
+    # Per-workspace overrides from the config file: workspace -> (concurrency, rate).
+    workspaces: Mapping[str, WorkspaceLimits] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceLimits:
+    """Limits for one workspace on top of the global ones (0: no limit of that kind)."""
+
+    concurrency: int = 0
+    rate: float = 0.0
+    burst: int = 1
 
 
 @dataclass(slots=True)
@@ -142,7 +154,8 @@ class Dispatcher:
         self._budget = budget
         self._clock = clock
         self._stopped = anyio.Event()  # wakes jobs sleeping in a backoff when the run stops
-        self._workspace_limits: dict[str | None, anyio.CapacityLimiter] = {}
+        self._gates: dict[str | None, _Gate] = {}
+        self._gated = settings.per_workspace > 0 or bool(settings.workspaces)
         self._stopping = False
         self.stop_reason: str | None = None
         self.halt_error: HaltError | None = None
@@ -202,15 +215,36 @@ class Dispatcher:
                     # and each records it.
                     self._canary_answered.set()
 
-    def _workspace_limit(self, workspace: str | None) -> anyio.CapacityLimiter:
-        limiter = self._workspace_limits.get(workspace)
-        if limiter is None:
-            limiter = anyio.CapacityLimiter(self._settings.per_workspace)
-            self._workspace_limits[workspace] = limiter
-        return limiter
+    def _workspace_gate(self, workspace: str | None) -> _Gate:
+        gate = self._gates.get(workspace)
+        if gate is None:
+            settings = self._settings
+            limits = settings.workspaces.get(workspace or "", WorkspaceLimits())
+            concurrency = limits.concurrency or settings.per_workspace
+            gate = _Gate(
+                anyio.CapacityLimiter(concurrency) if concurrency > 0 else None,
+                Pacer(TokenBucket(limits.rate, limits.burst), self._clock)
+                if limits.rate > 0
+                else None,
+            )
+            self._gates[workspace] = gate
+        return gate
 
     async def _attempt(self, job: Job, attempt: int, action: Action) -> Reply | None:
         """Wait for a send slot, record the intent, send. None: stopped before sending."""
+        if self._gated:
+            gate = self._workspace_gate(job.workspace)
+            if gate.limiter is not None:
+                async with gate.limiter:
+                    return await self._paced_attempt(job, attempt, action, gate.pacer)
+            return await self._paced_attempt(job, attempt, action, gate.pacer)
+        return await self._paced_attempt(job, attempt, action, None)
+
+    async def _paced_attempt(
+        self, job: Job, attempt: int, action: Action, workspace_pacer: Pacer | None
+    ) -> Reply | None:
+        if workspace_pacer is not None:
+            await workspace_pacer.wait()  # the workspace's own rate first, then the run's
         await self._pacer.wait()
         if self._stopping:
             return None
@@ -224,6 +258,12 @@ class Dispatcher:
             flow.on_send(sent_at)
         try:
             reply = await self._service.call(job, action)
+        except AuthFailed as error:
+            # Credentials could not be obtained (an IAM login failed): nothing was
+            # sent. Record that, so the job reads as pending, and stop the run.
+            self._recorder.result(job, attempt, _NOT_SENT, "not_sent", None)
+            self.stop("auth", error)
+            return None
         finally:
             tally.in_flight -= 1
         if flow is not None:
@@ -252,11 +292,7 @@ class Dispatcher:
         attempt = 0
         while True:
             attempt += 1
-            if self._settings.per_workspace > 0:
-                async with self._workspace_limit(job.workspace):
-                    reply = await self._attempt(job, attempt, action)
-            else:
-                reply = await self._attempt(job, attempt, action)
+            reply = await self._attempt(job, attempt, action)
             if reply is None:
                 return None  # stopped while waiting for a slot: the job stays pending
             verdict = classify(reply)
@@ -272,8 +308,13 @@ class Dispatcher:
             if verdict is Verdict.REFRESH_AUTH and not refreshed and attempt < policy.max_attempts:
                 refreshed = True
                 self._recorder.result(job, attempt, reply, verdict, None)
-                if await self._service.refresh_auth():
-                    continue
+                try:
+                    if await self._service.refresh_auth():
+                        continue
+                except AuthFailed as error:
+                    self._final(job, attempt, reply, "failed")
+                    self.stop("auth", error)
+                    return None
                 verdict = Verdict.AUTH_FAILED
             if verdict in _AUTH:
                 self._settle(job, attempt, reply, Verdict.AUTH_FAILED, "failed")
@@ -374,6 +415,15 @@ class Dispatcher:
 
 _AUTH = frozenset({Verdict.AUTH_FAILED, Verdict.REFRESH_AUTH})
 _NO_REPLY = Reply(None, 0.0)
+_NOT_SENT = Reply(None, 0.0, error_msg="not sent: no credentials")
+
+
+@dataclass(frozen=True, slots=True)
+class _Gate:
+    """A workspace's own limits: its in-flight cap and its pacer (None: none of that kind)."""
+
+    limiter: anyio.CapacityLimiter | None
+    pacer: Pacer | None
 
 
 def _auth_message(reply: Reply) -> str:

@@ -27,7 +27,8 @@ __all__ = ["OUTCOMES", "Summary", "format_text", "percentile", "summarize", "to_
 
 OUTCOMES = ("started", "failed", "unknown", "pending")
 
-_SETTLED_BY_RESEND = frozenset({"throttled", "transient", "refresh_auth"})
+# A last attempt with one of these verdicts certainly did not take effect.
+_SETTLED_BY_RESEND = frozenset({"throttled", "transient", "refresh_auth", "not_sent"})
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:

@@ -31,7 +31,7 @@ from launcher.adaptive import AdaptiveRate
 from launcher.auth import Auth, NoAuth, auth_from_env, iam_endpoint_for_region
 from launcher.client import DlfClient, endpoint_for_region, path_segment
 from launcher.config import RunOptions
-from launcher.dispatch import Dispatcher, DispatchSettings, Tally
+from launcher.dispatch import Dispatcher, DispatchSettings, Tally, WorkspaceLimits
 from launcher.errors import HaltError, LedgerFailed, ManifestInvalid, UsageError
 from launcher.ledger import Ledger, default_ledger_path, read_ledger
 from launcher.logs import get_logger
@@ -171,6 +171,9 @@ async def launch(
             ca_bundle=options.ca_bundle,
         )
         async with client:
+            # Obtain credentials (an IAM login) before anything is recorded or
+            # sent, so a wrong password stops the run here with nothing in flight.
+            await client.authenticate()
             ledger_path = options.ledger or str(default_ledger_path(manifest))
             if _has_content(ledger_path):
                 raise UsageError(
@@ -244,6 +247,10 @@ async def _dispatch(
         ),
         canary=options.canary,
         halt=parse_halt(options.halt) if options.halt else None,
+        workspaces={
+            workspace: WorkspaceLimits(concurrency, rate, burst)
+            for workspace, (concurrency, rate, burst) in options.workspaces.items()
+        },
     )
     flow = AdaptiveRate(ceiling=options.rate) if options.adaptive else None
     dispatcher = Dispatcher(

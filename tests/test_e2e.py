@@ -19,7 +19,7 @@ from launch_helpers import (
     write_manifest,
 )
 
-from launcher.simulator import SimConfig, running
+from launcher.simulator import IamUser, SimConfig, running
 
 pytestmark = pytest.mark.anyio
 
@@ -277,3 +277,43 @@ async def test_demo_config_runs_against_the_embedded_simulator(tmp_path: Path) -
     )  # fmt: skip
     assert done.code == 0, done.stderr
     assert "started   300" in done.stdout
+
+
+async def test_iam_token_expiring_mid_run_is_renewed(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "m.jsonl", job_lines(400))
+    user = IamUser("ops", "pw-e2e", "acme")
+    env = clean_env(
+        HUAWEICLOUD_IAM_USERNAME="ops", HUAWEICLOUD_IAM_PASSWORD="pw-e2e",
+        HUAWEICLOUD_IAM_DOMAIN="acme",
+    )  # fmt: skip
+    async with running(SimConfig(iam_users=(user,), token_ttl=1.0)) as (sim, url):
+        done = await launcher(
+            "run", str(manifest), "--endpoint", url, "--iam-endpoint", url,
+            "--project-id", "p1", "--rate", "200/s", "--ledger", str(tmp_path / "l.jsonl"),
+            env=env,
+        )  # fmt: skip
+    assert done.code == 0, done.stderr
+    assert sim.stats.by_route["iam"] >= 2  # logged in again before (or when) it expired
+    assert sum(sim.stats.starts.values()) == 400
+
+
+async def test_per_workspace_limits_from_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('rate = "0"\n[workspaces."ws-slow"]\nrate = "20/s"\nconcurrency = 2\n')
+    manifest = write_manifest(
+        tmp_path / "m.jsonl",
+        job_lines(20, prefix="slow", workspace="ws-slow")
+        + job_lines(200, prefix="fast", workspace="ws-fast"),
+    )
+    ledger = tmp_path / "l.jsonl"
+    async with running() as (_sim, url):
+        done = await launcher(
+            "run", str(manifest), "--config", str(config), "--endpoint", url,
+            "--project-id", "p1", "--ledger", str(ledger),
+        )  # fmt: skip
+    assert done.code == 0, done.stderr
+    intents = [e for e in ledger_events(ledger) if e["event"] == "intent"]
+    slow = [e["t"] for e in intents if e["workspace"] == "ws-slow"]
+    fast = [e["t"] for e in intents if e["workspace"] == "ws-fast"]
+    assert max(slow) - min(slow) >= 19 / 20 * 0.97  # paced at 20/s
+    assert max(fast) - min(fast) < 0.9  # the other workspace was not held back

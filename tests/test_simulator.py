@@ -666,7 +666,7 @@ def test_config_from_mapping_rejects(mapping: dict[str, object], message: str) -
 
 def _sim_process(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "launcher.cli_sim", *args],
+        [sys.executable, "-m", "launcher", "sim", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
