@@ -15,22 +15,20 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import aiohttp
 import anyio
 import orjson
 
 from launcher import __version__
 from launcher.adaptive import AdaptiveRate
-from launcher.auth import Auth, NoAuth, auth_from_env, iam_endpoint_for_region
-from launcher.client import DlfClient, endpoint_for_region, path_segment
+from launcher.client import path_segment
 from launcher.config import RunOptions
+from launcher.connect import Connection, connect, resolve_endpoint
 from launcher.dispatch import Dispatcher, DispatchSettings, Tally, WorkspaceLimits
 from launcher.errors import HaltError, LedgerFailed, ManifestInvalid, UsageError
 from launcher.ledger import Ledger, default_ledger_path, read_ledger
@@ -81,16 +79,6 @@ def plan_manifest(manifest: str, options: RunOptions) -> tuple[Validation, Defau
     return validation, defaults
 
 
-def _resolve_endpoint(options: RunOptions) -> str:
-    if options.endpoint:
-        return options.endpoint
-    if options.region:
-        return endpoint_for_region(options.region)
-    raise UsageError(
-        "no endpoint: give --endpoint URL, --region ID, or --endpoint sim for the simulator"
-    )
-
-
 def print_dry_run(
     manifest: str, defaults: Defaults, options: RunOptions, endpoint: str, out: TextIO
 ) -> None:
@@ -116,24 +104,6 @@ def print_dry_run(
     )
 
 
-@asynccontextmanager
-async def _service_endpoint(
-    endpoint: str, options: RunOptions
-) -> AsyncIterator[tuple[str, Callable[[aiohttp.ClientSession], Auth] | None]]:
-    """Yield the URL to call and, for the embedded simulator, the auth to use."""
-    if endpoint != "sim":
-        yield endpoint, None
-        return
-    from launcher.simulator import SimConfig, running
-
-    try:
-        config = SimConfig.from_mapping(options.sim)
-    except ValueError as error:
-        raise UsageError(f"[sim]: {error}") from None
-    async with running(config) as (_sim, url):
-        yield url, (lambda _session: NoAuth())
-
-
 async def launch(
     manifest: str,
     options: RunOptions,
@@ -143,7 +113,7 @@ async def launch(
 ) -> RunResult:
     """Run a manifest end to end and return the exit code (see interface.md)."""
     stdout = out if out is not None else sys.stdout
-    endpoint = _resolve_endpoint(options)
+    endpoint = resolve_endpoint(options)
     validation, defaults = plan_manifest(manifest, options)
     if options.dry_run:
         print_dry_run(manifest, defaults, options, endpoint, stdout)
@@ -152,41 +122,18 @@ async def launch(
         stdout.write(f"{manifest}: no jobs; nothing to do\n")
         return RunResult(0, None, None)
 
-    async with _service_endpoint(endpoint, options) as (url, sim_auth):
-        project_id = options.project_id
-
-        def make_auth(session: aiohttp.ClientSession) -> Auth:
-            if sim_auth is not None:
-                return sim_auth(session)
-            iam = options.iam_endpoint
-            if iam is None and options.region:
-                iam = iam_endpoint_for_region(options.region)
-            return auth_from_env(env, session=session, iam_endpoint=iam, project_id=project_id)
-
-        client = DlfClient(
-            url,
-            make_auth,
-            concurrency=options.concurrency,
-            timeout=options.timeout,
-            ca_bundle=options.ca_bundle,
-        )
-        async with client:
-            # Obtain credentials (an IAM login) before anything is recorded or
-            # sent, so a wrong password stops the run here with nothing in flight.
-            await client.authenticate()
-            ledger_path = options.ledger or str(default_ledger_path(manifest))
-            if _has_content(ledger_path):
-                raise UsageError(
-                    f"{ledger_path}: the ledger already holds a run; choose another --ledger "
-                    "(appending an unrelated run would merge two runs' outcomes)"
-                )
-            ledger = Ledger(ledger_path, fsync=options.fsync)  # type: ignore[arg-type]
-            try:
-                exit_code = await _dispatch(
-                    manifest, validation, defaults, options, endpoint, url, client, ledger
-                )
-            finally:
-                ledger.close()
+    async with connect(options, env) as connection:
+        ledger_path = options.ledger or str(default_ledger_path(manifest))
+        if _has_content(ledger_path):
+            raise UsageError(
+                f"{ledger_path}: the ledger already holds a run; choose another --ledger "
+                "(appending an unrelated run would merge two runs' outcomes)"
+            )
+        ledger = Ledger(ledger_path, fsync=options.fsync)  # type: ignore[arg-type]
+        try:
+            exit_code = await _dispatch(manifest, validation, defaults, options, connection, ledger)
+        finally:
+            ledger.close()
     summary = summarize([read_ledger(ledger_path)])
     stdout.write(format_text(summary) + "\n")
     stdout.flush()
@@ -198,11 +145,10 @@ async def _dispatch(
     validation: Validation,
     defaults: Defaults,
     options: RunOptions,
-    endpoint: str,
-    url: str,
-    client: DlfClient,
+    connection: Connection,
     ledger: Ledger,
 ) -> int:
+    client = connection.client
     run_id = uuid.uuid4().hex
     started = time.time()
     ledger.header(
@@ -216,8 +162,8 @@ async def _dispatch(
                 "jobs": validation.jobs,
                 "format": options.manifest_format,
             },
-            "endpoint": endpoint if endpoint == url else url,
-            "simulator": endpoint == "sim",
+            "endpoint": connection.url,
+            "simulator": connection.simulated,
             "auth": client.auth.describe(),
             "options": options.public(),
             "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
@@ -229,7 +175,7 @@ async def _dispatch(
         "run starting",
         run_id=run_id,
         jobs=validation.jobs,
-        endpoint=url,
+        endpoint=connection.url,
         rate=format_rate(options.rate),
         concurrency=options.concurrency,
         ledger=str(ledger.path),
