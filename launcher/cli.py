@@ -40,6 +40,22 @@ def _run_options(func: F) -> F:
         click.option("--project-id", help="Default project id (env HUAWEICLOUD_SDK_PROJECT_ID)."),
         click.option("--workspace", help="Default workspace for lines that name none."),
         click.option("--ledger", help="Ledger path (default ledgers/<manifest>-<UTC time>.jsonl)."),
+        click.option(
+            "--resume",
+            is_flag=True,
+            default=None,
+            help="Continue the run recorded in --ledger: settled jobs are skipped, "
+            "jobs in doubt are checked with the service before any resend.",
+        ),
+        click.option(
+            "--force", is_flag=True, default=None, help="Resume even if the manifest changed."
+        ),
+        click.option(
+            "--retry-failed",
+            is_flag=True,
+            default=None,
+            help="On --resume, send permanent failures (DLF.* errors) again too.",
+        ),
         click.option("--concurrency", type=int, help="Most requests in flight at once [64]."),
         click.option(
             "--per-workspace", type=int, help="Most requests in flight per workspace [no limit]."

@@ -34,6 +34,9 @@ class RunOptions:
     project_id: str | None = None
     workspace: str | None = None
     ledger: str | None = None
+    resume: bool = False
+    force: bool = False
+    retry_failed: bool = False
     concurrency: int = 64
     per_workspace: int = 0
     rate: float = 30.0
@@ -175,6 +178,9 @@ _CONVERTERS: dict[str, Callable[[object], Any]] = {
     "project_id": _header_safe,
     "workspace": _header_safe,
     "ledger": _text,
+    "resume": _flag,
+    "force": _flag,
+    "retry_failed": _flag,
     "concurrency": _positive_int,
     "per_workspace": _non_negative_int,
     "rate": _rate,

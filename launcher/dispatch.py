@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -51,6 +51,10 @@ class Service(Protocol):
     async def call(self, job: Job, action: Action) -> Reply: ...
 
     async def job_status(self, job: Job) -> JobStatus: ...
+
+    async def instances(
+        self, job: Job, min_plan_time_ms: int
+    ) -> tuple[Reply, list[dict[str, Any]]]: ...
 
     async def refresh_auth(self) -> bool: ...
 
@@ -142,6 +146,7 @@ class Dispatcher:
         rand: random.Random | None = None,
         flow: AdaptiveRate | None = None,
         budget: RetryBudget | None = None,
+        prior: Callable[[str], tuple[int, float | None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._service = service
@@ -152,6 +157,7 @@ class Dispatcher:
         self._rand = rand if rand is not None else random.Random()
         self._flow = flow
         self._budget = budget
+        self._prior = prior
         self._clock = clock
         self._stopped = anyio.Event()  # wakes jobs sleeping in a backoff when the run stops
         self._gates: dict[str | None, _Gate] = {}
@@ -230,8 +236,11 @@ class Dispatcher:
             self._gates[workspace] = gate
         return gate
 
-    async def _attempt(self, job: Job, attempt: int, action: Action) -> Reply | None:
-        """Wait for a send slot, record the intent, send. None: stopped before sending."""
+    async def _attempt(self, job: Job, attempt: int, action: Action) -> tuple[Reply, float] | None:
+        """Wait for a send slot, record the intent, send: (reply, intent Unix time).
+
+        None: stopped before sending, or nothing could be sent.
+        """
         if self._gated:
             gate = self._workspace_gate(job.workspace)
             if gate.limiter is not None:
@@ -242,12 +251,13 @@ class Dispatcher:
 
     async def _paced_attempt(
         self, job: Job, attempt: int, action: Action, workspace_pacer: Pacer | None
-    ) -> Reply | None:
+    ) -> tuple[Reply, float] | None:
         if workspace_pacer is not None:
             await workspace_pacer.wait()  # the workspace's own rate first, then the run's
         await self._pacer.wait()
         if self._stopping:
             return None
+        intent_t = time.time()
         self._recorder.intent(job, attempt, action)
         tally = self.tally
         tally.attempts += 1
@@ -268,7 +278,7 @@ class Dispatcher:
             tally.in_flight -= 1
         if flow is not None:
             self._adapt(flow, reply, sent_at)
-        return reply
+        return reply, intent_t
 
     def _adapt(self, flow: AdaptiveRate, reply: Reply, sent_at: float) -> None:
         """Feed the adaptive rate and hand its new rate to the pacer."""
@@ -285,19 +295,34 @@ class Dispatcher:
                 bucket.set_rate(rate, now)
 
     async def _launch(self, job: Job) -> None:
-        """One job's attempt loop: send, classify, settle or back off and resend."""
+        """One job's attempt loop: send, classify, settle or back off and resend.
+
+        `attempt` numbers attempts across ledger segments (a resumed job goes
+        on from its last number); `tries` counts this run's, which
+        `--max-attempts` bounds.
+        """
         action: Action = job.action or self._settings.action
         policy = self._settings.retry
         refreshed = False
-        attempt = 0
+        attempt, in_doubt_since = self._prior(job.id) if self._prior is not None else (0, None)
+        # A request of an earlier run may have reached the service: ask first.
+        if (
+            in_doubt_since is not None
+            and await self._reconcile(job, attempt, action, in_doubt_since) != "not_taken"
+        ):
+            return None
+        tries = 0
         while True:
             attempt += 1
-            reply = await self._attempt(job, attempt, action)
-            if reply is None:
+            tries += 1
+            sent = await self._attempt(job, attempt, action)
+            if sent is None:
                 return None  # stopped while waiting for a slot: the job stays pending
+            reply, intent_t = sent
             verdict = classify(reply)
             if reply.status is not None and verdict not in _AUTH:
                 self._canary_answered.set()
+            last_try = tries >= policy.max_attempts
 
             if verdict is Verdict.STARTED:
                 if self._budget is not None:
@@ -305,7 +330,7 @@ class Dispatcher:
                 return self._settle(job, attempt, reply, verdict, "started")
             if verdict is Verdict.PERMANENT:
                 return self._settle(job, attempt, reply, verdict, "failed")
-            if verdict is Verdict.REFRESH_AUTH and not refreshed and attempt < policy.max_attempts:
+            if verdict is Verdict.REFRESH_AUTH and not refreshed and not last_try:
                 refreshed = True
                 self._recorder.result(job, attempt, reply, verdict, None)
                 try:
@@ -322,19 +347,18 @@ class Dispatcher:
                 return None
             if verdict is Verdict.AMBIGUOUS:
                 self._recorder.result(job, attempt, reply, verdict, None)
-                conclusion = await self._reconcile(job, attempt, action)
-                if conclusion != "not_taken":
+                if await self._reconcile(job, attempt, action, intent_t) != "not_taken":
                     return None  # settled by the check: started, or unknown
-                if attempt >= policy.max_attempts or not self._may_retry(verdict):
+                if last_try or not self._may_retry(verdict):
                     self._final(job, attempt, reply, "failed")
                     return None
-            elif attempt >= policy.max_attempts or not self._may_retry(verdict):
+            elif last_try or not self._may_retry(verdict):
                 return self._settle(job, attempt, reply, verdict, "failed")
             else:
                 self._recorder.result(job, attempt, reply, verdict, None)
             if verdict is Verdict.THROTTLED:
                 self.tally.throttled += 1
-            delay = retry_delay(verdict, reply, attempt, policy, self._rand)
+            delay = retry_delay(verdict, reply, tries, policy, self._rand)
             if delay > 0.0:
                 with anyio.move_on_after(delay):
                     await self._stopped.wait()
@@ -344,40 +368,45 @@ class Dispatcher:
     def _may_retry(self, verdict: Verdict) -> bool:
         return self._budget is None or self._budget.try_spend(verdict)
 
-    async def _reconcile(self, job: Job, attempt: int, action: Action) -> str:
+    async def _reconcile(self, job: Job, attempt: int, action: Action, intent_t: float) -> str:
         """Settle an ambiguous attempt by asking the service; never resend blindly.
 
-        Returns `started` (the check saw the action take effect), `not_taken`
-        (safe to send again) or `unknown` (the check itself kept failing, or
-        the action has no state to check).
+        `start` and `stop` are checked in the job list (SCHEDULING / STOPPED);
+        `run-immediate` in the instance list: an instance of the job planned
+        after the intent (less `PLAN_TIME_SKEW`) means it ran, because a
+        duplicate run-immediate is a duplicate run. Returns `started` (it took
+        effect), `not_taken` (safe to send again) or `unknown` (the check kept
+        failing).
         """
-        took_effect = _TOOK_EFFECT.get(action)
-        not_taken = _NOT_TAKEN.get(action)
-        if took_effect is None or not_taken is None:
-            self._recorder.check(job, attempt, _NO_REPLY, None, "uncheckable", "unknown")
-            self._count_final("unknown", None)
-            return "unknown"
         policy = self._settings.retry
-        last: JobStatus | None = None
+        last_reply = _NO_REPLY
         for check in range(1, self._settings.status_checks + 1):
             # Wait first: an answer that was lost may still be in the service's hands.
             await anyio.sleep(retry_delay(Verdict.TRANSIENT, _NO_REPLY, check, policy, self._rand))
-            last = await self._service.job_status(job)
-            state = last.state
-            if state == took_effect:
-                self._recorder.check(job, attempt, last.reply, state, "took_effect", "started")
+            if action == "run-immediate":
+                since_ms = int((intent_t - PLAN_TIME_SKEW) * 1000)
+                last_reply, instances = await self._service.instances(job, since_ms)
+                state = _instance_state(instances) if last_reply.status == 200 else None
+                took_effect = state is not None and state != "none"
+                not_taken = state == "none"
+            else:
+                status = await self._service.job_status(job)
+                last_reply, state = status.reply, status.state
+                took_effect = state == _TOOK_EFFECT[action]
+                # Absent from a list that answered: the job does not exist, so the
+                # action cannot have worked; a resend gets the service's own verdict.
+                not_taken = (state is not None and state in _NOT_TAKEN[action]) or (
+                    last_reply.status == 200 and not status.found
+                )
+            if took_effect:
+                self._recorder.check(job, attempt, last_reply, state, "took_effect", "started")
                 self._count_final("started", None)
                 return "started"
-            if (state is not None and state in not_taken) or (
-                last.reply.status == 200 and not last.found
-            ):
-                # Absent from the list: the job does not exist, so the start
-                # cannot have worked; resending gets the service's own verdict.
-                self._recorder.check(job, attempt, last.reply, state, "not_taken")
+            if not_taken:
+                self._recorder.check(job, attempt, last_reply, state, "not_taken")
                 return "not_taken"
-            self._recorder.check(job, attempt, last.reply, state, "check_failed")
-        reply = last.reply if last is not None else _NO_REPLY
-        self._recorder.check(job, attempt, reply, None, "gave_up", "unknown")
+            self._recorder.check(job, attempt, last_reply, state, "check_failed")
+        self._recorder.check(job, attempt, last_reply, None, "gave_up", "unknown")
         self._count_final("unknown", None)
         return "unknown"
 
@@ -411,6 +440,18 @@ class Dispatcher:
                 )
         else:
             tally.unknown += 1
+
+
+# How far the service's clock may be behind ours when matching instances to an intent.
+PLAN_TIME_SKEW = 30.0
+
+
+def _instance_state(instances: list[dict[str, Any]]) -> str:
+    """`none`, or a description of the newest instance found (`instance 123 running`)."""
+    if not instances:
+        return "none"
+    newest = max(instances, key=lambda entry: entry.get("planTime") or 0)
+    return f"instance {newest.get('instanceId')} {newest.get('status')}"
 
 
 _AUTH = frozenset({Verdict.AUTH_FAILED, Verdict.REFRESH_AUTH})

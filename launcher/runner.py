@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from launcher.logs import get_logger
 from launcher.manifest import Defaults, Validation, iter_jobs, scan, validate
 from launcher.models import Job
 from launcher.pacing import Pacer, TokenBucket, format_rate
+from launcher.plan import FoldedLedger, Next, describe_counts, fold_ledger, next_step
 from launcher.policy import RetryBudget, RetryPolicy, parse_halt
 from launcher.progress import show_progress
 from launcher.report import Summary, format_text, summarize
@@ -122,22 +123,109 @@ async def launch(
         stdout.write(f"{manifest}: no jobs; nothing to do\n")
         return RunResult(0, None, None)
 
+    ledger_path = options.ledger or str(default_ledger_path(manifest))
+    segment = plan_segment(ledger_path, validation, options)
     async with connect(options, env) as connection:
-        ledger_path = options.ledger or str(default_ledger_path(manifest))
-        if _has_content(ledger_path):
-            raise UsageError(
-                f"{ledger_path}: the ledger already holds a run; choose another --ledger "
-                "(appending an unrelated run would merge two runs' outcomes)"
-            )
         ledger = Ledger(ledger_path, fsync=options.fsync)  # type: ignore[arg-type]
         try:
-            exit_code = await _dispatch(manifest, validation, defaults, options, connection, ledger)
+            exit_code = await _dispatch(
+                manifest, validation, defaults, options, connection, ledger, segment
+            )
         finally:
             ledger.close()
     summary = summarize([read_ledger(ledger_path)])
     stdout.write(format_text(summary) + "\n")
     stdout.flush()
     return RunResult(exit_code, summary, ledger_path)
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Which part of a run this invocation is: the first, or a resumption."""
+
+    number: int = 1
+    resumes: str | None = None  # run id of the segment before
+    folded: FoldedLedger | None = None  # what the ledger already says, when resuming
+    already_started: int = 0  # jobs started by earlier segments
+    already_settled: int = 0  # jobs earlier segments settled for good (started or skipped)
+
+    def prior(self, retry_failed: bool) -> Callable[[str], tuple[int, float | None]] | None:
+        """For the dispatcher: a job's attempts so far, and its in-doubt time if any."""
+        folded = self.folded
+        if folded is None:
+            return None
+        jobs = folded.jobs
+
+        def lookup(job_id: str) -> tuple[int, float | None]:
+            record = jobs.get(job_id)
+            if record is None:
+                return 0, None
+            doubt = next_step(record, retry_failed=retry_failed) is Next.CHECK
+            return record.attempts, record.last_intent_t if doubt else None
+
+        return lookup
+
+    def to_send(self, jobs: Iterable[Job], retry_failed: bool) -> Iterator[Job]:
+        """The manifest's jobs this segment handles (all of them, for a first segment)."""
+        folded = self.folded
+        if folded is None:
+            yield from jobs
+            return
+        records = folded.jobs
+        for job in jobs:
+            if next_step(records.get(job.id), retry_failed=retry_failed) is not Next.SKIP:
+                yield job
+
+
+def plan_segment(ledger_path: str, validation: Validation, options: RunOptions) -> Segment:
+    """Check the ledger against the options; for `--resume`, fold what it already says.
+
+    A fresh run refuses a ledger that holds a run; a resumed one refuses a
+    ledger without one, and a manifest whose hash changed unless `--force`.
+    """
+    if not options.resume:
+        if _has_content(ledger_path):
+            raise UsageError(
+                f"{ledger_path}: the ledger already holds a run; continue it with --resume, "
+                "or choose another --ledger"
+            )
+        return Segment()
+    if not _has_content(ledger_path):
+        raise UsageError(f"{ledger_path}: --resume needs the ledger of an earlier run")
+    folded = fold_ledger(read_ledger(ledger_path))
+    if not folded.headers:
+        raise UsageError(f"{ledger_path}: no run header; this is not a launcher ledger")
+    recorded = folded.manifest_sha256
+    if recorded != validation.sha256 and not options.force:
+        raise UsageError(
+            f"{validation.path}: the manifest changed since the run in {ledger_path} "
+            f"(sha256 {str(recorded)[:12]}… then, {validation.sha256[:12]}… now); "
+            "resume with the original manifest, or pass --force"
+        )
+    started = settled = 0
+    for record in folded.jobs.values():
+        if record.outcome == "started":
+            started += 1
+        if next_step(record, retry_failed=options.retry_failed) is Next.SKIP:
+            settled += 1
+    last = folded.headers[-1]
+    log.info(
+        "resuming",
+        ledger=ledger_path,
+        segment=folded.segments + 1,
+        **describe_counts(
+            next_step(r, retry_failed=options.retry_failed) for r in folded.jobs.values()
+        ),
+        never_attempted=max(0, validation.jobs - len(folded.jobs)),
+        torn_tail=folded.torn_tail,
+    )
+    return Segment(
+        number=folded.segments + 1,
+        resumes=last.get("run_id"),
+        folded=folded,
+        already_started=started,
+        already_settled=settled,
+    )
 
 
 async def _dispatch(
@@ -147,6 +235,7 @@ async def _dispatch(
     options: RunOptions,
     connection: Connection,
     ledger: Ledger,
+    segment: Segment,
 ) -> int:
     client = connection.client
     run_id = uuid.uuid4().hex
@@ -154,7 +243,8 @@ async def _dispatch(
     ledger.header(
         {
             "run_id": run_id,
-            "segment": 1,
+            "segment": segment.number,
+            "resumes": segment.resumes,
             "version": __version__,
             "manifest": {
                 "path": str(Path(manifest).resolve()),  # noqa: ASYNC240 (once per run)
@@ -181,7 +271,7 @@ async def _dispatch(
         ledger=str(ledger.path),
         auth=client.auth.describe(),
     )
-    tally = Tally(total=validation.jobs)
+    tally = Tally(total=max(0, validation.jobs - segment.already_settled))
     settings = DispatchSettings(
         action=options.action,
         concurrency=options.concurrency,
@@ -208,8 +298,11 @@ async def _dispatch(
         rand=random.Random(),
         flow=flow,
         budget=RetryBudget(capacity=options.retry_budget) if options.retry_budget else None,
+        prior=segment.prior(options.retry_failed),
     )
-    jobs = iter_jobs(manifest, defaults, fmt=options.manifest_format)
+    jobs = segment.to_send(
+        iter_jobs(manifest, defaults, fmt=options.manifest_format), options.retry_failed
+    )
     interrupted = False
 
     async with anyio.create_task_group() as tg:
@@ -260,7 +353,7 @@ async def _dispatch(
         sys.stderr.write(f"launcher: halted: {error}\n")
     elif interrupted:
         exit_code = EXIT_INTERRUPTED
-    elif tally.started < validation.jobs:
+    elif segment.already_started + tally.started < validation.jobs:
         exit_code = 1  # finished, but some jobs failed, ended unknown or were never sent
     else:
         exit_code = 0

@@ -8,6 +8,7 @@ import itertools
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -88,6 +89,11 @@ class FakeService:
             return scripted.pop(0)
         state = self.state.get(job.name, "STOPPED")
         return JobStatus(Reply(200, 0.001), state, True)
+
+    async def instances(
+        self, job: Job, min_plan_time_ms: int
+    ) -> tuple[Reply, list[dict[str, Any]]]:
+        return Reply(200, 0.001), []
 
     async def refresh_auth(self) -> bool:
         self.refreshes += 1
