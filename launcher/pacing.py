@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 import anyio
 
-__all__ = ["Pacer", "TokenBucket", "format_rate", "parse_rate"]
+__all__ = ["STALL", "Pacer", "TokenBucket", "format_rate", "parse_rate"]
+
+STALL = 0.010  # seconds of lateness after which a send slot counts as stale
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$")
 _PER_SECOND = {
@@ -131,11 +133,19 @@ class Pacer:
         rate: claim one under the new rate instead.
         """
         bucket = self._bucket
+        clock = self._clock
         while True:
             generation = bucket.generation
-            delay = bucket.reserve(self._clock())
+            now = clock()
+            delay = bucket.reserve(now)
             if delay <= 0.0:
                 return
             await anyio.sleep(delay)
-            if bucket.generation == generation:
+            if bucket.generation != generation:
+                continue  # the rate changed while we slept: claim a slot at the new rate
+            # Woken far too late (the event loop or the machine stalled)? Then the
+            # slots of every other sleeper have passed too, and all of them going
+            # now would be a burst: claim a fresh slot instead. Small lateness is
+            # caught up, so the average rate stays exact.
+            if clock() - (now + delay) <= max(2.0 / bucket.rate, STALL):
                 return

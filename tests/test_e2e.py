@@ -198,7 +198,8 @@ async def test_pacing_never_exceeds_the_rate(tmp_path: Path) -> None:
         )  # fmt: skip
     assert done.code == 0
     assert sim.stats.achieved_rate() <= 200 * 1.03
-    assert sim.stats.busiest_window(0.1) <= 20 + 4
+    # rate/10 is 20; a margin for a busy CI machine, where timers fire late.
+    assert sim.stats.busiest_window(0.1) <= 28
 
 
 async def test_halt_threshold_stops_dispatching_with_exit_3(tmp_path: Path) -> None:

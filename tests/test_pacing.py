@@ -117,3 +117,25 @@ def test_sends_never_exceed_the_rate(rate: float, arrivals: list[float]) -> None
     interval = 1.0 / rate
     for earlier, later in itertools.pairwise(sends):
         assert later - earlier >= interval * (1 - 1e-9)
+
+
+@pytest.mark.anyio
+async def test_a_slot_missed_by_a_stall_is_claimed_again_not_burst() -> None:
+    """After the loop stalled past a waiter's slot, it claims a fresh slot after `now`."""
+    clock = [0.0]
+    bucket = TokenBucket(100.0)  # 10 ms apart
+    pacer = Pacer(bucket, clock=lambda: clock[0])
+    for _ in range(3):
+        bucket.reserve(0.0)  # slots at 0, 10 and 20 ms are taken; ours will be at 30 ms
+
+    async def stall() -> None:
+        await anyio.sleep(0.005)
+        clock[0] = 1.0  # a 1 s stall: our 30 ms slot is long gone
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stall)
+        with anyio.fail_after(2):
+            await pacer.wait()
+    # The stale slot was replaced by one at `now` (1.0 s), so the next is 10 ms later,
+    # not "immediately, like every other stale sleeper".
+    assert bucket.reserve(1.0) == pytest.approx(0.01)
