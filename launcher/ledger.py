@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -228,53 +227,48 @@ def _line(event: Mapping[str, Any]) -> bytes:
     return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
 
 
-@dataclass(frozen=True, slots=True)
 class LedgerRead:
-    """Events read from a ledger, and what could not be read."""
+    """A ledger's events, streamed: iterate it once (memory stays flat at any size).
 
-    path: Path
-    events: list[dict[str, Any]]
-    torn_tail: bool  # the last line was cut short (a crash mid-write); it was skipped
-    bad_lines: tuple[int, ...]  # other unreadable lines (1-based), skipped
+    Works on a ledger that a running launcher is still appending to: a last
+    line without its newline is treated as not yet written. After iteration,
+    `torn_tail` says whether such a line was skipped (a crash mid-write, or a
+    write in progress) and `bad_lines` lists other unreadable lines.
+    """
 
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.torn_tail = False
+        self.bad_lines: list[int] = []
 
-def iter_ledger(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
-    """Yield (line number, raw line) for each non-blank line of a ledger."""
-    try:
-        with open(path, "rb") as handle:
-            for number, raw in enumerate(handle, 1):
-                if raw.strip():
-                    yield number, raw
-    except OSError as error:
-        raise UsageError(f"{path}: cannot read the ledger: {error.strerror}") from None
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        loads = orjson.loads
+        try:
+            with open(self.path, "rb") as handle:
+                for number, raw in enumerate(handle, 1):
+                    if not raw.endswith(b"\n"):
+                        if raw.strip():
+                            self.torn_tail = True
+                        continue
+                    try:
+                        event = loads(raw)
+                    except orjson.JSONDecodeError:
+                        if raw.strip():
+                            self.bad_lines.append(number)
+                        continue
+                    if isinstance(event, dict):
+                        yield event
+                    else:
+                        self.bad_lines.append(number)
+        except OSError as error:
+            raise UsageError(f"{self.path}: cannot read the ledger: {error.strerror}") from None
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every event as a list: for small ledgers and tests only."""
+        return list(self)
 
 
 def read_ledger(path: str | os.PathLike[str]) -> LedgerRead:
-    """Read every event of a ledger, tolerating a torn last line (reported, not fatal).
-
-    Works on a ledger that a running launcher is still appending to: a last
-    line without its newline is treated as not yet written.
-    """
-    events: list[dict[str, Any]] = []
-    bad: list[int] = []
-    torn = False
-    for number, raw in iter_ledger(path):
-        if not raw.endswith(b"\n"):
-            torn = True
-            continue
-        try:
-            event = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            bad.append(number)
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-        else:
-            bad.append(number)
-    return LedgerRead(Path(path), events, torn, tuple(bad))
-
-
-def events_of(reads: Iterable[LedgerRead]) -> Iterator[dict[str, Any]]:
-    """All events of several ledgers, in order."""
-    for read in reads:
-        yield from read.events
+    """A streaming reader of the ledger at `path` (nothing is read until iterated)."""
+    return LedgerRead(path)

@@ -1,14 +1,8 @@
-"""Reports: fold ledger events into one final outcome per job, and print them.
+"""Reports: one final outcome per job, counts, breakdowns, latency; text, JSON or CSV.
 
 The ledger is the single source of truth: `launcher run` prints its summary by
 reading back the ledger it just wrote, so the run's summary and a later
-`launcher report` cannot disagree.
-
-A job's final outcome is the `outcome` of its last settling event. A job
-without one is `unknown` when its last attempt may have reached the service
-(an intent without a result, or an unsettled ambiguous reply) and `pending`
-when its last attempt certainly did not (throttled, 5xx, refused connection).
-Jobs of the manifest that never appear in the ledger are `pending` too.
+`launcher report` cannot disagree. Folding rules live in `launcher.history`.
 """
 
 from __future__ import annotations
@@ -21,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from launcher.history import History, fold
 from launcher.ledger import LedgerRead
 
 __all__ = ["OUTCOMES", "Summary", "format_text", "percentile", "summarize", "to_json"]
@@ -40,15 +35,6 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
 
 
 @dataclass(slots=True)
-class _JobState:
-    outcome: str | None = None
-    last: str = "intent"  # "intent", or the verdict of the last result
-    failure: str | None = None
-    workspace: str | None = None
-    reconciled: bool = False
-
-
-@dataclass(slots=True)
 class Summary:
     """One run (or several ledgers merged) folded into counts."""
 
@@ -57,6 +43,7 @@ class Summary:
     jobs: int
     outcomes: dict[str, int]
     failed_by_code: dict[str, int]
+    by_workspace: dict[str, dict[str, int]]
     attempts: int
     reconciled: int
     elapsed_s: float
@@ -64,6 +51,7 @@ class Summary:
     torn_tail: list[str]
     exit_codes: list[int]
     stop_reasons: list[str]
+    overlaps: list[str]  # jobs present in more than one ledger (shards that overlap)
 
     @property
     def request_rate(self) -> float:
@@ -82,108 +70,54 @@ class Summary:
 
 
 def summarize(reads: Iterable[LedgerRead]) -> Summary:
-    """Merge the events of one or more ledgers into a `Summary`."""
-    states: dict[str, _JobState] = {}
-    latencies: list[float] = []
-    attempts = 0
-    declared_jobs = 0
-    run_ids: list[str] = []
-    ledgers: list[str] = []
-    torn: list[str] = []
-    exit_codes: list[int] = []
-    reasons: list[str] = []
-    first_t = math.inf
-    last_t = -math.inf
-    for read in reads:
-        ledgers.append(str(read.path))
-        if read.torn_tail:
-            torn.append(str(read.path))
-        ledger_jobs = 0
-        for event in read.events:
-            kind = event.get("event")
-            t = event.get("t")
-            if isinstance(t, int | float):
-                first_t = min(first_t, t)
-                last_t = max(last_t, t)
-            if kind == "intent":
-                attempts += 1
-                state = states.get(event["job"])
-                if state is None:
-                    state = states[event["job"]] = _JobState(workspace=event.get("workspace"))
-                state.last = "intent"
-            elif kind == "result":
-                state = states.setdefault(event["job"], _JobState())
-                state.last = event.get("verdict", "?")
-                latency = event.get("latency_ms")
-                if event.get("status") is not None and isinstance(latency, int | float):
-                    latencies.append(float(latency))
-                _settle(state, event)
-            elif kind == "check":
-                state = states.setdefault(event["job"], _JobState())
-                if event.get("conclusion") == "took_effect":
-                    state.reconciled = True
-                _settle(state, event)
-            elif kind == "run":
-                run_id = event.get("run_id")
-                if isinstance(run_id, str) and run_id not in run_ids:
-                    run_ids.append(run_id)
-                manifest = event.get("manifest") or {}
-                ledger_jobs = max(ledger_jobs, int(manifest.get("jobs") or 0))
-            elif kind == "end":
-                code = event.get("exit_code")
-                if isinstance(code, int):
-                    exit_codes.append(code)
-                reason = event.get("reason")
-                if isinstance(reason, str):
-                    reasons.append(reason)
-        declared_jobs += ledger_jobs
+    """Merge one or more ledgers into a `Summary` (one final outcome per job)."""
+    return summary_of(fold(reads))
 
+
+def summary_of(history: History) -> Summary:
+    """The `Summary` of an already folded history."""
     outcomes = dict.fromkeys(OUTCOMES, 0)
     failed_by_code: Counter[str] = Counter()
+    by_workspace: dict[str, dict[str, int]] = {}
     reconciled = 0
-    for state in states.values():
-        outcome = state.outcome
-        if outcome is None:
-            outcome = "pending" if state.last in _SETTLED_BY_RESEND else "unknown"
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    overlaps: list[str] = []
+    for job_id, record in history.jobs.items():
+        outcome = record.final
+        outcomes[outcome] += 1
+        workspace = by_workspace.get(record.workspace or "(default)")
+        if workspace is None:
+            workspace = by_workspace[record.workspace or "(default)"] = dict.fromkeys(OUTCOMES, 0)
+        workspace[outcome] += 1
         if outcome == "failed":
-            failed_by_code[state.failure or "error"] += 1
-        if outcome == "started" and state.reconciled:
+            failed_by_code[record.failure or "error"] += 1
+        elif outcome == "started" and record.reconciled:
             reconciled += 1
-    jobs = max(declared_jobs, len(states))
-    outcomes["pending"] += jobs - len(states)
-    latencies.sort()
-    elapsed = last_t - first_t if last_t > first_t else 0.0
+        if record.sources > 1:
+            overlaps.append(job_id)
+    jobs = max(history.declared_jobs, len(history.jobs))
+    outcomes["pending"] += jobs - len(history.jobs)
+    run_ids: list[str] = []
+    for header in history.headers:
+        run_id = header.get("run_id")
+        if isinstance(run_id, str) and run_id not in run_ids:
+            run_ids.append(run_id)
+    elapsed = history.last_t - history.first_t if history.last_t > history.first_t else 0.0
     return Summary(
-        ledgers=ledgers,
+        ledgers=history.ledgers,
         run_ids=run_ids,
         jobs=jobs,
         outcomes=outcomes,
         failed_by_code=dict(failed_by_code.most_common()),
-        attempts=attempts,
+        by_workspace=dict(sorted(by_workspace.items())),
+        attempts=history.attempts,
         reconciled=reconciled,
         elapsed_s=elapsed,
-        latencies_ms=latencies,
-        torn_tail=torn,
-        exit_codes=exit_codes,
-        stop_reasons=reasons,
+        latencies_ms=sorted(history.latencies_ms),
+        torn_tail=history.torn_tail,
+        exit_codes=[f["exit_code"] for f in history.footers if isinstance(f.get("exit_code"), int)],
+        stop_reasons=[f["reason"] for f in history.footers if isinstance(f.get("reason"), str)],
+        overlaps=overlaps,
     )
-
-
-def _settle(state: _JobState, event: dict[str, Any]) -> None:
-    outcome = event.get("outcome")
-    if outcome is None:
-        return
-    state.outcome = outcome
-    if outcome == "failed":
-        code = event.get("error_code")
-        status = event.get("status")
-        if isinstance(code, str):
-            state.failure = code
-        elif status is not None:
-            state.failure = f"HTTP {status}"
-        else:
-            state.failure = event.get("failure") or "error"
 
 
 def to_json(summary: Summary) -> dict[str, Any]:
@@ -192,6 +126,7 @@ def to_json(summary: Summary) -> dict[str, Any]:
         "jobs": summary.jobs,
         "outcomes": summary.outcomes,
         "failed_by_code": summary.failed_by_code,
+        "by_workspace": summary.by_workspace,
         "attempts": summary.attempts,
         "retries": max(0, summary.attempts - (summary.jobs - summary.outcomes["pending"])),
         "reconciled": summary.reconciled,
@@ -202,6 +137,7 @@ def to_json(summary: Summary) -> dict[str, Any]:
         "ledgers": summary.ledgers,
         "torn_tail": summary.torn_tail,
         "stop_reasons": summary.stop_reasons,
+        "overlaps": len(summary.overlaps),
     }
 
 

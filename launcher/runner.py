@@ -31,12 +31,13 @@ from launcher.config import RunOptions
 from launcher.connect import Connection, connect, resolve_endpoint
 from launcher.dispatch import Dispatcher, DispatchSettings, Tally, WorkspaceLimits
 from launcher.errors import HaltError, LedgerFailed, ManifestInvalid, UsageError
+from launcher.history import History, fold
 from launcher.ledger import Ledger, default_ledger_path, read_ledger
 from launcher.logs import get_logger
 from launcher.manifest import Defaults, Validation, iter_jobs, scan, validate
 from launcher.models import Job
 from launcher.pacing import Pacer, TokenBucket, format_rate
-from launcher.plan import FoldedLedger, Next, describe_counts, fold_ledger, next_step
+from launcher.plan import Next, describe_counts, next_step
 from launcher.policy import RetryBudget, RetryPolicy, parse_halt
 from launcher.progress import show_progress
 from launcher.report import Summary, format_text, summarize
@@ -145,16 +146,16 @@ class Segment:
 
     number: int = 1
     resumes: str | None = None  # run id of the segment before
-    folded: FoldedLedger | None = None  # what the ledger already says, when resuming
+    history: History | None = None  # what the ledger already says, when resuming
     already_started: int = 0  # jobs started by earlier segments
     already_settled: int = 0  # jobs earlier segments settled for good (started or skipped)
 
     def prior(self, retry_failed: bool) -> Callable[[str], tuple[int, float | None]] | None:
         """For the dispatcher: a job's attempts so far, and its in-doubt time if any."""
-        folded = self.folded
-        if folded is None:
+        history = self.history
+        if history is None:
             return None
-        jobs = folded.jobs
+        jobs = history.jobs
 
         def lookup(job_id: str) -> tuple[int, float | None]:
             record = jobs.get(job_id)
@@ -167,11 +168,11 @@ class Segment:
 
     def to_send(self, jobs: Iterable[Job], retry_failed: bool) -> Iterator[Job]:
         """The manifest's jobs this segment handles (all of them, for a first segment)."""
-        folded = self.folded
-        if folded is None:
+        history = self.history
+        if history is None:
             yield from jobs
             return
-        records = folded.jobs
+        records = history.jobs
         for job in jobs:
             if next_step(records.get(job.id), retry_failed=retry_failed) is not Next.SKIP:
                 yield job
@@ -192,10 +193,10 @@ def plan_segment(ledger_path: str, validation: Validation, options: RunOptions) 
         return Segment()
     if not _has_content(ledger_path):
         raise UsageError(f"{ledger_path}: --resume needs the ledger of an earlier run")
-    folded = fold_ledger(read_ledger(ledger_path))
-    if not folded.headers:
+    history = fold([read_ledger(ledger_path)])
+    if not history.headers:
         raise UsageError(f"{ledger_path}: no run header; this is not a launcher ledger")
-    recorded = folded.manifest_sha256
+    recorded = history.manifest_sha256
     if recorded != validation.sha256 and not options.force:
         raise UsageError(
             f"{validation.path}: the manifest changed since the run in {ledger_path} "
@@ -203,26 +204,26 @@ def plan_segment(ledger_path: str, validation: Validation, options: RunOptions) 
             "resume with the original manifest, or pass --force"
         )
     started = settled = 0
-    for record in folded.jobs.values():
+    for record in history.jobs.values():
         if record.outcome == "started":
             started += 1
         if next_step(record, retry_failed=options.retry_failed) is Next.SKIP:
             settled += 1
-    last = folded.headers[-1]
+    last = history.headers[-1]
     log.info(
         "resuming",
         ledger=ledger_path,
-        segment=folded.segments + 1,
+        segment=len(history.headers) + 1,
         **describe_counts(
-            next_step(r, retry_failed=options.retry_failed) for r in folded.jobs.values()
+            next_step(r, retry_failed=options.retry_failed) for r in history.jobs.values()
         ),
-        never_attempted=max(0, validation.jobs - len(folded.jobs)),
-        torn_tail=folded.torn_tail,
+        never_attempted=max(0, validation.jobs - len(history.jobs)),
+        torn_tail=history.torn_tail,
     )
     return Segment(
-        number=folded.segments + 1,
+        number=len(history.headers) + 1,
         resumes=last.get("run_id"),
-        folded=folded,
+        history=history,
         already_started=started,
         already_settled=settled,
     )

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from launcher.history import JobRecord, fold
 from launcher.ledger import Ledger, read_ledger
 from launcher.models import Failure, Job, JobParam, Reply
-from launcher.plan import JobRecord, Next, fold_ledger, next_step, replay_jobs
+from launcher.plan import Next, next_step, replay_jobs
 
 
 @pytest.mark.parametrize(
@@ -59,7 +60,7 @@ def write_history(path: Path) -> None:
 
 def test_fold_keeps_what_resume_needs(tmp_path: Path) -> None:
     write_history(tmp_path / "l.jsonl")
-    folded = fold_ledger(read_ledger(tmp_path / "l.jsonl"))
+    folded = fold([read_ledger(tmp_path / "l.jsonl")])
     steps = {k: next_step(r, retry_failed=False) for k, r in folded.jobs.items()}
     assert steps == {
         "id-ok": Next.SKIP,
@@ -74,7 +75,7 @@ def test_fold_keeps_what_resume_needs(tmp_path: Path) -> None:
 
 def test_replay_rebuilds_jobs_with_project_and_workspace_remapped(tmp_path: Path) -> None:
     write_history(tmp_path / "l.jsonl")
-    folded = fold_ledger(read_ledger(tmp_path / "l.jsonl"), keep_descriptions=True)
+    folded = fold([read_ledger(tmp_path / "l.jsonl")], keep=frozenset({"descriptions"}))
     lines = list(
         replay_jobs(
             folded,
