@@ -13,14 +13,15 @@ from typing import Any, TypeVar
 
 import anyio
 import click
+import orjson
 
 from launcher import __version__
 from launcher.config import load_config_file, resolve_options
-from launcher.errors import LauncherError
+from launcher.errors import LauncherError, UsageError
 from launcher.ledger import read_ledger
 from launcher.logs import configure_logging
 from launcher.manifest import Defaults, validate
-from launcher.report import dumps_json, format_text, summarize
+from launcher.report import format_text
 
 __all__ = ["cli", "main"]
 
@@ -202,16 +203,103 @@ def validate_command(
 @cli.command()
 @click.argument("ledgers", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "csv"]),
+    default="text",
+    show_default=True,
+    help="csv: one row per job.",
 )
-def report(ledgers: tuple[str, ...], fmt: str) -> None:
-    """Summarize one or more LEDGERS: one final outcome per job."""
+@click.option(
+    "--outcome",
+    help="Only jobs with these final outcomes (started,failed,unknown,pending): "
+    "listed after the summary, or the only CSV rows.",
+)
+def report(ledgers: tuple[str, ...], fmt: str, outcome: str | None) -> None:
+    """Summarize one or more LEDGERS (shards of one run merge): one final outcome per job.
+
+    Works on a ledger a running launcher is still writing.
+    """
+    from launcher.history import fold
+    from launcher.replay import parse_only
+    from launcher.report import format_rows, job_rows, summary_of, to_json, write_csv
+
     try:
-        summary = summarize(read_ledger(path) for path in ledgers)
+        outcomes = parse_only(outcome) if outcome else None
+        per_job = fmt == "csv" or outcomes is not None
+        history = fold(
+            (read_ledger(path) for path in ledgers),
+            keep=frozenset({"details"}) if per_job else frozenset(),
+        )
     except LauncherError as error:
         _fail(error)
         return
-    click.echo(dumps_json(summary) if fmt == "json" else format_text(summary))
+    if fmt == "csv":
+        write_csv(job_rows(history, outcomes), sys.stdout)
+        return
+    summary = summary_of(history)
+    if fmt == "json":
+        document = to_json(summary)
+        if outcomes is not None:
+            document["jobs_list"] = list(job_rows(history, outcomes))
+        click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(format_text(summary))
+    if outcomes is not None:
+        listing = format_rows(job_rows(history, outcomes))
+        click.echo("\n" + (listing or f"(no {','.join(sorted(outcomes))} jobs)"))
+
+
+@cli.command()
+@click.argument("source", metavar="LEDGER", type=click.Path(dir_okay=False))
+@_run_options
+@click.option(
+    "--only",
+    help="Replay only jobs with these final outcomes: started,failed,unknown,pending [all].",
+)
+@click.option(
+    "--map-workspace",
+    multiple=True,
+    metavar="OLD=NEW",
+    help="Rename a workspace (repeatable). --project-id replaces every job's project.",
+)
+def replay(
+    source: str,
+    config_path: str | None,
+    only: str | None,
+    map_workspace: tuple[str, ...],
+    **flags: Any,
+) -> None:
+    """Re-issue the jobs recorded in LEDGER as a new run, into another project,
+    workspace or region (--endpoint/--region), with its own ledger."""
+    from dataclasses import replace
+
+    from launcher.replay import parse_only, parse_workspace_map, plan_replay
+    from launcher.runner import launch
+
+    try:
+        file_values = load_config_file(config_path) if config_path else {}
+        options = resolve_options(flags, file_values, os.environ, config_path=config_path)
+        configure_logging(options.log_format, options.log_level)  # type: ignore[arg-type]
+        if options.resume:
+            raise UsageError(
+                "replay --resume: resume a replay with `launcher run REPLAY.manifest.jsonl "
+                "--ledger REPLAY.jsonl --resume`"
+            )
+        plan = plan_replay(
+            source,
+            only=parse_only(only),
+            project_id=flags.get("project_id") or file_values.get("project_id"),
+            workspace_map=parse_workspace_map(map_workspace),
+            ledger=options.ledger,
+        )
+        click.echo(f"replay: {plan.jobs} job(s) from {source} -> {plan.manifest}", err=True)
+        options = replace(options, ledger=str(plan.ledger))
+        result = anyio.run(launch, str(plan.manifest), options, dict(os.environ))
+    except LauncherError as error:
+        _fail(error)
+        return
+    sys.exit(result.exit_code)
 
 
 def _register_sim() -> None:

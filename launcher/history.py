@@ -43,7 +43,14 @@ class JobRecord:
     workspace: str | None = None
     sources: int = 0  # how many ledgers mention the job (more than 1: sharding overlap)
     description: dict[str, Any] | None = None  # first intent (with keep="descriptions")
-    last_result: dict[str, Any] | None = None  # latest result (with keep="details")
+    name: str | None = None  # with keep="details": the job's name and project...
+    project_id: str | None = None
+    # ...and its latest answer: (status, error_code, error_msg, request_id, instance_id)
+    detail: tuple[Any, ...] | None = None
+
+    def instance_id(self) -> Any:
+        """The run-immediate instance recorded by an earlier answer, if any."""
+        return self.detail[4] if self.detail is not None else None
 
     @property
     def final(self) -> str:
@@ -113,8 +120,12 @@ def fold(reads: Iterable[LedgerRead], *, keep: frozenset[str] = frozenset()) -> 
                 record.last = "intent"
                 record.outcome = None  # a new attempt reopens a settled job
                 record.last_intent_t = float(t or 0.0)
-                if descriptions and record.description is None and "name" in event:
-                    record.description = event
+                if "name" in event:
+                    if descriptions and record.description is None:
+                        record.description = event
+                    if details and record.name is None:
+                        record.name = event["name"]
+                        record.project_id = event.get("project_id")
             elif kind == "result":
                 record = jobs.setdefault(event["job"], JobRecord())
                 verdict = event.get("verdict", "?")
@@ -123,7 +134,13 @@ def fold(reads: Iterable[LedgerRead], *, keep: frozenset[str] = frozenset()) -> 
                 if event.get("status") is not None and latency is not None:
                     latencies.append(latency)
                 if details:
-                    record.last_result = event
+                    record.detail = (
+                        event.get("status"),
+                        event.get("error_code"),
+                        event.get("error_msg"),
+                        event.get("request_id"),
+                        event.get("instance_id") or record.instance_id(),
+                    )
                 outcome = event.get("outcome")
                 if outcome is not None:
                     _settle(record, outcome, event)

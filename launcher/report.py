@@ -7,18 +7,31 @@ reading back the ledger it just wrote, so the run's summary and a later
 
 from __future__ import annotations
 
+import csv
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
 from launcher.history import History, fold
 from launcher.ledger import LedgerRead
 
-__all__ = ["OUTCOMES", "Summary", "format_text", "percentile", "summarize", "to_json"]
+__all__ = [
+    "CSV_COLUMNS",
+    "OUTCOMES",
+    "Summary",
+    "format_rows",
+    "format_text",
+    "job_rows",
+    "percentile",
+    "summarize",
+    "summary_of",
+    "to_json",
+    "write_csv",
+]
 
 OUTCOMES = ("started", "failed", "unknown", "pending")
 
@@ -172,9 +185,79 @@ def format_text(summary: Summary) -> str:
         f"latency   p50 {lat['p50']:.1f} ms  p90 {lat['p90']:.1f} ms  "
         f"p99 {lat['p99']:.1f} ms  max {lat['max']:.1f} ms"
     )
+    if len(summary.by_workspace) > 1:
+        name_width = max(12, *(len(name) for name in summary.by_workspace))
+        lines.append(f"{'by workspace':<{name_width + 2}}" + "".join(f"{k:>9}" for k in OUTCOMES))
+        for workspace, counts in summary.by_workspace.items():
+            cells = "".join(f"{counts[k]:>9}" for k in OUTCOMES)
+            lines.append(f"  {workspace:<{name_width}}{cells}")
+    if summary.overlaps:
+        lines.append(
+            f"overlap   {len(summary.overlaps)} job(s) appear in more than one ledger, "
+            f"e.g. {summary.overlaps[0]}"
+        )
     stops = [reason for reason in summary.stop_reasons if reason != "complete"]
     if stops:
         lines.append(f"stopped   {', '.join(stops)}")
     if summary.torn_tail:
         lines.append(f"note      torn last line skipped in {', '.join(summary.torn_tail)}")
+    return "\n".join(lines)
+
+
+CSV_COLUMNS = (
+    "job",
+    "name",
+    "project_id",
+    "workspace",
+    "outcome",
+    "attempts",
+    "status",
+    "error_code",
+    "error_msg",
+    "request_id",
+    "instance_id",
+    "reconciled",
+)
+
+
+def job_rows(history: History, outcomes: frozenset[str] | None = None) -> Iterator[dict[str, Any]]:
+    """One row per job (needs `fold(..., keep={"details"})`), optionally only some outcomes."""
+    for job_id, record in history.jobs.items():
+        outcome = record.final
+        if outcomes is not None and outcome not in outcomes:
+            continue
+        status, code, message, request_id, instance_id = record.detail or (None,) * 5
+        yield {
+            "job": job_id,
+            "name": record.name,
+            "project_id": record.project_id,
+            "workspace": record.workspace,
+            "outcome": outcome,
+            "attempts": record.attempts,
+            "status": status,
+            "error_code": code,
+            "error_msg": message,
+            "request_id": request_id,
+            "instance_id": instance_id,
+            "reconciled": record.reconciled,
+        }
+
+
+def write_csv(rows: Iterable[dict[str, Any]], out: TextIO) -> None:
+    """Per-job rows as CSV with a header (empty cells for absent values)."""
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+
+
+def format_rows(rows: Iterable[dict[str, Any]]) -> str:
+    """Per-job lines for people: outcome, name, workspace, and why."""
+    lines = []
+    for row in rows:
+        why = row["error_code"] or (f"HTTP {row['status']}" if row["status"] else "")
+        if row["error_msg"]:
+            why = f"{why} {row['error_msg']}".strip()
+        where = f" [{row['workspace']}]" if row["workspace"] else ""
+        lines.append(f"{row['outcome']:<8} {row['name']}{where}  {why}".rstrip())
     return "\n".join(lines)
