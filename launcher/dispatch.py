@@ -31,7 +31,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from launcher.adaptive import AdaptiveRate
 from launcher.errors import AuthFailed, HaltError
 from launcher.models import Action, Job, JobStatus, Reply
-from launcher.pacing import Pacer, TokenBucket
+from launcher.pacing import Pacer, RateGate, TokenBucket
 from launcher.policy import HaltRule, RetryBudget, RetryPolicy, Verdict, classify, retry_delay
 
 __all__ = [
@@ -139,7 +139,7 @@ class Dispatcher:
         self,
         service: Service,
         recorder: Recorder,
-        pacer: Pacer,
+        pacer: RateGate,
         settings: DispatchSettings,
         *,
         tally: Tally | None = None,
@@ -287,12 +287,12 @@ class Dispatcher:
         now = self._clock()
         flow.on_answer(now, sent_at, reply.status == 429)
         if flow.throttled:
-            bucket = self._pacer.bucket
-            rate = flow.rate
+            pacer = self._pacer
+            rate, current = flow.rate, pacer.rate
             # The curve moves a little on every answer; re-pace on cuts and on
             # climbs of more than 1%, not on every answer.
-            if rate < bucket.rate or rate > bucket.rate * 1.01 or bucket.rate <= 0:
-                bucket.set_rate(rate, now)
+            if rate < current or rate > current * 1.01 or current <= 0:
+                pacer.set_rate(rate, now)
 
     async def _launch(self, job: Job) -> None:
         """One job's attempt loop: send, classify, settle or back off and resend.

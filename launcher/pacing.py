@@ -17,10 +17,11 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 
-__all__ = ["STALL", "Pacer", "TokenBucket", "format_rate", "parse_rate"]
+__all__ = ["STALL", "Pacer", "RateGate", "TokenBucket", "format_rate", "parse_rate"]
 
 STALL = 0.010  # seconds of lateness after which a send slot counts as stale
 
@@ -112,6 +113,20 @@ class TokenBucket:
         self.rate = rate
 
 
+class RateGate(Protocol):
+    """What the dispatcher paces with: a local `Pacer`, or one shared through Redis."""
+
+    @property
+    def rate(self) -> float:
+        """Requests per second allowed now (0: unlimited)."""
+
+    def set_rate(self, rate: float, now: float) -> None:
+        """Change the rate (the adaptive controller's verdict) from `now` on."""
+
+    async def wait(self) -> None:
+        """Return when the caller may send."""
+
+
 class Pacer:
     """Async front of a `TokenBucket`: `await pacer.wait()` before each send."""
 
@@ -123,8 +138,17 @@ class Pacer:
 
     @property
     def bucket(self) -> TokenBucket:
-        """The bucket behind this pacer (the adaptive controller adjusts its rate)."""
+        """The bucket behind this pacer."""
         return self._bucket
+
+    @property
+    def rate(self) -> float:
+        """Requests per second allowed now (0: unlimited)."""
+        return self._bucket.rate
+
+    def set_rate(self, rate: float, now: float) -> None:
+        """Change the rate from `now` on (see `TokenBucket.set_rate`)."""
+        self._bucket.set_rate(rate, now)
 
     async def wait(self) -> None:
         """Sleep until this caller's slot; return at once when the rate is unlimited.
