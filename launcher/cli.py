@@ -57,6 +57,11 @@ def _run_options(func: F) -> F:
             default=None,
             help="On --resume, send permanent failures (DLF.* errors) again too.",
         ),
+        click.option(
+            "--shard",
+            metavar="I/N",
+            help="Take the I-th of N disjoint parts of the manifest (0-based, by job identity).",
+        ),
         click.option("--concurrency", type=int, help="Most requests in flight at once [64]."),
         click.option(
             "--per-workspace", type=int, help="Most requests in flight per workspace [no limit]."
@@ -309,6 +314,15 @@ def _register_sim() -> None:
 
 
 _register_sim()
+
+
+def _register_loadtest() -> None:
+    from launcher.cli_loadtest import loadtest_command
+
+    cli.add_command(loadtest_command, "loadtest")
+
+
+_register_loadtest()
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from launcher.errors import UsageError
 from launcher.models import ACTIONS, Action
 from launcher.pacing import parse_rate
+from launcher.plan import parse_shard
 from launcher.policy import parse_duration, parse_halt
 
 __all__ = ["DEFAULT_RATE", "RunOptions", "load_config_file", "resolve_options"]
@@ -35,6 +36,7 @@ class RunOptions:
     workspace: str | None = None
     ledger: str | None = None
     resume: bool = False
+    shard: str | None = None
     force: bool = False
     retry_failed: bool = False
     concurrency: int = 64
@@ -140,6 +142,15 @@ def _duration(value: object) -> float:
     return parse_duration(_text(value))
 
 
+def _shard(value: object) -> str:
+    text = _text(value)
+    try:
+        parse_shard(text)
+    except UsageError as error:
+        raise ValueError(str(error).partition(": ")[2]) from None
+    return text
+
+
 def _text(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("must be a non-empty string")
@@ -179,6 +190,7 @@ _CONVERTERS: dict[str, Callable[[object], Any]] = {
     "workspace": _header_safe,
     "ledger": _text,
     "resume": _flag,
+    "shard": _shard,
     "force": _flag,
     "retry_failed": _flag,
     "concurrency": _positive_int,
@@ -230,6 +242,8 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
                 raise UsageError(f"{path}: [sim] must be a table")
             values["sim"] = value
             continue
+        if name == "loadtest":
+            continue  # `launcher loadtest`'s own table: read by launcher.cli_loadtest
         if name == "workspaces":
             values["workspaces"] = _workspace_limits(path, value)
             continue

@@ -65,6 +65,7 @@ class Summary:
     exit_codes: list[int]
     stop_reasons: list[str]
     overlaps: list[str]  # jobs present in more than one ledger (shards that overlap)
+    missing_shards: list[str]  # `I/N` shards of a sharded run with no ledger given
 
     @property
     def request_rate(self) -> float:
@@ -107,7 +108,8 @@ def summary_of(history: History) -> Summary:
             reconciled += 1
         if record.sources > 1:
             overlaps.append(job_id)
-    jobs = max(history.declared_jobs, len(history.jobs))
+    total, missing_shards = _shards(history)
+    jobs = max(history.declared_jobs, len(history.jobs), total)
     outcomes["pending"] += jobs - len(history.jobs)
     run_ids: list[str] = []
     for header in history.headers:
@@ -130,7 +132,34 @@ def summary_of(history: History) -> Summary:
         exit_codes=[f["exit_code"] for f in history.footers if isinstance(f.get("exit_code"), int)],
         stop_reasons=[f["reason"] for f in history.footers if isinstance(f.get("reason"), str)],
         overlaps=overlaps,
+        missing_shards=missing_shards,
     )
+
+
+def _shards(history: History) -> tuple[int, list[str]]:
+    """For sharded runs: the whole manifest's job count, and the shards with no ledger.
+
+    The jobs of a missing shard were never sent by anyone: they count as
+    pending, so a merged report still counts every job of the manifest once.
+    """
+    seen: dict[tuple[str, int], set[int]] = {}
+    totals: dict[tuple[str, int], int] = {}
+    for header in history.headers:
+        shard = header.get("shard")
+        manifest = header.get("manifest") or {}
+        if not isinstance(shard, str):
+            continue
+        index, _, count = shard.partition("/")
+        key = (str(manifest.get("sha256")), int(count))
+        seen.setdefault(key, set()).add(int(index))
+        totals[key] = int(manifest.get("total_jobs") or 0)
+    missing = [
+        f"{index}/{count}"
+        for (digest, count), present in sorted(seen.items())
+        for index in range(count)
+        if index not in present
+    ]
+    return sum(totals.values()), missing
 
 
 def to_json(summary: Summary) -> dict[str, Any]:
@@ -151,6 +180,7 @@ def to_json(summary: Summary) -> dict[str, Any]:
         "torn_tail": summary.torn_tail,
         "stop_reasons": summary.stop_reasons,
         "overlaps": len(summary.overlaps),
+        "missing_shards": summary.missing_shards,
     }
 
 
@@ -195,6 +225,11 @@ def format_text(summary: Summary) -> str:
         lines.append(
             f"overlap   {len(summary.overlaps)} job(s) appear in more than one ledger, "
             f"e.g. {summary.overlaps[0]}"
+        )
+    if summary.missing_shards:
+        lines.append(
+            f"missing   shard(s) {', '.join(summary.missing_shards)} have no ledger here; "
+            "their jobs count as pending"
         )
     stops = [reason for reason in summary.stop_reasons if reason != "complete"]
     if stops:

@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -37,7 +37,7 @@ from launcher.logs import get_logger
 from launcher.manifest import Defaults, Validation, iter_jobs, scan, validate
 from launcher.models import Job
 from launcher.pacing import Pacer, TokenBucket, format_rate
-from launcher.plan import Next, describe_counts, next_step
+from launcher.plan import Next, describe_counts, next_step, parse_shard, shard_of
 from launcher.policy import RetryBudget, RetryPolicy, parse_halt
 from launcher.progress import show_progress
 from launcher.report import Summary, format_text, summarize
@@ -59,7 +59,27 @@ class RunResult:
     ledger: str | None
 
 
-def plan_manifest(manifest: str, options: RunOptions) -> tuple[Validation, Defaults]:
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A validated manifest and the part of it this run is responsible for."""
+
+    manifest: str
+    validation: Validation
+    defaults: Defaults
+    fmt: str | None
+    shard: tuple[int, int] | None  # (index, count) with --shard I/N
+    jobs: int  # jobs this run handles: the shard's, or all of them
+
+    def iter_jobs(self) -> Iterator[Job]:
+        """Stream this run's jobs from the manifest (the shard's only, with --shard)."""
+        jobs = iter_jobs(self.manifest, self.defaults, fmt=self.fmt)
+        if self.shard is None:
+            return jobs
+        index, count = self.shard
+        return (job for job in jobs if shard_of(job.id, count) == index)
+
+
+def plan_manifest(manifest: str, options: RunOptions) -> Plan:
     """Validate the whole manifest before anything is sent (raises ManifestInvalid)."""
     defaults = Defaults(project_id=options.project_id, workspace=options.workspace)
     validation = validate(
@@ -78,15 +98,18 @@ def plan_manifest(manifest: str, options: RunOptions) -> tuple[Validation, Defau
         ]
         if missing:
             raise ManifestInvalid(missing[:20], len(missing))
-    return validation, defaults
+    shard = parse_shard(options.shard) if options.shard else None
+    plan = Plan(manifest, validation, defaults, options.manifest_format, shard, validation.jobs)
+    if shard is not None:
+        # One more streaming pass: the shard's size, for progress, reports and exit codes.
+        plan = replace(plan, jobs=sum(1 for _ in plan.iter_jobs()))
+    return plan
 
 
-def print_dry_run(
-    manifest: str, defaults: Defaults, options: RunOptions, endpoint: str, out: TextIO
-) -> None:
+def print_dry_run(plan: Plan, options: RunOptions, endpoint: str, out: TextIO) -> None:
     """Print the requests a run would send (the first 20, then a count)."""
     count = 0
-    for job in iter_jobs(manifest, defaults, fmt=options.manifest_format):
+    for job in plan.iter_jobs():
         count += 1
         if count <= 20:
             action = job.action or options.action
@@ -116,22 +139,20 @@ async def launch(
     """Run a manifest end to end and return the exit code (see interface.md)."""
     stdout = out if out is not None else sys.stdout
     endpoint = resolve_endpoint(options)
-    validation, defaults = plan_manifest(manifest, options)
+    plan = plan_manifest(manifest, options)
     if options.dry_run:
-        print_dry_run(manifest, defaults, options, endpoint, stdout)
+        print_dry_run(plan, options, endpoint, stdout)
         return RunResult(0, None, None)
-    if validation.jobs == 0:
-        stdout.write(f"{manifest}: no jobs; nothing to do\n")
+    if plan.jobs == 0:
+        stdout.write(f"{manifest}: no jobs for this run; nothing to do\n")
         return RunResult(0, None, None)
 
     ledger_path = options.ledger or str(default_ledger_path(manifest))
-    segment = plan_segment(ledger_path, validation, options)
+    segment = plan_segment(ledger_path, plan, options)
     async with connect(options, env) as connection:
         ledger = Ledger(ledger_path, fsync=options.fsync)  # type: ignore[arg-type]
         try:
-            exit_code = await _dispatch(
-                manifest, validation, defaults, options, connection, ledger, segment
-            )
+            exit_code = await _dispatch(plan, options, connection, ledger, segment)
         finally:
             ledger.close()
     summary = summarize([read_ledger(ledger_path)])
@@ -178,7 +199,7 @@ class Segment:
                 yield job
 
 
-def plan_segment(ledger_path: str, validation: Validation, options: RunOptions) -> Segment:
+def plan_segment(ledger_path: str, plan: Plan, options: RunOptions) -> Segment:
     """Check the ledger against the options; for `--resume`, fold what it already says.
 
     A fresh run refuses a ledger that holds a run; a resumed one refuses a
@@ -197,10 +218,11 @@ def plan_segment(ledger_path: str, validation: Validation, options: RunOptions) 
     if not history.headers:
         raise UsageError(f"{ledger_path}: no run header; this is not a launcher ledger")
     recorded = history.manifest_sha256
-    if recorded != validation.sha256 and not options.force:
+    digest = plan.validation.sha256
+    if recorded != digest and not options.force:
         raise UsageError(
-            f"{validation.path}: the manifest changed since the run in {ledger_path} "
-            f"(sha256 {str(recorded)[:12]}… then, {validation.sha256[:12]}… now); "
+            f"{plan.manifest}: the manifest changed since the run in {ledger_path} "
+            f"(sha256 {str(recorded)[:12]}… then, {digest[:12]}… now); "
             "resume with the original manifest, or pass --force"
         )
     started = settled = 0
@@ -217,7 +239,7 @@ def plan_segment(ledger_path: str, validation: Validation, options: RunOptions) 
         **describe_counts(
             next_step(r, retry_failed=options.retry_failed) for r in history.jobs.values()
         ),
-        never_attempted=max(0, validation.jobs - len(history.jobs)),
+        never_attempted=max(0, plan.jobs - len(history.jobs)),
         torn_tail=history.torn_tail,
     )
     return Segment(
@@ -230,9 +252,7 @@ def plan_segment(ledger_path: str, validation: Validation, options: RunOptions) 
 
 
 async def _dispatch(
-    manifest: str,
-    validation: Validation,
-    defaults: Defaults,
+    plan: Plan,
     options: RunOptions,
     connection: Connection,
     ledger: Ledger,
@@ -248,11 +268,13 @@ async def _dispatch(
             "resumes": segment.resumes,
             "version": __version__,
             "manifest": {
-                "path": str(Path(manifest).resolve()),  # noqa: ASYNC240 (once per run)
-                "sha256": validation.sha256,
-                "jobs": validation.jobs,
+                "path": str(Path(plan.manifest).resolve()),  # noqa: ASYNC240 (once per run)
+                "sha256": plan.validation.sha256,
+                "jobs": plan.jobs,
+                "total_jobs": plan.validation.jobs,
                 "format": options.manifest_format,
             },
+            "shard": options.shard,
             "endpoint": connection.url,
             "simulator": connection.simulated,
             "auth": client.auth.describe(),
@@ -265,14 +287,15 @@ async def _dispatch(
     log.info(
         "run starting",
         run_id=run_id,
-        jobs=validation.jobs,
+        jobs=plan.jobs,
+        shard=options.shard,
         endpoint=connection.url,
         rate=format_rate(options.rate),
         concurrency=options.concurrency,
         ledger=str(ledger.path),
         auth=client.auth.describe(),
     )
-    tally = Tally(total=max(0, validation.jobs - segment.already_settled))
+    tally = Tally(total=max(0, plan.jobs - segment.already_settled))
     settings = DispatchSettings(
         action=options.action,
         concurrency=options.concurrency,
@@ -301,9 +324,7 @@ async def _dispatch(
         budget=RetryBudget(capacity=options.retry_budget) if options.retry_budget else None,
         prior=segment.prior(options.retry_failed),
     )
-    jobs = segment.to_send(
-        iter_jobs(manifest, defaults, fmt=options.manifest_format), options.retry_failed
-    )
+    jobs = segment.to_send(plan.iter_jobs(), options.retry_failed)
     interrupted = False
 
     async with anyio.create_task_group() as tg:
@@ -354,7 +375,7 @@ async def _dispatch(
         sys.stderr.write(f"launcher: halted: {error}\n")
     elif interrupted:
         exit_code = EXIT_INTERRUPTED
-    elif segment.already_started + tally.started < validation.jobs:
+    elif segment.already_started + tally.started < plan.jobs:
         exit_code = 1  # finished, but some jobs failed, ended unknown or were never sent
     else:
         exit_code = 0

@@ -9,7 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from launcher.models import Failure, Reply
-from launcher.policy import RetryPolicy, Verdict, backoff_delay, classify, retry_delay
+from launcher.policy import (
+    RetryBudget,
+    RetryPolicy,
+    Verdict,
+    backoff_delay,
+    classify,
+    parse_duration,
+    parse_halt,
+    retry_delay,
+)
 
 
 @pytest.mark.parametrize(
@@ -79,3 +88,52 @@ def test_throttled_retry_honours_retry_after_but_not_beyond_the_cap() -> None:
 def test_token_refresh_retries_at_once() -> None:
     reply = Reply(401, 0.0, error_code="APIGW.0307")
     assert retry_delay(Verdict.REFRESH_AUTH, reply, 1, RetryPolicy(), random.Random()) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30m", 1800.0), ("90s", 90.0), ("1h30m", 5400.0), ("250ms", 0.25), ("45", 45.0)],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "10x", "-5s", "0s"])
+def test_parse_duration_rejects_nonsense(text: str) -> None:
+    with pytest.raises(ValueError, match="30m"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "failed", "settled", "total", "tripped"),
+    [
+        ("fail=5", 4, 100, 1000, False),
+        ("fail=5", 5, 100, 1000, True),
+        ("fail=10%", 2, 10, 1000, False),  # 20% but too few settled to judge
+        ("fail=10%", 3, 20, 1000, True),
+        ("fail=10%", 100, 5000, 1000, True),  # 10% of the whole manifest
+        ("5%", 1, 100, 1000, False),
+    ],
+)
+def test_halt_rules(text: str, failed: int, settled: int, total: int, tripped: bool) -> None:
+    assert parse_halt(text).tripped(failed, settled, total) is tripped
+
+
+@pytest.mark.parametrize("text", ["fail=0", "fail=0%", "fail=101%", "fail=x", "nope"])
+def test_bad_halt_rules(text: str) -> None:
+    with pytest.raises(ValueError, match="fail=N"):
+        parse_halt(text)
+
+
+def test_retry_budget_spends_refunds_and_runs_dry() -> None:
+    budget = RetryBudget(capacity=10, retry_cost=5, timeout_cost=10)
+    assert budget.try_spend(Verdict.TRANSIENT)
+    assert budget.try_spend(Verdict.TRANSIENT)
+    assert not budget.try_spend(Verdict.TRANSIENT)  # 0 tokens left
+    assert budget.try_spend(Verdict.THROTTLED)  # throttles are free
+    for _ in range(10):
+        budget.refund()
+    assert budget.tokens == 10
+    assert budget.try_spend(Verdict.AMBIGUOUS)
+    assert not budget.try_spend(Verdict.AMBIGUOUS)
+    assert budget.exhausted == 2
