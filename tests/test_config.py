@@ -73,3 +73,10 @@ def test_sim_table_is_kept_for_the_embedded_simulator(tmp_path: Path) -> None:
     options = resolve_options({}, load_config_file(config), {}, config_path=str(config))
     assert options.sim == {"latency": 0.01}
     assert "sim" not in options.public()
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("configs/*.toml")))
+def test_every_shipped_config_is_valid(path: Path) -> None:
+    """The configs the README points operators at must load and pass every check."""
+    options = resolve_options({}, load_config_file(path), {}, config_path=str(path))
+    assert options.rate >= 0
