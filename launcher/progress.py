@@ -78,7 +78,8 @@ async def show_progress(
     )
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("launch", total=tally.total or None, rate=0.0, failed=0)
-        while True:
+
+        def refresh() -> None:
             elapsed = time.monotonic() - start
             bar.update(
                 task,
@@ -86,4 +87,10 @@ async def show_progress(
                 rate=tally.done / elapsed if elapsed > 0 else 0.0,
                 failed=tally.failed,
             )
-            await anyio.sleep(interval if interval is not None else 0.2)
+
+        try:
+            while True:
+                refresh()
+                await anyio.sleep(interval if interval is not None else 0.2)
+        finally:
+            refresh()  # the bar ends on the final count, not the last tick's
