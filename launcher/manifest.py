@@ -47,8 +47,9 @@ CSV
     its position. The same parameter in a ``param:`` column and in ``params`` is an
     error. An unknown, empty or repeated header column is an error naming it (and
     no row is checked until the header is fixed). Every row has as many cells as
-    the header; rows whose cells are all empty are skipped. CSV values are always
-    strings, so the quoting rule for numbers does not apply.
+    the header; rows whose cells are all empty are skipped. A cell holds at most
+    131072 characters (Python's csv limit). CSV values are always strings, so the
+    quoting rule for numbers does not apply.
 
 YAML
     A list of job mappings, or a mapping whose ``jobs:`` key holds that list
@@ -61,10 +62,11 @@ YAML
 
 JSONL and CSV are streamed: memory does not grow with the file, only with the
 longest line (capped at `MAX_LINE_BYTES`) and, in `validate`, the duplicate
-check. That check keeps a 64-bit prefix of each job's identity and its first
-line in flat arrays (about 12-24 bytes per job); two different jobs share a
-prefix with probability about n²/2⁶⁵ (≈3e-8 at a million jobs), in which case
-the later one would be reported as a duplicate by mistake.
+checks. Those keep, per job, a 64-bit prefix of its identity (and of its `id`,
+when given) with the line it was first seen on, in flat arrays: 24-48 bytes a
+job, 25-50 MB at a million. Two different jobs share a prefix with probability
+about n²/2⁶⁵ (≈3e-8 at a million jobs); the later one would then be reported
+as a duplicate by mistake, and `allow_duplicates` is the way out.
 """
 
 from __future__ import annotations
@@ -295,10 +297,15 @@ def iter_jobs(
 ) -> Iterator[Job]:
     """Stream Jobs from an already validated manifest; raise `ManifestInvalid` on any Problem.
 
-    Meant for the second pass after `validate`: a problem here means the file
-    changed in between, so it stops rather than send a partial run's worth.
+    Meant for the pass after `validate`, so a Problem here means the file changed
+    in between: the iterator raises at that line instead of skipping it. Opening
+    happens now, so a missing file raises `UsageError` before the first job.
     """
-    for item in scan(path, defaults, fmt=fmt):
+    return _only_jobs(scan(path, defaults, fmt=fmt))
+
+
+def _only_jobs(items: Iterator[Job | Problem]) -> Iterator[Job]:
+    for item in items:
         if isinstance(item, Problem):
             raise ManifestInvalid([str(item)], 1)
         yield item
@@ -308,7 +315,7 @@ def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of the file's bytes (raises `UsageError` if it cannot be read)."""
     hasher = hashlib.sha256()
     with _open(path) as f:
-        for _ in _raw_lines(f, str(path), hasher):
+        for _ in _chunks(f, str(path), hasher):
             pass
     return hasher.hexdigest()
 
@@ -350,15 +357,7 @@ def _raw_lines(f: IO[bytes], path: str, hasher: _Hasher | None) -> Iterator[byte
     """
     tail = b""
     overlong = False
-    while True:
-        try:
-            chunk = f.read(_CHUNK)
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-        if not chunk:
-            break
-        if hasher is not None:
-            hasher.update(chunk)
+    for chunk in _chunks(f, path, hasher):
         parts = chunk.split(b"\n")
         rest = parts.pop()
         if parts:
@@ -408,7 +407,7 @@ def _scan(
 ) -> Iterator[_Record | Problem]:
     check = _Checker(path, defaults)
     if kind == "yaml":
-        data = b"".join(_read_all(f, path, hasher))
+        data = b"".join(_chunks(f, path, hasher))
         return _scan_yaml(data, path, check)
     lines = _raw_lines(f, path, hasher)
     if kind == "csv":
@@ -416,7 +415,8 @@ def _scan(
     return _scan_jsonl(lines, path, check)
 
 
-def _read_all(f: IO[bytes], path: str, hasher: _Hasher | None) -> Iterator[bytes]:
+def _chunks(f: IO[bytes], path: str, hasher: _Hasher | None) -> Iterator[bytes]:
+    """The file in fixed-size chunks, each fed to `hasher` on the way."""
     while True:
         try:
             chunk = f.read(_CHUNK)
@@ -563,6 +563,7 @@ def _scan_csv(
             message = str(exc)
             if "unexpected end of data" in message:
                 message += " (a quoted cell is not closed)"
+            yield from src.bad
             src.bad.clear()
             yield Problem(path, src.start, "csv", message)
             if layout is None:
@@ -611,14 +612,7 @@ def _csv_layout(row: list[str], path: str, line: int) -> tuple[list[_Column], li
                     Problem(path, line, _show(label), "parameter column without a name")
                 )
             elif len(pname) > MAX_PARAM_NAME:
-                problems.append(
-                    Problem(
-                        path,
-                        line,
-                        _show(label),
-                        f"parameter name is {len(pname)} characters, at most {MAX_PARAM_NAME}",
-                    )
-                )
+                problems.append(Problem(path, line, _show(label), _too_long_name(pname)))
             else:
                 column = _Column("param", pname, label)
         elif not label:
@@ -679,6 +673,10 @@ def _scan_yaml(data: bytes, path: str, check: _Checker) -> Iterator[_Record | Pr
         return
     except yaml.YAMLError as exc:  # pragma: no cover - every PyYAML error is one of the above
         yield Problem(path, 1, "yaml", str(exc))
+        return
+    except RecursionError:
+        # PyYAML composes recursively: `[[[[...` a thousand deep exhausts the stack.
+        yield Problem(path, 1, "yaml", "nested too deeply")
         return
     if root is None:
         return
@@ -805,7 +803,7 @@ class _YamlWalker:
             self.problems.append(
                 Problem(self.path, _line(node), _show(field), "contains a lone surrogate")
             )
-            return ""
+            return value.encode(errors="replace").decode()
         return value
 
     def mapping(
@@ -869,7 +867,7 @@ class _YamlWalker:
 
 
 class _Checker:
-    """Applies the field rules to one job and builds its `Job` (or its Problems)."""
+    """Applies the field rules to one job: its `_Record`, or its Problems."""
 
     def __init__(self, path: str, defaults: Defaults) -> None:
         self.path = path
@@ -888,17 +886,7 @@ class _Checker:
         value = obj.get("params")
         if value is not None:
             self.json_params(value, "params", errs, params, None)
-        return self.finish(
-            line,
-            at,
-            errs,
-            obj.get("name"),
-            obj.get("workspace"),
-            obj.get("project_id"),
-            obj.get("id"),
-            obj.get("action"),
-            params,
-        )
+        return self.finish(obj, params, errs, line, at)
 
     def csv_row(self, row: list[str], layout: list[_Column], line: int) -> _Record | list[Problem]:
         """One CSV data row under the header's `layout`."""
@@ -936,17 +924,7 @@ class _Checker:
                 else:
                     if value is not None:
                         self.json_params(value, "params", errs, params, seen)
-        return self.finish(
-            line,
-            None,
-            errs,
-            fields.get("name"),
-            fields.get("workspace"),
-            fields.get("project_id"),
-            fields.get("id"),
-            fields.get("action"),
-            params,
-        )
+        return self.finish(fields, params, errs, line, None)
 
     def json_params(
         self,
@@ -1039,27 +1017,31 @@ class _Checker:
                     f"must be variable or constants, got {_describe(ptype)}",
                 )
             )
+        if type(pname) is str and pname:
+            # Checked even when the entry has other faults: one fix round, not two.
+            if pname in seen:
+                errs.append((f"{prefix}.name", _duplicate_param(pname, seen)))
+            else:
+                seen[pname] = prefix
         if len(errs) > n_errs or type(pname) is not str or type(pvalue) is not str:
             return  # (the type tests only narrow: a non-string was reported above)
-        if pname in seen:
-            errs.append((f"{prefix}.name", _duplicate_param(pname, seen)))
-            return
-        seen[pname] = prefix
         out.append((pname, pvalue, ptype))
 
     def finish(
         self,
+        obj: Mapping[str, Any],
+        params: list[_Param],
+        errs: list[tuple[str, str]],
         line: int,
         at: Mapping[str, int] | None,
-        errs: list[tuple[str, str]],
-        name: Any,
-        workspace: Any,
-        project_id: Any,
-        jid: Any,
-        action: Any,
-        params: list[_Param],
     ) -> _Record | list[Problem]:
-        """Check the scalar fields, apply defaults, and build the Job."""
+        """Check the scalar fields, apply defaults, and make the record (or the Problems)."""
+        # Any: JSON and YAML give anything here; the tests below narrow it.
+        name: Any = obj.get("name")
+        workspace: Any = obj.get("workspace")
+        project_id: Any = obj.get("project_id")
+        jid: Any = obj.get("id")
+        action: Any = obj.get("action")
         # Each test starts with the common case (a clean string) so that a good
         # line costs a few C calls; the slow branches sort out null and errors.
         if not (type(name) is str and name and name.isprintable()):
@@ -1142,9 +1124,11 @@ def _describe(value: Any) -> str:
     """`value` for a message: a quoted string, or its kind and source text."""
     if type(value) is str:
         return _quote(value)
+    if _is_null(value):
+        return "null"
     if type(value) is _Scalar:
         return f"{value.kind} {value.text}" if value.text else value.kind
-    if value is None or isinstance(value, bool | int | float):
+    if isinstance(value, bool | int | float):
         return f"{_kind(value)} {orjson.dumps(value).decode()}"
     return _kind(value)
 
