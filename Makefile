@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit ensure-redis bench bench-scale bench-profile bench-tools bench-clean clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,49 @@ lint: $(VENV)/.test-installed
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy --strict launcher
 
-unit: $(VENV)/.test-installed
+# The shared-limit tests run a real redis-server on loopback: install Debian's
+# package when it is missing (CI runs as root; elsewhere sudo is used).
+ensure-redis:
+	@command -v redis-server >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
+
+unit: $(VENV)/.test-installed ensure-redis
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis ledgers
+
+# Benchmarks (results in benchmarks/RESULTS.md). Every load goes to a throwaway nginx on
+# 127.0.0.1 and is bounded in count and time. Options: make bench BENCH_ARGS="--jobs 20000".
+BENCH_VENV := benchmarks/.venv-bench
+BENCH_ARGS ?=
+SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(BENCH_VENV)/.installed: benchmarks/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements.txt
+	touch $@
+
+# nginx (the 204 server) and hey (the ceiling) from Debian packages, when missing.
+bench-tools:
+	@if { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && command -v hey >/dev/null; \
+	then :; else \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx hey; \
+	fi
+
+bench: $(VENV)/.run-installed $(BENCH_VENV)/.installed bench-tools
+	$(BENCH_VENV)/bin/python benchmarks/bench.py $(BENCH_ARGS)
+
+bench-scale: $(VENV)/.run-installed bench-tools
+	$(BIN)/python benchmarks/scale.py $(BENCH_ARGS)
+
+bench-profile: $(VENV)/.run-installed $(BENCH_VENV)/.installed bench-tools
+	$(BENCH_VENV)/bin/python benchmarks/profile_launcher.py $(BENCH_ARGS)
+
+bench-clean:
+	rm -rf $(BENCH_VENV) benchmarks/out

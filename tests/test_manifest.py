@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from launcher import manifest
+from launcher import manifest_csv, manifest_dupes, manifest_lines, manifest_rules
 from launcher.errors import ManifestInvalid, UsageError
 from launcher.manifest import (
     Defaults,
@@ -399,8 +399,8 @@ def test_control_characters_in_field_names_are_escaped(tmp_path: Path) -> None:
 def test_overlong_line_is_reported_not_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(manifest, "MAX_LINE_BYTES", 100)
-    monkeypatch.setattr(manifest, "_CHUNK", 16)
+    monkeypatch.setattr(manifest_lines, "MAX_LINE_BYTES", 100)
+    monkeypatch.setattr(manifest_lines, "_CHUNK", 16)
     long_line = orjson.dumps({"name": "x" * 200})
     path = write(
         tmp_path, "m.jsonl", b'{"name": "a"}\n' + long_line + b'\n{"name": "b"}\n' + long_line
@@ -1005,7 +1005,7 @@ def to_csv(spec: dict[str, Any]) -> tuple[str, int]:
     columnable = all(
         "paramType" not in e and e["value"] and e["name"] == e["name"].strip() for e in entries
     )
-    header = list(manifest._CSV_FIELDS)
+    header = list(manifest_csv._CSV_FIELDS)
     row = [spec.get(f, "") for f in header]
     if columnable:
         header += [f"param:{e['name']}" for e in entries]
@@ -1076,7 +1076,7 @@ _json_values = st.recursive(
     max_leaves=8,
 )
 _jobish = st.dictionaries(
-    st.sampled_from([*manifest._FIELDS, "parmas", "x"]) | _text,
+    st.sampled_from([*manifest_rules._FIELDS, "parmas", "x"]) | _text,
     _json_values | _params.map(lambda ps: [{"name": n, "value": v} for n, v, _ in ps]),
     max_size=5,
 ).map(lambda d: orjson.dumps(d))
@@ -1148,13 +1148,13 @@ def test_identity_is_pinned() -> None:
     chunk=st.integers(1, 9),
 )
 def test_raw_lines_split_like_bytes_split(data: bytes, chunk: int) -> None:
-    old = manifest._CHUNK
-    setattr(manifest, "_CHUNK", chunk)  # noqa: B010 - a Final constant, patched for the test
+    old = manifest_lines._CHUNK
+    setattr(manifest_lines, "_CHUNK", chunk)  # noqa: B010 - a Final constant, patched for the test
     try:
         hasher = hashlib.sha256()
-        got = list(manifest._raw_lines(io.BytesIO(data), "x", hasher))
+        got = list(manifest_lines._raw_lines(io.BytesIO(data), "x", hasher))
     finally:
-        setattr(manifest, "_CHUNK", old)  # noqa: B010
+        setattr(manifest_lines, "_CHUNK", old)  # noqa: B010
     expected = data.split(b"\n")
     if expected[-1] == b"":
         expected.pop()
@@ -1165,7 +1165,7 @@ def test_raw_lines_split_like_bytes_split(data: bytes, chunk: int) -> None:
 @settings(max_examples=50, deadline=None)
 @given(keys=st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 50), max_size=3000))
 def test_first_lines_table_matches_a_dict(keys: list[int]) -> None:
-    table = manifest._FirstLines(bits=2)
+    table = manifest_dupes._FirstLines(bits=2)
     model: dict[int, int] = {}
     for line, key in enumerate(keys, 1):
         key = key or 1  # the table's one alias, applied to the model too
@@ -1175,7 +1175,7 @@ def test_first_lines_table_matches_a_dict(keys: list[int]) -> None:
 
 def test_dedupe_memory_stays_small() -> None:
     """At most 48 bytes a key (50 MB a million), where a dict[int, int] takes ~110."""
-    table = manifest._FirstLines()
+    table = manifest_dupes._FirstLines()
     rng = random.Random(1)
     for n in range(1, 200_001):
         table.add(rng.getrandbits(64), n)

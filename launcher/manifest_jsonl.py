@@ -1,0 +1,62 @@
+"""JSONL, the contract: one JSON object per line, each checked by `_Checker.job`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+
+from launcher.manifest_lines import _BOM, _too_long, _utf8_problem
+from launcher.manifest_rules import _Checker, _kind
+from launcher.manifest_types import Problem, _Record
+
+__all__ = ["_scan_jsonl"]
+
+
+def _scan_jsonl(
+    lines: Iterator[bytes | None], path: str, check: _Checker
+) -> Iterator[_Record | Problem]:
+    loads = orjson.loads
+    job = check.job
+    lineno = 0
+    for raw in lines:
+        lineno += 1
+        if raw is None:
+            yield _too_long(path, lineno)
+            continue
+        # Parse first and look at blank/comment/BOM lines only on failure: the
+        # common line is a job, and this keeps its path to a single call.
+        try:
+            obj = loads(raw)
+        except orjson.JSONDecodeError as exc:
+            stripped = raw.strip()
+            if not stripped or stripped[0] == 0x23:  # '#'
+                continue
+            if lineno == 1 and raw.startswith(_BOM):
+                try:
+                    obj = loads(raw[3:])
+                except orjson.JSONDecodeError:
+                    yield _json_problem(path, lineno, raw, exc)
+                    continue
+            else:
+                yield _json_problem(path, lineno, raw, exc)
+                continue
+        if type(obj) is not dict:
+            yield Problem(
+                path, lineno, "json", f"expected a JSON object (one per line), got {_kind(obj)}"
+            )
+            continue
+        result = job(obj, lineno)
+        if isinstance(result, list):
+            yield from result
+        else:
+            yield result
+
+
+def _json_problem(path: str, line: int, raw: bytes, exc: orjson.JSONDecodeError) -> Problem:
+    # orjson reports bad UTF-8 as a JSON error without a position; find it.
+    try:
+        raw.decode()
+    except UnicodeDecodeError as bad:
+        return _utf8_problem(path, line, raw, bad)
+    return Problem(path, line, "json", f"invalid JSON: {exc.msg} (column {exc.colno})")
