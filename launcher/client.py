@@ -1,7 +1,9 @@
-"""The one place that talks HTTP: DataArts Factory calls over one aiohttp session.
+"""The one place that talks to DLF: job calls turned into `Reply` values.
 
 `DlfClient.call(job, action)` turns a job into a signed request and the answer
-into a `Reply`; every other module sees only `Reply` values, never aiohttp.
+into a `Reply`; every other module sees only `Reply` values, never HTTP.
+Requests go through `launcher.transport.HttpPool` (lean keep-alive HTTP/1.1:
+the per-request hot path); an aiohttp session serves the rare IAM login.
 Transport failures become data too: a failure before any byte was written is
 `Failure.CONNECT` (safe to resend), anything later is ambiguous.
 """
@@ -18,26 +20,18 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
-from yarl import URL
 
 from launcher import __version__
 from launcher.auth import Auth
 from launcher.errors import UsageError
 from launcher.models import Action, Failure, Job, JobStatus, Reply
 from launcher.signing import canonical_query
+from launcher.transport import HttpPool, Lost, NotSent
 
 __all__ = ["DlfClient", "endpoint_for_region", "path_segment"]
 
 CONTENT_TYPE = "application/json;charset=UTF-8"
 USER_AGENT = f"launcher/{__version__}"
-
-# Errors raised before the request could have been written: resending is safe.
-_NOT_WRITTEN: tuple[type[BaseException], ...] = (
-    aiohttp.ClientConnectorError,
-    aiohttp.ConnectionTimeoutError,
-)
-# Errors after which the service may or may not have acted on the request.
-_AMBIGUOUS_TIMEOUTS: tuple[type[BaseException], ...] = (TimeoutError, aiohttp.ServerTimeoutError)
 
 
 def endpoint_for_region(region: str) -> str:
@@ -78,17 +72,23 @@ class DlfClient:
         ca_bundle: str | None = None,
     ) -> None:
         parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"--endpoint: expected an http(s) URL, got {endpoint!r}")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise UsageError(f"--endpoint: invalid port in {endpoint!r}") from None
         self._scheme = parts.scheme
-        self._host = parts.netloc
+        self._host = parts.netloc  # the Host header: what the signature covers
+        self._hostname = parts.hostname
+        self._port = port
         self._base = parts.path.rstrip("/")
-        self._origin = f"{parts.scheme}://{parts.netloc}"
         self._auth_factory = auth_factory
         self._concurrency = concurrency
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=timeout)
+        self._timeout = timeout
         self._ca_bundle = ca_bundle
         self._session: aiohttp.ClientSession | None = None
+        self._pool: HttpPool | None = None
         self._auth: Auth | None = None
 
     @property
@@ -99,23 +99,22 @@ class DlfClient:
         return self._auth
 
     async def __aenter__(self) -> DlfClient:
-        ssl_context: ssl.SSLContext | bool = False
+        ssl_context: ssl.SSLContext | None = None
         if self._scheme == "https":
             # Verification is always on; --ca-bundle only adds trust for private CAs.
             ssl_context = ssl.create_default_context(cafile=self._ca_bundle)
-        connector = aiohttp.TCPConnector(
+        self._pool = HttpPool(
+            self._hostname,
+            self._port,
+            ssl_context=ssl_context,
             limit=self._concurrency + 4,  # + room for status checks beside the starts
-            limit_per_host=0,
-            ssl=ssl_context,
-            ttl_dns_cache=300,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
             timeout=self._timeout,
+        )
+        # For the IAM login only (a few requests a day); any host, so its own pool.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=4, ssl=ssl_context or False),
+            timeout=aiohttp.ClientTimeout(total=max(self._timeout, 30.0)),
             headers={"User-Agent": USER_AGENT},
-            skip_auto_headers=("Accept-Encoding",),
-            auto_decompress=False,
-            json_serialize=lambda obj: orjson.dumps(obj).decode(),
         )
         try:
             self._auth = self._auth_factory(self._session)
@@ -131,6 +130,9 @@ class DlfClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -194,9 +196,9 @@ class DlfClient:
         job: Job,
         body: bytes,
     ) -> tuple[Reply, dict[str, Any] | None]:
-        session = self._session
+        pool = self._pool
         auth = self._auth
-        if session is None or auth is None:
+        if pool is None or auth is None:
             raise RuntimeError("DlfClient used outside its context")
         headers = {"Host": self._host}
         if method == "POST":
@@ -206,26 +208,38 @@ class DlfClient:
         if job.workspace:
             headers["workspace"] = job.workspace
         await auth.apply(method, self._host, path, query, headers, body)
-        target = self._origin + path
         if query:
             # The canonical (sorted, encoded) query is what was signed; sending exactly
             # it makes the bytes on the wire the official SDK's too.
-            target += "?" + canonical_query(query)
+            path += "?" + canonical_query(query)
+        head = _request_head(method, path, headers, body)
         started = time.perf_counter()
         try:
-            async with session.request(
-                method, URL(target, encoded=True), data=body or None, headers=headers
-            ) as response:
-                status = response.status
-                raw = await response.read()
-                latency = time.perf_counter() - started
-                return _reply_from_answer(status, response.headers, raw, latency)
-        except _NOT_WRITTEN:
+            answer = await pool.request(head, body)
+        except NotSent:
             return Reply(None, time.perf_counter() - started, failure=Failure.CONNECT), None
-        except _AMBIGUOUS_TIMEOUTS:
-            return Reply(None, time.perf_counter() - started, failure=Failure.TIMEOUT), None
-        except (aiohttp.ClientError, OSError):
-            return Reply(None, time.perf_counter() - started, failure=Failure.DISCONNECT), None
+        except Lost as lost:
+            failure = Failure.TIMEOUT if lost.timeout else Failure.DISCONNECT
+            return Reply(None, time.perf_counter() - started, failure=failure), None
+        latency = time.perf_counter() - started
+        return _reply_from_answer(answer.status, answer.headers, answer.body, latency)
+
+
+def _request_head(method: str, target: str, headers: dict[str, str], body: bytes) -> bytes:
+    """The request line and headers as one buffer, ending with the blank line.
+
+    Header values go out as UTF-8 bytes, as the official SDK sends them.
+    """
+    lines = [f"{method} {target} HTTP/1.1\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+    lines.append(_FIXED_HEADERS)
+    if body or method == "POST":
+        lines.append(f"Content-Length: {len(body)}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode()
+
+
+_FIXED_HEADERS = f"User-Agent: {USER_AGENT}\r\nAccept: application/json\r\n"
 
 
 def _job_body(job: Job) -> bytes:
@@ -248,10 +262,11 @@ def _with_instance(reply: Reply, instance_id: int) -> Reply:
 
 
 def _reply_from_answer(
-    status: int, headers: Any, raw: bytes, latency: float
+    status: int, headers: dict[str, str], raw: bytes, latency: float
 ) -> tuple[Reply, dict[str, Any] | None]:
-    request_id = headers.get("X-Request-Id")
-    retry_after = _retry_after(headers.get("Retry-After")) if status in (429, 503) else None
+    """A `Reply` (and the JSON payload, if any) from an answer; `headers` keys lower-cased."""
+    request_id = headers.get("x-request-id")
+    retry_after = _retry_after(headers.get("retry-after")) if status in (429, 503) else None
     if status == 204 or not raw:
         return Reply(status, latency, request_id=request_id, retry_after=retry_after), None
     try:
