@@ -139,6 +139,11 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+def _expire(waiter: asyncio.Future[Answer], timeout: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(Lost(f"no answer within {timeout:g} s", timeout=True))
+
+
 class HttpPool:
     """Keep-alive connections to one origin, at most `limit` at a time."""
 
@@ -162,34 +167,35 @@ class HttpPool:
         """Send one request (`head` ends with the blank line) and return its answer.
 
         Raises `NotSent` or `Lost` (see the module docstring); never anything else
-        for network trouble.
+        for network trouble. The timeout covers connecting, sending and the answer.
         """
         async with self._slots:
-            connection: _Connection | None = None
-            written = False
-            with anyio.move_on_after(self._timeout):
-                connection = self._idle_connection() or await self._connect()
-                loop = asyncio.get_running_loop()
-                waiter: asyncio.Future[Answer] = loop.create_future()
-                connection.send(head + body if body else head, waiter)
-                written = True
-                try:
-                    answer = await waiter
-                except BaseException:
-                    connection.close()
-                    raise
-                if connection.reusable and not connection.closed:
-                    self._idle.append(connection)
-                else:
-                    connection.close()
-                return answer
-            # The timeout fired (the `with` block did not return).
-            if connection is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._timeout
+            connection = self._idle_connection()
+            if connection is None:
+                with anyio.move_on_after(self._timeout):
+                    connection = await self._connect()
+                if connection is None:
+                    raise NotSent(f"could not connect within {self._timeout:g} s", timeout=True)
+            waiter: asyncio.Future[Answer] = loop.create_future()
+            # A timer, not a cancel scope: it is per request, and a timer handle is
+            # a fraction of a scope's cost. It fails the waiter; the connection,
+            # whose answer may still come, is then closed rather than reused.
+            timer = loop.call_at(deadline, _expire, waiter, self._timeout)
+            connection.send(head + body if body else head, waiter)
+            try:
+                answer = await waiter
+            except BaseException:
                 connection.close()
-            if written:
-                raise Lost(f"no answer within {self._timeout:g} s", timeout=True)
-            raise NotSent(f"could not connect within {self._timeout:g} s", timeout=True)
-        raise AssertionError("unreachable")  # pragma: no cover  (the semaphore block returns)
+                raise
+            finally:
+                timer.cancel()
+            if connection.reusable and not connection.closed:
+                self._idle.append(connection)
+            else:
+                connection.close()
+            return answer
 
     def _idle_connection(self) -> _Connection | None:
         idle = self._idle
