@@ -60,7 +60,10 @@ class RateMeter:
         self._count += 1
         self._total += 1
         if bucket > self._bucket_start:
-            current = self._count / (bucket - self._bucket_start)
+            # The first bucket started at the first event, not at its boundary: a run
+            # that began 50 ms before a boundary would otherwise read a tenth of its rate.
+            start = max(self._bucket_start, self._first)
+            current = self._count / max(bucket - start, 1e-3)
             if self.smoothed == 0.0:
                 self.smoothed = current
             else:

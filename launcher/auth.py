@@ -163,6 +163,11 @@ class AkSkAuth:
         """A key pair cannot be renewed here; a rejected signature will not get better."""
         return False
 
+    @property
+    def access_key(self) -> str:
+        """The AK: an identifier, not a secret (shared limits key on it)."""
+        return self._signer.access_key
+
     def describe(self) -> str:
         """``aksk AK=ABCD…`` (``aksk-temporary`` with a security token)."""
         kind = "aksk-temporary" if self._signer.temporary else "aksk"

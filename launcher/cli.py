@@ -141,6 +141,26 @@ def _run_options(func: F) -> F:
             type=click.Choice(["auto", "bar", "lines", "off"]),
             help="Progress display [auto].",
         ),
+        click.option(
+            "--redis",
+            help="Share the rate limit with every launcher on the same --limit-key through "
+            "this Redis (redis://[:PASSWORD@]HOST:PORT/DB; env LAUNCHER_REDIS_URL).",
+        ),
+        click.option(
+            "--limit-key",
+            help="Redis key of the shared limit [from the endpoint host and the AK].",
+        ),
+        click.option(
+            "--redis-optional",
+            is_flag=True,
+            default=None,
+            help="If Redis is unreachable at start, warn and apply local limits (else exit 2).",
+        ),
+        click.option(
+            "--shared-concurrency",
+            type=int,
+            help="Most requests in flight across every launcher on the key; 0 = off [0].",
+        ),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)

@@ -19,6 +19,7 @@ from launcher.models import ACTIONS, Action
 from launcher.pacing import parse_rate
 from launcher.plan import parse_shard
 from launcher.policy import parse_duration, parse_halt
+from launcher.shared_url import redact_url
 
 __all__ = ["DEFAULT_RATE", "RunOptions", "load_config_file", "resolve_options"]
 
@@ -62,13 +63,21 @@ class RunOptions:
     log_format: str = "auto"
     log_level: str = "info"
     progress: str = "auto"
+    # Scale-out (launcher.shared): one rate limit for every launcher on the same key.
+    redis: str | None = None
+    limit_key: str | None = None
+    redis_optional: bool = False
+    shared_concurrency: int = 0
     sim: Mapping[str, Any] = field(default_factory=dict)
     # Per-workspace limits from `[workspaces."ID"]` tables: {ID: (concurrency, rate, burst)}.
     workspaces: Mapping[str, tuple[int, float, int]] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
-        """The options as recorded in the ledger header (none of them is a secret)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sim"}
+        """The options as recorded in the ledger header (the Redis URL without its password)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sim"}
+        if self.redis:
+            values["redis"] = redact_url(self.redis)
+        return values
 
 
 def _workspace_limits(path: str | os.PathLike[str], table: object) -> dict[str, Any]:
@@ -216,12 +225,18 @@ _CONVERTERS: dict[str, Callable[[object], Any]] = {
     "log_format": _choice("auto", "console", "json"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "progress": _choice("auto", "bar", "lines", "off"),
+    "redis": _text,
+    "limit_key": _text,
+    "redis_optional": _flag,
+    "shared_concurrency": _non_negative_int,
 }
 
 # Environment variables the official SDK users already set.
 _ENVIRONMENT = {
     "project_id": "HUAWEICLOUD_SDK_PROJECT_ID",
     "region": "HUAWEICLOUD_SDK_REGION",
+    # A Redis URL may hold a password: the environment keeps it off command lines.
+    "redis": "LAUNCHER_REDIS_URL",
 }
 
 

@@ -36,7 +36,7 @@ from launcher.ledger import Ledger, default_ledger_path, read_ledger
 from launcher.logs import get_logger
 from launcher.manifest import Defaults, Validation, iter_jobs, scan, validate
 from launcher.models import Job
-from launcher.pacing import Pacer, TokenBucket, format_rate
+from launcher.pacing import Pacer, RateGate, TokenBucket, format_rate
 from launcher.plan import Next, describe_counts, next_step, parse_shard, shard_of
 from launcher.policy import RetryBudget, RetryPolicy, parse_halt
 from launcher.progress import show_progress
@@ -259,6 +259,11 @@ async def _dispatch(
     segment: Segment,
 ) -> int:
     client = connection.client
+    shared = None
+    if options.redis or options.shared_concurrency:  # before the header: bad Redis = exit 2
+        from launcher.shared import open_shared_limits  # redis-py loads only for --redis
+
+        shared = await open_shared_limits(options, connection)
     run_id = uuid.uuid4().hex
     started = time.time()
     ledger.header(
@@ -313,10 +318,13 @@ async def _dispatch(
         },
     )
     flow = AdaptiveRate(ceiling=options.rate) if options.adaptive else None
+    pacer: RateGate = Pacer(TokenBucket(options.rate, options.burst))
+    if shared is not None:  # --redis: the limit and its adaptive curve are the fleet's
+        pacer, flow = shared.pacer, shared.flow
     dispatcher = Dispatcher(
-        client,
+        shared.service(client) if shared is not None else client,
         ledger,
-        Pacer(TokenBucket(options.rate, options.burst)),
+        pacer,
         settings,
         tally=tally,
         rand=random.Random(),
@@ -360,6 +368,8 @@ async def _dispatch(
 
         tg.start_soon(flusher)
         tg.start_soon(signals)
+        if shared is not None:
+            tg.start_soon(shared.serve)  # reconnects a lost Redis; closes it at the end
         if options.deadline is not None:
             tg.start_soon(deadline, options.deadline)
         if _progress_wanted(options):

@@ -43,6 +43,12 @@ def test_meter_estimates_before_its_first_bucket() -> None:
     assert meter.rate_at(end) == pytest.approx(1000.0, rel=0.1)
 
 
+def test_meter_is_right_when_a_run_starts_just_before_a_bucket_boundary() -> None:
+    meter = RateMeter()
+    end = feed(meter, 400.0, 10.45, 0.07)  # crosses the 10.5 s boundary after 50 ms
+    assert meter.rate_at(end) == pytest.approx(400.0, rel=0.1)
+
+
 def test_no_throttle_means_the_ceiling_applies() -> None:
     flow = AdaptiveRate(ceiling=500.0)
     steady(flow, 100.0, 1.0)
