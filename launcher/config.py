@@ -258,7 +258,11 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             values["sim"] = value
             continue
         if name == "loadtest":
-            continue  # `launcher loadtest`'s own table: read by launcher.cli_loadtest
+            # `launcher loadtest`'s own table, checked by launcher.cli_loadtest.
+            if not isinstance(value, dict):
+                raise UsageError(f"{path}: [loadtest] must be a table")
+            values["loadtest"] = value
+            continue
         if name == "workspaces":
             values["workspaces"] = _workspace_limits(path, value)
             continue

@@ -41,6 +41,7 @@ __all__ = [
     "Service",
     "Tally",
     "WorkspaceLimits",
+    "auth_failure_message",
     "failure_key",
 ]
 
@@ -343,7 +344,7 @@ class Dispatcher:
                 verdict = Verdict.AUTH_FAILED
             if verdict in _AUTH:
                 self._settle(job, attempt, reply, Verdict.AUTH_FAILED, "failed")
-                self.stop("auth", AuthFailed(_auth_message(reply)))
+                self.stop("auth", AuthFailed(auth_failure_message(reply)))
                 return None
             if verdict is Verdict.AMBIGUOUS:
                 self._recorder.result(job, attempt, reply, verdict, None)
@@ -467,7 +468,8 @@ class _Gate:
     pacer: Pacer | None
 
 
-def _auth_message(reply: Reply) -> str:
+def auth_failure_message(reply: Reply) -> str:
+    """Why the run stopped on a rejected request: the answer, and what to check."""
     detail = f"HTTP {reply.status}"
     if reply.error_code:
         detail += f" {reply.error_code}"

@@ -42,6 +42,7 @@ import anyio.abc
 
 from launcher.config import RunOptions
 from launcher.connect import connect
+from launcher.dispatch import auth_failure_message
 from launcher.errors import AuthFailed, UsageError
 from launcher.loadtest_output import (
     TimeseriesWriter,
@@ -294,7 +295,7 @@ class LoadTest:
                     verdict = Verdict.AUTH_FAILED
                 if verdict is Verdict.AUTH_FAILED:
                     # Five bad AK/SK signatures in a row lock the key: stop at the first.
-                    self._stop("auth", AuthFailed(_auth_message(reply)))
+                    self._stop("auth", AuthFailed(auth_failure_message(reply)))
                 if attempt >= settings.max_attempts or verdict not in _RETRYABLE:
                     break
                 self.recorder.retries += 1
@@ -459,18 +460,6 @@ def _count(value: float) -> float | int | None:
     return int(value) if value == int(value) else value
 
 
-def _auth_message(reply: Reply) -> str:
-    detail = f"HTTP {reply.status}"
-    if reply.error_code:
-        detail += f" {reply.error_code}"
-    if reply.error_msg:
-        detail += f": {reply.error_msg}"
-    return (
-        f"authentication failed ({detail}); check the credentials, the project id and the "
-        "endpoint. Stopped at once: repeated bad signatures lock an AK/SK pair for 5 minutes."
-    )
-
-
 # --- wiring for the command line -------------------------------------------------------
 
 
@@ -556,7 +545,7 @@ async def _canary(client: Service, job: Job, action: Action) -> None:
     if verdict is Verdict.REFRESH_AUTH and await client.refresh_auth():
         return
     if verdict in (Verdict.AUTH_FAILED, Verdict.REFRESH_AUTH):
-        raise AuthFailed(_auth_message(reply))
+        raise AuthFailed(auth_failure_message(reply))
 
 
 def _write_outputs(
