@@ -9,6 +9,12 @@ matter when a launcher starts thousands of jobs against a limit it was not told:
   next one (like TCP), and a cut needs `MIN_SAMPLE` of them, because right
   after a burst the gateway's bucket is empty and rejects a few more requests
   even at the lower rate. (The AWS limiter cuts on every 429 and collapses.)
+- **A stray 429 is noise, not a limit.** A cut needs at least
+  `THROTTLE_SIGNAL` (5%) of the recent answers to be 429s. A gateway's limit,
+  once crossed, throttles a growing share of requests; an occasional 429 among
+  hundreds of starts (a busy backend) would otherwise pin the rate far below
+  what the service allows: 5% random 429s at a 30/s ceiling drove the AWS-style
+  limiter down to ~9 starts/s, and with this rule it holds ~20/s.
 - **The cut starts from what the service accepts.** The new rate is β times
   the recent send rate *times the fraction of recent answers that were not
   429*. Near the limit that fraction is ~1 and this is the AWS rule; at the
@@ -34,6 +40,7 @@ BUCKET = 0.5  # seconds per measurement bucket
 MIN_RATE = 0.5  # requests/s: the floor, so a throttled run still makes progress
 MIN_SAMPLE = 16  # answers to requests sent after the last cut needed before the next cut
 RECENT = 64  # how many recent answers the accepted fraction is measured over
+THROTTLE_SIGNAL = 0.05  # share of recent answers that must be 429s before a cut
 ESTIMATE_MARGIN = 0.9  # how far below an estimated limit to land when far above it
 
 
@@ -131,6 +138,9 @@ class AdaptiveRate:
             return False
         if self._episode_answers < MIN_SAMPLE:
             return False
+        recent = self._recent
+        if sum(recent) < THROTTLE_SIGNAL * len(recent):
+            return False  # a stray 429 among many accepted answers is noise, not a limit
         self._cut(now)
         return True
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from launcher.adaptive import BETA, MIN_RATE, MIN_SAMPLE, AdaptiveRate, RateMeter
+from launcher.adaptive import BETA, MIN_RATE, MIN_SAMPLE, RECENT, AdaptiveRate, RateMeter
 from launcher.pacing import TokenBucket
 
 
@@ -56,11 +56,30 @@ def test_no_throttle_means_the_ceiling_applies() -> None:
     assert AdaptiveRate(ceiling=0.0).rate == 0.0  # unlimited
 
 
+BURST = 4
+ACCEPTED = 1 - BURST / RECENT  # the accepted share of the last RECENT answers after a burst
+
+
+def throttle_burst(flow: AdaptiveRate, t: float) -> bool:
+    """BURST 429s in a row at time t; True when one of them cut the rate."""
+    cut = False
+    for _ in range(BURST):
+        cut = flow.on_answer(t, t, throttled=True) or cut
+    return cut
+
+
 def test_near_the_limit_a_throttle_cuts_to_beta_times_the_send_rate() -> None:
     flow = AdaptiveRate(ceiling=0.0)
     t = steady(flow, 300.0, 5.0)
-    assert flow.on_answer(t, t, throttled=True)
-    assert flow.rate == pytest.approx(300.0 * BETA, rel=0.05)
+    assert throttle_burst(flow, t)
+    assert flow.rate == pytest.approx(300.0 * ACCEPTED * BETA, rel=0.02)
+
+
+def test_a_stray_429_among_many_accepted_answers_is_noise() -> None:
+    flow = AdaptiveRate(ceiling=0.0)
+    t = steady(flow, 300.0, 5.0)
+    assert not flow.on_answer(t, t, throttled=True)  # 1 in the last 64: below THROTTLE_SIGNAL
+    assert not flow.throttled
 
 
 def test_far_above_the_limit_the_cut_lands_near_what_was_accepted() -> None:
@@ -80,7 +99,7 @@ def test_far_above_the_limit_the_cut_lands_near_what_was_accepted() -> None:
 def test_one_congestion_episode_cuts_once() -> None:
     flow = AdaptiveRate(ceiling=1000.0)
     t = steady(flow, 500.0, 2.0)
-    assert flow.on_answer(t, t, throttled=True)
+    assert throttle_burst(flow, t)
     rate = flow.rate
     # In flight before the cut: ignored. Sent after it: counted, but too few to cut again.
     assert not flow.on_answer(t + 0.001, t - 0.001, throttled=True)
@@ -94,9 +113,10 @@ def test_one_congestion_episode_cuts_once() -> None:
 def test_recovery_follows_the_cubic_curve_back_to_the_last_maximum() -> None:
     flow = AdaptiveRate(ceiling=1000.0)
     t = steady(flow, 300.0, 10.0)
-    assert flow.on_answer(t, t, throttled=True)
+    assert throttle_burst(flow, t)
     cut_at = t
-    window = ((300.0 * (1 - BETA)) / 0.4) ** (1 / 3)
+    last_max = 300.0 * ACCEPTED
+    window = ((last_max * (1 - BETA)) / 0.4) ** (1 / 3)
     half_way = None
     while t < cut_at + window + 2.0:
         t += 1 / 300
@@ -105,8 +125,8 @@ def test_recovery_follows_the_cubic_curve_back_to_the_last_maximum() -> None:
         if half_way is None and t - cut_at >= window / 2:
             half_way = flow.rate
     assert half_way is not None
-    assert 300.0 * BETA < half_way < 300.0  # a concave climb...
-    assert flow.rate == pytest.approx(300.0 + 0.4 * 2.0**3, rel=0.05)  # ...then convex probing
+    assert last_max * BETA < half_way < last_max  # a concave climb...
+    assert flow.rate == pytest.approx(last_max + 0.4 * 2.0**3, rel=0.02)  # ...then convex probing
 
 
 @given(
@@ -162,12 +182,23 @@ def simulate(limit: float, seconds: float, ceiling: float = 0.0) -> tuple[int, i
     return ok, throttled
 
 
-@pytest.mark.parametrize("limit", [30.0, 300.0, 2000.0])
-def test_goodput_reaches_90_percent_of_an_unknown_limit_with_few_throttles(limit: float) -> None:
+@pytest.mark.parametrize(
+    ("limit", "most_throttled"),
+    [
+        # At 30/s the unpaced start (64 requests in flight before the first 429
+        # comes back) is ~100 throttled requests: 5.6% of a minute's 1,800.
+        (30.0, 0.06),
+        (300.0, 0.05),
+        (2000.0, 0.05),
+    ],
+)
+def test_goodput_reaches_90_percent_of_an_unknown_limit_with_few_throttles(
+    limit: float, most_throttled: float
+) -> None:
     seconds = 60.0
     ok, throttled = simulate(limit, seconds)
     assert ok / seconds >= 0.9 * limit
-    assert throttled / (ok + throttled) < 0.05
+    assert throttled / (ok + throttled) < most_throttled
 
 
 def test_a_ceiling_below_the_limit_is_never_exceeded_and_never_throttled() -> None:
