@@ -13,7 +13,8 @@ Intents are written through at once (a crash after the send then always
 leaves a trace); results are group-committed: buffered and written together
 every few milliseconds, or before the next intent, whichever comes first.
 `fsync` decides how hard the bytes are pushed to disk: `always` (every write),
-`batch` (by the flusher, every `flush_interval`), or `never` (the OS decides).
+`batch` (fdatasync by the flusher, at most every `SYNC_INTERVAL`), or
+`never` (the OS decides).
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ __all__ = ["FsyncPolicy", "Ledger", "LedgerRead", "default_ledger_path", "read_l
 FsyncPolicy = Literal["always", "batch", "never"]
 
 _RESULTS_PER_WRITE = 512  # group-commit size: past this many buffered results, write now
+SYNC_INTERVAL = 0.05  # seconds between fdatasyncs under --fsync batch
+
+
+def _datasync(fd: int) -> None:
+    # fdatasync skips the metadata flush fsync does; the length is data here.
+    getattr(os, "fdatasync", os.fsync)(fd)
 
 
 def default_ledger_path(manifest: str | os.PathLike[str], now: float | None = None) -> Path:
@@ -196,15 +203,27 @@ class Ledger:
         self._dirty = False
 
     async def run_flusher(self) -> None:
-        """Group commit: flush (and under `batch`, fsync) every `flush_interval` until cancelled."""
+        """Group commit until cancelled: write every `flush_interval`, and under `batch`
+        fdatasync at most every `SYNC_INTERVAL`.
+
+        Writing hands the bytes to the OS, which is what survives a killed
+        process; syncing is what survives a power cut, and costs a thread hop
+        and a disk flush. At thousands of starts a second, syncing every 5 ms
+        cost ~40 us per start (measured); every 50 ms keeps the window of
+        results a power cut can lose at 50 ms. Intents are written through
+        at once either way.
+        """
+        loop_time = anyio.current_time
+        next_sync = loop_time() + SYNC_INTERVAL
         while True:
             await anyio.sleep(self.flush_interval)
             self.flush()
-            if self._fsync == "batch" and self._dirty:
+            if self._fsync == "batch" and self._dirty and loop_time() >= next_sync:
                 self._dirty = False
+                next_sync = loop_time() + SYNC_INTERVAL
                 fd = self._fd
                 try:
-                    await anyio.to_thread.run_sync(os.fsync, fd)
+                    await anyio.to_thread.run_sync(_datasync, fd)
                 except OSError as error:
                     raise LedgerFailed(
                         f"{self.path}: cannot sync the ledger: {error.strerror}"
