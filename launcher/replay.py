@@ -136,7 +136,7 @@ def _never_sent(
     options = header.get("options") or {}
     defaults = Defaults(project_id=options.get("project_id"), workspace=options.get("workspace"))
     for job in iter_jobs(path, defaults, fmt=manifest.get("format")):
-        if job.id in history.jobs:
+        if job.id in history:
             continue
         description = {
             "name": job.name,

@@ -9,7 +9,7 @@ import pytest
 from launcher.history import JobRecord, fold
 from launcher.ledger import Ledger, read_ledger
 from launcher.models import Failure, Job, JobParam, Reply
-from launcher.plan import Next, next_step, replay_jobs
+from launcher.plan import Next, next_step, replay_jobs, step_lookup
 
 
 @pytest.mark.parametrize(
@@ -61,7 +61,8 @@ def write_history(path: Path) -> None:
 def test_fold_keeps_what_resume_needs(tmp_path: Path) -> None:
     write_history(tmp_path / "l.jsonl")
     folded = fold([read_ledger(tmp_path / "l.jsonl")])
-    steps = {k: next_step(r, retry_failed=False) for k, r in folded.jobs.items()}
+    ids = ["id-ok", "id-gone", "id-busy", "id-lost", "id-crashed"]
+    steps = {k: next_step(folded.record(k), retry_failed=False) for k in ids}
     assert steps == {
         "id-ok": Next.SKIP,
         "id-gone": Next.SKIP,
@@ -69,8 +70,20 @@ def test_fold_keeps_what_resume_needs(tmp_path: Path) -> None:
         "id-lost": Next.CHECK,
         "id-crashed": Next.CHECK,
     }
+    assert folded.job_count == 5
+    assert folded.record("id-never") is None
+    assert "id-ok" in folded
+    assert "id-never" not in folded
+    # The by-id lookup a resume uses agrees with next_step on decoded records.
+    step = step_lookup(folded, retry_failed=False)
+    assert {k: step(k) for k in [*ids, "id-never"]} == {**steps, "id-never": Next.SEND}
     assert folded.manifest_sha256 == "abc"
-    assert folded.jobs["id-crashed"].last_intent_t > 0
+    crashed = folded.record("id-crashed")
+    assert crashed is not None
+    assert crashed.last_intent_t > 0
+    # The default fold keeps no job ids: listing jobs needs keep=...
+    with pytest.raises(ValueError, match="keep"):
+        next(folded.items())
 
 
 def test_replay_rebuilds_jobs_with_project_and_workspace_remapped(tmp_path: Path) -> None:
