@@ -28,7 +28,7 @@ from launcher.models import Action, Failure, Job, JobStatus, Reply
 from launcher.signing import canonical_query
 from launcher.transport import HttpPool, Lost, NotSent
 
-__all__ = ["DlfClient", "endpoint_for_region", "path_segment"]
+__all__ = ["DlfClient", "endpoint_for_region", "job_body", "path_segment"]
 
 CONTENT_TYPE = "application/json;charset=UTF-8"
 USER_AGENT = f"launcher/{__version__}"
@@ -151,7 +151,7 @@ class DlfClient:
             f"{self._base}/v1/{path_segment(job.project_id or '')}"
             f"/jobs/{path_segment(job.name)}/{action}"
         )
-        body = _job_body(job)
+        body = job_body(job)
         reply, payload = await self._request("POST", path, (), job, body)
         if action == "run-immediate" and payload is not None and reply.status == 200:
             instance_id = payload.get("instanceId")
@@ -242,7 +242,8 @@ def _request_head(method: str, target: str, headers: dict[str, str], body: bytes
 _FIXED_HEADERS = f"User-Agent: {USER_AGENT}\r\nAccept: application/json\r\n"
 
 
-def _job_body(job: Job) -> bytes:
+def job_body(job: Job) -> bytes:
+    """The request body: `{"jobParams": [...]}` as the service expects it."""
     params = []
     for param in job.params:
         entry = {"name": param.name, "value": param.value}

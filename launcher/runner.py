@@ -36,11 +36,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
-import orjson
 
 from launcher import __version__
 from launcher.adaptive import AdaptiveRate
-from launcher.client import path_segment
+from launcher.client import job_body, path_segment
 from launcher.config import RunOptions
 from launcher.connect import Connection, connect, resolve_endpoint
 from launcher.dispatch import Dispatcher, DispatchSettings, Tally, WorkspaceLimits
@@ -195,9 +194,7 @@ def print_dry_run(plan: Plan, options: RunOptions, endpoint: str, out: TextIO) -
             path = (
                 f"/v1/{path_segment(job.project_id or '')}/jobs/{path_segment(job.name)}/{action}"
             )
-            body = orjson.dumps(
-                {"jobParams": [{"name": p.name, "value": p.value} for p in job.params]}
-            ).decode()
+            body = job_body(job).decode()  # exactly what a run would send
             workspace = f" workspace={job.workspace}" if job.workspace else ""
             out.write(f"POST {endpoint}{path}{workspace} {body}\n")
     if count > 20:

@@ -138,14 +138,16 @@ async def test_first_twenty_errors_are_listed_and_the_rest_counted(tmp_path: Pat
 
 
 async def test_dry_run_prints_the_plan_and_sends_nothing(tmp_path: Path) -> None:
-    manifest = write_manifest(tmp_path / "m.jsonl", job_lines(30, workspace="ws-9"))
+    typed = {"name": "typed", "params": [{"name": "m", "value": "full", "paramType": "constants"}]}
+    manifest = write_manifest(tmp_path / "m.jsonl", [typed, *job_lines(30, workspace="ws-9")])
     async with running() as (sim, url):
         done = await launcher(
             "run", str(manifest), "--endpoint", url, "--project-id", "p1", "--dry-run"
         )
     assert done.code == 0
+    assert '"paramType":"constants"' in done.stdout  # the body exactly as a run sends it
     assert "/v1/p1/jobs/job-0000/start workspace=ws-9" in done.stdout
-    assert "10 more" in done.stdout
+    assert "11 more" in done.stdout
     assert sim.stats.requests == 0
 
 
