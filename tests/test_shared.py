@@ -362,9 +362,11 @@ async def test_losing_redis_mid_run_paces_alone_at_the_share_then_shares_again(
         await connect_shared(redis_server.url, key, ceiling=200.0) as a,
         await connect_shared(redis_server.url, key, ceiling=200.0) as b,
     ):
+        # Two seconds shared first: both launchers' and the fleet's rate meters have
+        # closed several half-second buckets, so each launcher's share is measured.
         async with anyio.create_task_group() as tg:
-            tg.start_soon(pace, a, 8, 1.0, [])
-            tg.start_soon(pace, b, 8, 1.0, [])
+            tg.start_soon(pace, a, 8, 2.0, [])
+            tg.start_soon(pace, b, 8, 2.0, [])
         redis_server.stop()
         alone_a: list[float] = []
         alone_b: list[float] = []
