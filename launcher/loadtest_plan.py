@@ -292,16 +292,6 @@ class Threshold:
         """True when `value` satisfies the rule."""
         return _OPERATORS[self.op](value, self.limit)
 
-    def describe_value(self, value: float) -> str:
-        """`value` in the rule's unit, for people."""
-        if self.family in ("latency", "service"):
-            return f"{value:.1f} ms"
-        if self.family in _FRACTIONS:
-            return f"{value * 100:.2f}%"
-        if self.family == "rate":
-            return f"{value:.1f}/s"
-        return f"{value:g}"
-
 
 def parse_threshold(text: str) -> Threshold:
     """Parse `p99<500ms`, `service_p95<=200ms`, `error_rate<1%`, `rate>=490/s`, `dropped<1`.

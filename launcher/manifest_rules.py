@@ -233,30 +233,8 @@ class _Checker:
                 errs.append(("name", "required"))
             else:
                 _check_into(errs, "name", name, _CONTROL, "control characters")
-        if workspace is None:
-            workspace = self.defaults.workspace
-        elif not (
-            type(workspace) is str
-            and workspace
-            and workspace.isprintable()
-            and " " not in workspace
-        ):
-            if _is_null(workspace):
-                workspace = self.defaults.workspace
-            else:
-                _check_into(errs, "workspace", workspace, _CONTROL_OR_SPACE, _NO_SPACE)
-        if project_id is None:
-            project_id = self.defaults.project_id
-        elif not (
-            type(project_id) is str
-            and project_id
-            and project_id.isprintable()
-            and " " not in project_id
-        ):
-            if _is_null(project_id):
-                project_id = self.defaults.project_id
-            else:
-                _check_into(errs, "project_id", project_id, _CONTROL_OR_SPACE, _NO_SPACE)
+        workspace = _header_field(errs, "workspace", workspace, self.defaults.workspace)
+        project_id = _header_field(errs, "project_id", project_id, self.defaults.project_id)
         if jid is not None and not (type(jid) is str and jid and jid.isprintable()):
             if _is_null(jid):
                 jid = None
@@ -328,6 +306,22 @@ def _not_string(value: Any) -> str:
     if text is None:
         return f"must be a string, got {_kind(value)}"
     return f"must be a string, got {_describe(value)}; quote it: {_quote(text)}"
+
+
+def _header_field(errs: list[tuple[str, str]], field: str, value: Any, default: Any) -> Any:
+    """`workspace`/`project_id`: the value, or the run's default when absent or null.
+
+    They travel in an HTTP header, so whitespace and control characters are
+    errors (CR/LF would be header injection). The fast path is a few C calls.
+    """
+    if value is None:
+        return default
+    if type(value) is str and value and value.isprintable() and " " not in value:
+        return value
+    if _is_null(value):
+        return default
+    _check_into(errs, field, value, _CONTROL_OR_SPACE, _NO_SPACE)
+    return value
 
 
 def _check_into(

@@ -59,7 +59,6 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_headers",
-        "_last_header",
         "_parser",
         "_waiter",
         "closed",
@@ -73,7 +72,6 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[Answer] | None = None
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
-        self._last_header = ""
         self.closed = False
         self.reusable = True
 
@@ -100,9 +98,7 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        self._headers[key] = value.decode("latin-1")
-        self._last_header = key
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
