@@ -17,15 +17,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import aiohttp
 import anyio
 import orjson
 
 from launcher.errors import AuthFailed, UsageError
 from launcher.logs import get_logger
 from launcher.signing import AkSk, Signer
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = [
     "ENV_AK",
@@ -159,6 +161,19 @@ class AkSkAuth:
         """Sign the request (adds X-Sdk-Date, Host, Authorization, maybe X-Security-Token)."""
         self._signer.sign(method, host, path, query, headers, body)
 
+    def sign(
+        self,
+        method: str,
+        host: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: dict[str, str],
+        body: bytes,
+    ) -> None:
+        """`apply` without a coroutine: signing never waits, so the client's hot path calls
+        this directly."""
+        self._signer.sign(method, host, path, query, headers, body)
+
     async def refresh(self) -> bool:
         """A key pair cannot be renewed here; a rejected signature will not get better."""
         return False
@@ -271,7 +286,7 @@ class IamPasswordAuth:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        session: aiohttp.ClientSession | Callable[[], aiohttp.ClientSession],
         iam_endpoint: str,
         username: str,
         password: str,
@@ -306,7 +321,7 @@ class IamPasswordAuth:
         self._attempts = attempts
         self._retry_delay = retry_delay
         self._min_relogin_interval = min_relogin_interval
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._clock = clock
         self._lock = anyio.Lock()
         self._token: str | None = None
@@ -425,13 +440,16 @@ class IamPasswordAuth:
 
     async def _attempt_login(self) -> _Failure | None:
         """One POST /v3/auth/tokens; None when a token was installed, else why not."""
+        import aiohttp
+
         wall_now = time.time()
+        session = self._session() if callable(self._session) else self._session
         try:
-            async with self._session.post(
+            async with session.post(
                 self._url,
                 data=self._login_body(),
                 headers={"Content-Type": "application/json;charset=utf8"},
-                timeout=self._timeout,
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
                 allow_redirects=False,
             ) as response:
                 status = response.status
@@ -534,7 +552,7 @@ def iam_endpoint_for_region(region: str) -> str:
 def auth_from_env(
     env: Mapping[str, str],
     *,
-    session: aiohttp.ClientSession,
+    session: aiohttp.ClientSession | Callable[[], aiohttp.ClientSession],
     iam_endpoint: str | None,
     project_id: str | None,
 ) -> Auth:

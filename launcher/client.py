@@ -11,27 +11,36 @@ Transport failures become data too: a failure before any byte was written is
 from __future__ import annotations
 
 import email.utils
+import re
 import ssl
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-import aiohttp
 import orjson
 
 from launcher import __version__
-from launcher.auth import Auth
+from launcher.auth import AkSkAuth, Auth
 from launcher.errors import UsageError
 from launcher.models import Action, Failure, Job, JobStatus, Reply
 from launcher.signing import canonical_query
 from launcher.transport import HttpPool, Lost, NotSent
 
+if TYPE_CHECKING:
+    import aiohttp
+
 __all__ = ["DlfClient", "endpoint_for_region", "job_body", "path_segment"]
 
 CONTENT_TYPE = "application/json;charset=UTF-8"
 USER_AGENT = f"launcher/{__version__}"
+
+
+# AkSkAuth.sign: (method, host, path, query, headers, body), headers signed in place.
+_Sign = Callable[[str, str, str, Sequence[tuple[str, str]], dict[str, str], bytes], None]
+# What quote(safe="~") leaves alone: ASCII letters, digits and "_.-~".
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_.~-]+")
 
 
 def endpoint_for_region(region: str) -> str:
@@ -49,6 +58,8 @@ def path_segment(value: str) -> str:
     dots (`.`, `..`) is escaped too, because proxies and servers would
     otherwise collapse it as a relative path and start a different job.
     """
+    if _PLAIN_SEGMENT.fullmatch(value) and value.strip("."):
+        return value  # nothing to escape: quote() would return it unchanged
     encoded = quote(value, safe="~")
     if encoded.strip(".") == "":
         encoded = encoded.replace(".", "%2E")
@@ -65,7 +76,7 @@ class DlfClient:
     def __init__(
         self,
         endpoint: str,
-        auth_factory: Callable[[aiohttp.ClientSession], Auth],
+        auth_factory: Callable[[Callable[[], aiohttp.ClientSession]], Auth],
         *,
         concurrency: int,
         timeout: float,
@@ -88,8 +99,12 @@ class DlfClient:
         self._timeout = timeout
         self._ca_bundle = ca_bundle
         self._session: aiohttp.ClientSession | None = None
+        self._ssl_context: ssl.SSLContext | None = None
         self._pool: HttpPool | None = None
         self._auth: Auth | None = None
+        # AK/SK signing never waits: the hot path calls it without a coroutine.
+        self._sign: _Sign | None = None
+        self._prefixes: dict[str | None, str] = {}  # project id -> "{base}/v1/{project}"
 
     @property
     def auth(self) -> Auth:
@@ -110,19 +125,23 @@ class DlfClient:
             limit=self._concurrency + 4,  # + room for status checks beside the starts
             timeout=self._timeout,
         )
-        # For the IAM login only (a few requests a day); any host, so its own pool.
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=4, ssl=ssl_context or False),
-            timeout=aiohttp.ClientTimeout(total=max(self._timeout, 30.0)),
-            headers={"User-Agent": USER_AGENT},
-        )
-        try:
-            self._auth = self._auth_factory(self._session)
-        except BaseException:
-            await self._session.close()
-            self._session = None
-            raise
+        self._ssl_context = ssl_context
+        self._auth = self._auth_factory(self._iam_session)
+        self._sign = self._auth.sign if isinstance(self._auth, AkSkAuth) else None
         return self
+
+    def _iam_session(self) -> aiohttp.ClientSession:
+        """The IAM login's session (a few requests a day; any host, so its own pool),
+        made on first use: importing aiohttp costs ~0.2 s that AK/SK runs never need."""
+        if self._session is None:
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=4, ssl=self._ssl_context or False),
+                timeout=aiohttp.ClientTimeout(total=max(self._timeout, 30.0)),
+                headers={"User-Agent": USER_AGENT},
+            )
+        return self._session
 
     async def __aexit__(
         self,
@@ -147,10 +166,13 @@ class DlfClient:
 
     async def call(self, job: Job, action: Action) -> Reply:
         """Send `action` (start, stop, run-immediate) for `job`; never raises for HTTP trouble."""
-        path = (
-            f"{self._base}/v1/{path_segment(job.project_id or '')}"
-            f"/jobs/{path_segment(job.name)}/{action}"
-        )
+        prefix = self._prefixes.get(job.project_id)
+        if prefix is None:
+            prefix = f"{self._base}/v1/{path_segment(job.project_id or '')}"
+            if len(self._prefixes) >= 256:
+                self._prefixes.clear()  # bounded: a run names a handful of projects
+            self._prefixes[job.project_id] = prefix
+        path = f"{prefix}/jobs/{path_segment(job.name)}/{action}"
         body = job_body(job)
         reply, payload = await self._request("POST", path, (), job, body)
         if action == "run-immediate" and payload is not None and reply.status == 200:
@@ -207,7 +229,11 @@ class DlfClient:
             headers["X-Project-Id"] = job.project_id
         if job.workspace:
             headers["workspace"] = job.workspace
-        await auth.apply(method, self._host, path, query, headers, body)
+        sign = self._sign
+        if sign is not None:
+            sign(method, self._host, path, query, headers, body)
+        else:
+            await auth.apply(method, self._host, path, query, headers, body)
         if query:
             # The canonical (sorted, encoded) query is what was signed; sending exactly
             # it makes the bytes on the wire the official SDK's too.
@@ -231,11 +257,12 @@ def _request_head(method: str, target: str, headers: dict[str, str], body: bytes
     Header values go out as UTF-8 bytes, as the official SDK sends them.
     """
     lines = [f"{method} {target} HTTP/1.1\r\n"]
-    lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+    lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
     lines.append(_FIXED_HEADERS)
     if body or method == "POST":
-        lines.append(f"Content-Length: {len(body)}\r\n")
-    lines.append("\r\n")
+        lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+    else:
+        lines.append("\r\n")
     return "".join(lines).encode()
 
 

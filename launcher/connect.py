@@ -8,16 +8,18 @@ method, and hand back a client whose connection pool matches the concurrency.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from launcher.auth import Auth, NoAuth, auth_from_env, iam_endpoint_for_region
 from launcher.client import DlfClient, endpoint_for_region
 from launcher.config import RunOptions
 from launcher.errors import UsageError
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["Connection", "connect", "resolve_endpoint"]
 
@@ -59,7 +61,7 @@ async def connect(
     endpoint = resolve_endpoint(options)
     async with _base_url(endpoint, options) as (url, simulated):
 
-        def make_auth(session: aiohttp.ClientSession) -> Auth:
+        def make_auth(session: Callable[[], aiohttp.ClientSession]) -> Auth:
             if simulated:
                 return NoAuth()
             iam = options.iam_endpoint

@@ -4,10 +4,10 @@ It knows nothing of HTTP. It drives a `Service` (send an action, check a job's
 state, refresh credentials) and a `Recorder` (the ledger), and decides what to
 do with each reply through the pure functions of `launcher.policy`.
 
-Shape: one feeder task pulls jobs lazily from the manifest iterator into a
-bounded memory stream; `concurrency` workers take jobs from it, each running
-one job's whole attempt loop. Memory is therefore proportional to the
-concurrency, never to the manifest. Everything lives in one anyio task group.
+Shape: `concurrency` workers pull jobs lazily, one at a time, straight from
+the manifest iterator, each running one job's whole attempt loop before it
+pulls the next. Memory is therefore proportional to the concurrency, never to
+the manifest. Everything lives in one anyio task group.
 
 Stopping is designed in three strengths:
 - `stop(reason)`: no new attempt starts; requests in flight finish and are
@@ -21,12 +21,11 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from launcher.adaptive import AdaptiveRate
 from launcher.errors import AuthFailed, HaltError
@@ -163,10 +162,13 @@ class Dispatcher:
         self._stopped = anyio.Event()  # wakes jobs sleeping in a backoff when the run stops
         self._gates: dict[str | None, _Gate] = {}
         self._gated = settings.per_workspace > 0 or bool(settings.workspaces)
+        self._local_pacer = isinstance(pacer, Pacer)
         self._stopping = False
         self.stop_reason: str | None = None
         self.halt_error: HaltError | None = None
         self._canary_answered = anyio.Event()
+        self._released = False  # mirrors _canary_answered.is_set(), read on every pull
+        self._canary_out = False  # the canary was pulled and is not answered yet
 
     # -- control --------------------------------------------------------------
 
@@ -175,6 +177,10 @@ class Dispatcher:
         """True once `stop` was called: no new attempt will start."""
         return self._stopping
 
+    async def canary_answered(self) -> None:
+        """Return once the canary has its answer (or the run stopped, or ran out of jobs)."""
+        await self._canary_answered.wait()
+
     def stop(self, reason: str, error: HaltError | None = None) -> None:
         """Stop starting attempts; requests in flight finish. The first reason wins."""
         if not self._stopping:
@@ -182,45 +188,51 @@ class Dispatcher:
             self.stop_reason = reason
             self.halt_error = error
         self._stopped.set()
-        self._canary_answered.set()  # release a feeder waiting on the canary
+        self._release()  # release the workers waiting on the canary
 
     async def run(self, jobs: Iterable[Job]) -> None:
         """Launch every job of `jobs` (pulled lazily) and return when all are settled."""
-        send, receive = anyio.create_memory_object_stream[Job](self._settings.concurrency)
+        source = iter(jobs)
+        self._canary_out = False
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._feed, jobs, send)
-            async with receive:
-                for _ in range(self._settings.concurrency):
-                    tg.start_soon(self._work, receive.clone())
+            for _ in range(self._settings.concurrency):
+                tg.start_soon(self._work, source)
 
     # -- tasks ----------------------------------------------------------------
 
-    async def _feed(self, jobs: Iterable[Job], send: ObjectSendStream[Job]) -> None:
-        async with send:
-            canary = self._settings.canary
-            for job in jobs:
-                if self._stopping:
-                    return
-                await send.send(job)
-                if canary:
-                    # The first request goes alone: if the credentials are wrong,
-                    # one rejection is all the service sees, not one per worker.
-                    canary = False
-                    await self._canary_answered.wait()
-            self._canary_answered.set()
+    async def _work(self, source: Iterator[Job]) -> None:
+        """Pull the next job from the shared iterator and run it, until none is left.
 
-    async def _work(self, receive: ObjectReceiveStream[Job]) -> None:
-        async with receive:
-            async for job in receive:
-                if self._stopping:
-                    continue  # left pending: drained, never attempted
-                try:
-                    await self._launch(job)
-                finally:
-                    # A canary that never got an HTTP answer (service unreachable)
-                    # still releases the others: they will meet the same fate,
-                    # and each records it.
-                    self._canary_answered.set()
+        Workers pull directly (the pull is synchronous, so no two interleave): no
+        queue between a reader and the workers, whose hand-over cost a loop
+        iteration per job, and a job is only read when a worker is free to send it.
+        """
+        canary = self._settings.canary
+        while not self._stopping:
+            if not self._released:
+                if self._canary_out:
+                    await self._canary_answered.wait()
+                    continue
+                # The first request goes alone: if the credentials are wrong, one
+                # rejection is all the service sees, not one per worker.
+                self._canary_out = canary
+            job = next(source, None)
+            if job is None:
+                self._release()  # no job at all: nothing to wait for
+                return
+            try:
+                await self._launch(job)
+            finally:
+                # A canary that never got an HTTP answer (service unreachable)
+                # still releases the others: they will meet the same fate,
+                # and each records it.
+                if not self._released:
+                    self._release()
+
+    def _release(self) -> None:
+        """The canary was answered (or the run stopped, or had no jobs): everyone may send."""
+        self._released = True
+        self._canary_answered.set()
 
     def _workspace_gate(self, workspace: str | None) -> _Gate:
         gate = self._gates.get(workspace)
@@ -255,7 +267,10 @@ class Dispatcher:
     ) -> tuple[Reply, float] | None:
         if workspace_pacer is not None:
             await workspace_pacer.wait()  # the workspace's own rate first, then the run's
-        await self._pacer.wait()
+        pacer = self._pacer
+        if not self._local_pacer or pacer.rate > 0:
+            # (An unlimited local Pacer's wait returns at once: skip its coroutine.)
+            await pacer.wait()
         if self._stopping:
             return None
         intent_t = time.time()
@@ -316,13 +331,17 @@ class Dispatcher:
         while True:
             attempt += 1
             tries += 1
-            sent = await self._attempt(job, attempt, action)
+            sent = await (
+                self._attempt(job, attempt, action)
+                if self._gated
+                else self._paced_attempt(job, attempt, action, None)
+            )
             if sent is None:
                 return None  # stopped while waiting for a slot: the job stays pending
             reply, intent_t = sent
             verdict = classify(reply)
-            if reply.status is not None and verdict not in _AUTH:
-                self._canary_answered.set()
+            if not self._released and reply.status is not None and verdict not in _AUTH:
+                self._release()
             last_try = tries >= policy.max_attempts
 
             if verdict is Verdict.STARTED:

@@ -3,6 +3,7 @@ between "nothing was sent" and "sent, answer lost" that retry safety depends on.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ import anyio
 import pytest
 from aiohttp import web
 
-from launcher.transport import HttpPool, Lost, NotSent
+from launcher.transport import HttpPool, Lost, NotSent, backend_options
 
 pytestmark = pytest.mark.anyio
 
@@ -141,3 +142,58 @@ async def test_concurrency_is_bounded_by_the_pool_limit() -> None:
         await pool.aclose()
     assert peak == 3
     assert len(peers) == 3
+
+
+async def test_a_cancelled_queued_request_passes_its_slot_on() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await anyio.sleep(0.05)
+        return web.Response(status=204)
+
+    statuses: list[int] = []
+
+    async with server(handler) as (port, _):
+        pool = HttpPool("127.0.0.1", port, ssl_context=None, limit=1, timeout=5)
+
+        async def send() -> None:
+            statuses.append((await pool.request(HEAD, b"{}")).status)
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send)  # takes the only slot
+                await anyio.sleep(0.01)
+                with anyio.CancelScope() as doomed:
+                    doomed.cancel()  # queued behind it, then cancelled while waiting
+                    await pool.request(HEAD, b"{}")
+                tg.start_soon(send)  # queued: must still get the slot
+                tg.start_soon(send)
+            await send()  # and the pool is free again afterwards
+        await pool.aclose()
+    assert statuses == [204, 204, 204, 204]
+
+
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {"use_uvloop": True})])
+async def test_the_pool_works_on_uvloop(anyio_backend: object) -> None:
+    # backend_options() picks uvloop whenever it is installed (not on Windows).
+    assert backend_options() == {"use_uvloop": True}
+    assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+    calls = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            await anyio.sleep(1.0)
+        return web.Response(status=204, headers={"X-Request-Id": f"r{calls}"})
+
+    async with server(handler) as (port, peers):
+        pool = HttpPool("127.0.0.1", port, ssl_context=None, limit=2, timeout=0.2)
+        first = await pool.request(HEAD, b"{}")
+        second = await pool.request(HEAD, b"{}")
+        with pytest.raises(Lost) as lost:
+            await pool.request(HEAD, b"{}")  # the sweep times it out on uvloop's clock too
+        assert lost.value.timeout
+        fourth = await pool.request(HEAD, b"{}")
+        await pool.aclose()
+    assert [first.headers["x-request-id"], second.headers["x-request-id"]] == ["r1", "r2"]
+    assert fourth.status == 204
+    assert len(peers) == 2  # kept alive, then a fresh connection after the timeout
