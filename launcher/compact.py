@@ -14,7 +14,8 @@ only add and update.
 
 The hot loops (`validate`, `history.fold`) call `slot()` and then read or write
 `values[i]` themselves: one probe per lookup-or-insert, instead of a `get`
-followed by a `__setitem__`.
+followed by a `__setitem__`; the fold also adds a new key to its empty home
+slot itself (`room`, `note_added`), sparing the call for most new jobs.
 """
 
 from __future__ import annotations
@@ -80,6 +81,20 @@ class CompactMap:
                 self._count += 1
                 return i
             i = (i + 1) & mask
+
+    def room(self) -> int:
+        """How many keys can be added before the table grows (see `note_added`)."""
+        return self._limit - self._count
+
+    def note_added(self, count: int) -> None:
+        """Count `count` keys that a caller wrote into `keys` itself.
+
+        A hot loop may put a key that is not in the table into its home slot
+        (`key & (capacity - 1)`) when that slot is empty and `room()` allows:
+        exactly where `slot()` would put it, without the call. It must report
+        them here before it uses the table in any other way. Never key 0.
+        """
+        self._count += count
 
     def find(self, key: int) -> int:
         """The index in `values` of `key`'s value, or -1 if `key` is absent."""

@@ -17,8 +17,8 @@ How a job is kept:
 - its key is `job_key(job_id)`: 64 bits of Python's (per-process, keyed
   SipHash) string hash. Two different jobs share a key with probability about
   n²/2⁶⁵ (≈3e-8 at a million jobs), whatever their ids look like; they would
-  then be folded as one job. Keys never leave the process, so the per-process
-  hash seed does not matter;
+  then be folded as one job. Keys never leave the process (but for its forked
+  children, which share its hash seed), so the per-process seed does not matter;
 - its state is one 64-bit int (`JobState` says what each bit means): outcome,
   last verdict, permanent, reconciled, sources and attempts (both saturating),
   the ledger that last mentioned it (to count sources), and an index into an
@@ -31,20 +31,38 @@ How a job is kept:
 
 `JobRecord` is a decoded view, built on demand (`History.record`,
 `History.items`, `History.groups`); it is not what is stored.
+
+How a ledger is read: the fold reads a `LedgerRead`'s file itself, a
+megabyte at a time, with exactly the semantics of iterating it (torn tail,
+bad lines, `end`, worker parts), and keeps where it stopped: `catch_up` then
+folds only what a ledger gained since, which is how a resumed run summarizes
+its ledger without reading it twice. A file of at least two 32 MB parts, on a
+machine with more than one CPU, may be folded in parts by forked children
+(`fold(..., parallel=True)`, as a resume does), with the result of one pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import pickle
+import signal
+import sys
+import threading
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from itertools import compress
+from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple
+
+import orjson
 
 from launcher.compact import CompactMap
 from launcher.errors import UsageError
-from launcher.ledger import LedgerRead
+from launcher.ledger import LedgerRead, part_paths
 
 __all__ = [
     "NOT_TAKEN",
@@ -53,6 +71,7 @@ __all__ = [
     "JobExtras",
     "JobRecord",
     "JobState",
+    "catch_up",
     "fold",
     "job_key",
     "pack_state",
@@ -231,8 +250,11 @@ class History:
     """Everything the ledgers say, folded."""
 
     __slots__ = (
+        "_counts",
+        "_keep",
         "_label_index",
         "_labels",
+        "_sources",
         "_states",
         "_verdict_index",
         "_verdicts",
@@ -250,7 +272,7 @@ class History:
         "torn_tail",
     )
 
-    def __init__(self, *, extras: bool = False) -> None:
+    def __init__(self, *, keep: frozenset[str] = frozenset()) -> None:
         self.headers: list[dict[str, Any]] = []
         self.footers: list[dict[str, Any]] = []
         self.ledgers: list[str] = []
@@ -266,7 +288,10 @@ class History:
         # Last intent time of each unsettled job, by key; settled jobs leave it.
         self.intent_times: dict[int, float] = {}
         # Per-job extras by job id, in order of first mention (only with `keep`).
-        self.extras: dict[str, JobExtras] | None = {} if extras else None
+        self.extras: dict[str, JobExtras] | None = {} if keep else None
+        self._keep = keep
+        self._counts: Counter[int] | None = None  # states by count, for `groups`
+        self._sources: list[_Source] = []  # per ledger, in `ledgers` order
         self._states = CompactMap()
         self._labels: list[tuple[str | None, str | None]] = [(None, None)]
         self._label_index: dict[tuple[str | None, str | None], int] = {(None, None): 0}
@@ -329,8 +354,9 @@ class History:
         (whose `last_intent_t` is 0.0), so a million jobs make a few hundred
         records, not a million. The order is not meaningful.
         """
-        counts = Counter(self._states.values)  # one C-level pass; 0 = empty slots
-        counts.pop(0, None)
+        counts = self._counts
+        if counts is None:  # one C-level pass over the table (0: an empty slot)
+            counts = self._counts = Counter(filter(None, self._states.values))
         for packed, count in counts.items():
             yield self.decode(packed), count
 
@@ -385,39 +411,543 @@ def _add_extras(record: JobRecord, extra: JobExtras | None) -> None:
         record.detail = extra.detail
 
 
-def fold(reads: Iterable[LedgerRead], *, keep: frozenset[str] = frozenset()) -> History:
+def fold(
+    reads: Iterable[LedgerRead], *, keep: frozenset[str] = frozenset(), parallel: bool = False
+) -> History:
     """Fold one or more ledgers (several: shards of one run) into a `History`.
 
     `keep` may hold `descriptions` (each job's first intent, for replay) and
-    `details` (each job's latest result, for per-job report rows).
+    `details` (each job's latest result, for per-job report rows). With
+    `parallel`, a large file is folded in parts by forked processes when
+    there are CPUs for them (see `_Folder.parallel`): the same result, sooner,
+    for more resident memory while it runs (each child's, its copy of this
+    process' pages included).
+
+    A `LedgerRead` is read here, a chunk at a time, exactly as iterating it
+    reads it (torn tail, bad lines, `end`, merged or missing worker parts),
+    and the fold remembers where it stopped in each ledger, for `catch_up`.
+    Only a run whose worker parts are still separate files is left to
+    `LedgerRead`, which follows them. Any other iterable of events is folded
+    as it comes.
     """
-    descriptions = "descriptions" in keep
-    details = "details" in keep
-    history = History(extras=descriptions or details)
-    extras = history.extras
-    table = history._states
-    slot = table.slot
-    # The table's arrays, read again whenever slot() may have added a key (and grown).
-    keys, values = table.keys, table.values
-    mask = len(keys) - 1
-    times = history.intent_times
-    examples = history.overlap_examples
-    latencies = history.latencies_us.append
-    label = history._label
-    labels = history._labels
-    plain_labels: dict[Any, int] = {}  # workspace -> the label (workspace, no failure)
-    verdict_index = history._verdict_index
-    verdict_of = history._verdict
-    first_t, last_t = history.first_t, history.last_t
-    attempts = 0
-    for ordinal, read in enumerate(reads):
-        history.ledgers.append(str(read.path))
+    reads = list(reads)
+    history = History(keep=keep)
+    folder = _Folder(history, parallel=parallel)
+    try:
+        for read in reads:
+            folder.read(read, direct=True)
+    except _Unmerged:
+        history = History(keep=keep)
+        folder = _Folder(history)
+        for read in reads:
+            if type(read) is LedgerRead:
+                read.torn_tail, read.bad_lines = False, []  # as new: read again
+            folder.read(read, direct=False)
+    return history
+
+
+def catch_up(history: History) -> History:
+    """`history` with what its ledgers gained since they were folded (a new segment, say).
+
+    Only the bytes appended since are read (from the start of a torn last
+    line, if the fold met one), as more of the same ledgers, so the result is
+    what `fold` of the ledgers gives now. When a ledger is not the file folded
+    plus appended lines (it shrank or was replaced, was read up to an `end`
+    or by `LedgerRead`), every ledger is folded again. Use the history
+    returned: `history` itself, updated, or a new one.
+    """
+    sources = history._sources
+    if sources and all(_extends(source) for source in sources):
+        folder = _Folder(history)
+        try:
+            for ordinal, source in enumerate(sources):
+                folder.file(source, ordinal, None)
+        except _Unmerged:
+            pass  # worker parts appeared: `history` is half updated, fold anew
+        else:
+            history.torn_tail = [source.path for source in sources if source.torn]
+            return history
+    return fold([LedgerRead(source.path) for source in sources], keep=history._keep)
+
+
+@dataclass(slots=True)
+class _Source:
+    """One ledger of a fold: its share of the counts, and where its fold may continue."""
+
+    path: str
+    jobs: int = 0  # the most jobs a `run` header of this ledger announced
+    torn: bool = False  # its last line had no newline (yet)
+    offset: int = -1  # bytes folded, to the end of the last complete line (-1: cannot continue)
+    lines: int = 0  # complete lines folded (for bad line numbers)
+    identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file read
+    tail: bytes = b""  # the last bytes before `offset`, to recognise the file again
+
+
+def _extends(source: _Source) -> bool:
+    """Whether the ledger is still the file folded, to `source.offset`, perhaps longer."""
+    if source.offset < 0:
+        return False
+    try:
+        with open(source.path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if (info.st_dev, info.st_ino) != source.identity or info.st_size < source.offset:
+                return False
+            handle.seek(source.offset - len(source.tail))
+            return handle.read(len(source.tail)) == source.tail
+    except OSError:
+        return False
+
+
+class _Unmerged(Exception):
+    """A `workers` record names parts that still exist: only `LedgerRead` follows them."""
+
+
+@dataclass(slots=True)
+class _Tail:
+    """Where reading a file stopped."""
+
+    position: int  # the offset reached
+    carry: bytes  # what follows the last newline read (a line not complete yet)
+    at_end: bool  # the end of the file was reached (then `carry` is its last line)
+    last: bytes | None  # the last complete line folded, if any
+
+
+@dataclass
+class _Part:
+    """A child's fold of one part of a file (see `_Folder.parallel`)."""
+
+    tail: _Tail
+    lines: int
+    bad_lines: list[int]  # numbered from the part's start
+    fleet_ops: list[tuple[str, list[str] | None]]
+    orphans: list[bytes]  # lines of jobs not new in the part, for the parent to fold
+    keys: array[int]  # the part's jobs (new ones only) and their states
+    states: array[int]
+    labels: list[tuple[str | None, str | None]]
+    verdicts: list[str]
+    times: dict[int, float]
+    latencies: array[int]
+    attempts: int
+    first_t: float
+    last_t: float
+    jobs: int
+    headers: list[dict[str, Any]] = field(default_factory=list)
+    footers: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Child:
+    """A forked process folding a part; `result` waits for it."""
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self.pid, self.fd = pid, fd
+
+    def result(self) -> _Part | None:
+        """Its fold, or None if it failed (then the part is folded here)."""
+        with open(self.fd, "rb") as pipe:
+            self.fd = -1
+            data = pipe.read()
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = 0
+        if status != 0 or not data:
+            return None
+        part = pickle.loads(data)  # our own child's bytes
+        return part if isinstance(part, _Part) else None
+
+    def stop(self) -> None:
+        """Kill it if it still runs (this process failed meanwhile), and reap it."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+
+
+def _fork(function: Callable[..., _Part], *args: Any) -> _Child:
+    """Run `function(*args)` in a forked child; its result comes back pickled through a pipe."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: compute, write, and leave without any cleanup of the parent's
+        code = 0
+        try:
+            os.close(read_fd)
+            try:
+                payload = pickle.dumps(function(*args), protocol=pickle.HIGHEST_PROTOCOL)
+            except BaseException:
+                payload = pickle.dumps(None)
+            with open(write_fd, "wb") as pipe:
+                pipe.write(payload)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    return _Child(pid, read_fd)
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _announced_jobs(handle: BinaryIO, start: int) -> int:
+    """The jobs the first lines from `start` announce (a `run` header, a `workers` record).
+
+    Only a hint, to size tables: 0 when there is none.
+    """
+    handle.seek(start)
+    for _ in range(4):
+        try:
+            jobs = orjson.loads(handle.readline())["manifest"]["jobs"]
+        except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
+            continue
+        if type(jobs) is int and jobs > 0:
+            return jobs
+    return 0
+
+
+# A file is folded in parallel parts of at least this size, at most this many.
+_PARALLEL_PART_BYTES = 32 << 20
+_PARALLEL_MAX_PARTS = 8
+# The records of a run with worker processes (see `LedgerRead`), found as it finds them.
+_WORKERS_PREFIX = b'{"event":"workers"'
+_MERGED_PREFIX = b'{"event":"merged"'
+_FLEET_PREFIXES = (_WORKERS_PREFIX, _MERGED_PREFIX)
+_CHUNK = 1 << 20  # bytes read at a time
+
+
+class _Folder:
+    """A fold in progress: what it keeps between ledgers, chunks and calls."""
+
+    __slots__ = (
+        "bad_lines",
+        "descriptions",
+        "details",
+        "expected",
+        "fleet_ops",
+        "history",
+        "number",
+        "orphan_ids",
+        "orphans",
+        "parallel_ok",
+        "path",
+        "plain_labels",
+    )
+
+    def __init__(self, history: History, *, parallel: bool = False) -> None:
+        self.history = history
+        self.parallel_ok = parallel  # a large file may be folded in parallel parts
+        self.descriptions = "descriptions" in history._keep
+        self.details = "details" in history._keep
+        self.plain_labels: dict[Any, int] = {}  # workspace -> the label (workspace, no failure)
+        # The file being read (see `file`): its path, lines read so far, bad
+        # lines, and fleets whose parts are gone (merged, they said).
+        self.path = Path()
+        self.number = 0
+        self.bad_lines: list[int] = []
+        self.expected: dict[str, list[str]] = {}
+        self.fleet_ops: list[tuple[str, list[str] | None]] = []  # `workers`, `merged` met
+        # In a child folding a part (see `parallel`): the lines of jobs it leaves to
+        # the parent, in order, and their ids.
+        self.orphans: list[bytes] | None = None
+        self.orphan_ids: set[str] = set()
+
+    def read(self, read: LedgerRead, *, direct: bool) -> None:
+        """Fold one more ledger (`direct`: read a `LedgerRead`'s file here, not through it)."""
+        history = self.history
+        ordinal = len(history._sources)
+        source = _Source(str(read.path))
+        history._sources.append(source)
+        history.ledgers.append(source.path)
+        if direct and type(read) is LedgerRead:
+            end = getattr(read, "end", None)
+            self.file(source, ordinal, end)
+            read.torn_tail, read.bad_lines = source.torn, self.bad_lines
+            if end is not None:
+                source.offset = -1  # not all of it was read: `catch_up` starts again
+        else:
+            self.events(read, ordinal, lines=False)
+            source.torn = bool(read.torn_tail)
+        if source.torn:
+            history.torn_tail.append(source.path)
+
+    def file(self, source: _Source, ordinal: int, end: int | None) -> None:
+        """Fold a ledger file from `source.offset` on (0 if new), as `LedgerRead` reads it.
+
+        Only the first `end` bytes, if given; updates `source` to where it
+        stopped. Raises `_Unmerged` at a `workers` record whose parts all exist.
+        A large file is folded in parts, in parallel (see `parallel`).
+        """
+        path = self.path = Path(source.path)
+        start = max(source.offset, 0)
+        self.number = source.lines
+        self.bad_lines = []
+        self.expected = {}
+        try:
+            with open(path, "rb") as handle:
+                info = os.fstat(handle.fileno())
+                bounds = self.bounds(handle, start, info.st_size) if end is None else []
+                if bounds:
+                    tail = self.parallel(handle, ordinal, [start, *bounds])
+                else:
+                    tail = self.range(handle, ordinal, start, end)
+        except OSError as error:
+            raise UsageError(f"{path}: cannot read the ledger: {error.strerror}") from None
+        if self.expected and end is None:
+            missing = ", ".join(name for names in self.expected.values() for name in names)
+            raise UsageError(
+                f"{path}: the worker ledgers {missing} are missing and were never merged "
+                "into this ledger; restore them next to it"
+            )
+        source.torn = tail.at_end and bool(tail.carry.strip())
+        source.offset = tail.position - len(tail.carry)
+        source.lines = self.number
+        source.identity = (info.st_dev, info.st_ino)
+        if tail.last is not None:
+            source.tail = (tail.last + b"\n")[-64:]
+
+    def range(self, handle: BinaryIO, ordinal: int, start: int, end: int | None) -> _Tail:
+        """Fold the complete lines from `start` to the end of the file, or up to `end`."""
+        handle.seek(start)
+        position = start
+        carry = b""
+        last: bytes | None = None
+        while True:
+            size = _CHUNK if end is None else min(_CHUNK, end - position)
+            data = handle.read(size) if size > 0 else b""
+            if not data:
+                # The end of the file, or of what `end` allows: what is left is
+                # the file's torn last line only at the end of the file.
+                at_end = end is None or size > 0 or not handle.read(1)
+                return _Tail(position, carry, at_end, last)
+            position += len(data)
+            lines = data.split(b"\n")
+            lines[0] = carry + lines[0]
+            carry = lines.pop()
+            if lines:
+                self.events(lines, ordinal, lines=True)
+                self.number += len(lines)
+                last = lines[-1]
+
+    def fleet_record(self, raw: bytes, event: dict[str, Any]) -> None:
+        """Note a `workers` or `merged` record as `LedgerRead` does (`_Unmerged`: parts exist)."""
+        if raw.startswith(_WORKERS_PREFIX):
+            parts = part_paths(self.path, event)
+            if parts and all(part.exists() for part in parts):
+                raise _Unmerged(str(self.path))
+            fleet, names = str(event.get("fleet")), [part.name for part in parts]
+            self.expected[fleet] = names
+            self.fleet_ops.append((fleet, names))
+        elif raw.startswith(_MERGED_PREFIX):
+            fleet = str(event.get("fleet"))
+            self.expected.pop(fleet, None)
+            self.fleet_ops.append((fleet, None))
+
+    # -- a large file, in parallel ----------------------------------------------
+    #
+    # The file is cut at line starts into parts. Each part after the first is
+    # folded by a forked child into a History of its own, from nothing; this
+    # process folds the first part meanwhile, then takes each child's result
+    # in order. A job the child met first with its first intent (name and
+    # all) is new there unless the states so far hold it; its state from the
+    # child is then exactly what folding on here would give, and is merged
+    # as is. Every other job of the part (a result or retry of a job sent
+    # before it, say) is left out of the child's counts: the child hands back
+    # its lines, folded here after the merge. Whenever that does not hold (a
+    # job of the part is known here after all, the child failed or met an
+    # odd verdict, a fleet record), the part is folded here, so the result is
+    # always that of folding the file in one pass.
+
+    def bounds(self, handle: BinaryIO, start: int, size: int) -> list[int]:
+        """Where the parts after the first start (line starts), or [] to fold in one pass."""
+        if not self.parallel_ok:
+            return []
+        parts = min(_cpus(), (size - start) // _PARALLEL_PART_BYTES, _PARALLEL_MAX_PARTS)
+        if (
+            parts < 2
+            or self.history.extras is not None
+            or not sys.platform.startswith("linux")  # fork() with nothing to fear from it
+            or threading.active_count() > 1  # ... in a process with one thread
+        ):
+            return []
+        bounds: list[int] = []
+        for n in range(1, parts):
+            handle.seek(start + (size - start) * n // parts)
+            handle.readline()  # to the start of the next line
+            bound = handle.tell()
+            if bound < size and (not bounds or bound > bounds[-1]):
+                bounds.append(bound)
+        return bounds
+
+    def parallel(self, handle: BinaryIO, ordinal: int, bounds: list[int]) -> _Tail:
+        """Fold the parts between `bounds` (the last to the end of the file), in parallel."""
+        # The jobs the header announces, to size the tables: a child's for its share,
+        # and this one's once they are forked (their copy need not hold it).
+        hint = _announced_jobs(handle, bounds[0])
+        share = hint // len(bounds) * 9 // 8  # a part's jobs, and some
+        children = [
+            _fork(self.part, ordinal, lo, hi, share)
+            for lo, hi in zip(bounds[1:], [*bounds[2:], None], strict=True)
+        ]
+        self.history._states.reserve(min(self.history.declared_jobs + hint, 1 << 21))
+        try:
+            tail = self.range(handle, ordinal, bounds[0], bounds[1])
+            for child, lo, hi in zip(children, bounds[1:], [*bounds[2:], None], strict=True):
+                result = child.result()
+                if result is not None and self.merge(ordinal, result):
+                    tail = result.tail
+                else:  # fold it here, as in one pass
+                    tail = self.range(handle, ordinal, lo, hi)
+        finally:
+            for child in children:
+                child.stop()
+        return tail
+
+    def part(self, ordinal: int, start: int, end: int | None, hint: int) -> _Part:
+        """In a child: fold the part from `start` to `end` (None: the end of the file)."""
+        history = History()
+        history.ledgers = list(self.history.ledgers)
+        history._sources = [_Source(source.path) for source in self.history._sources]
+        history._states.reserve(min(hint, 1 << 21))
+        folder = _Folder(history)
+        folder.path = self.path
+        folder.orphans = []
+        with open(self.path, "rb") as handle:
+            tail = folder.range(handle, ordinal, start, end)
+        table = history._states
+        return _Part(
+            tail=tail,
+            lines=folder.number,
+            bad_lines=folder.bad_lines,
+            fleet_ops=folder.fleet_ops,
+            orphans=folder.orphans,
+            keys=array("Q", compress(table.keys, table.values)),
+            states=array("Q", filter(None, table.values)),
+            labels=history._labels,
+            verdicts=history._verdicts,
+            times=history.intent_times,
+            latencies=history.latencies_us,
+            attempts=history.attempts,
+            first_t=history.first_t,
+            last_t=history.last_t,
+            jobs=history._sources[ordinal].jobs,
+            headers=history.headers,
+            footers=history.footers,
+        )
+
+    def merge(self, ordinal: int, part: _Part) -> bool:
+        """Take a child's fold of the next part; False (nothing taken) if it cannot be exact."""
+        history = self.history
+        if len(part.verdicts) > len(_KNOWN_VERDICTS) or any(  # new verdicts: order matters
+            line.startswith(_FLEET_PREFIXES) for line in part.orphans
+        ):
+            return False
+        table = history._states
+        source = history._sources[ordinal]
+        declared = history.declared_jobs + max(0, part.jobs - source.jobs)
+        table.reserve(max(min(declared, 1 << 21), len(table) + len(part.keys)))
+        keys, values = table.keys, table.values  # room for all: no growing from here
+        mask = len(keys) - 1
+        free: list[int] = []  # where each key of the part goes: the first free slot
+        for key in part.keys:
+            i = key & mask
+            k = keys[i]
+            while k and k != key:
+                i = (i + 1) & mask
+                k = keys[i]
+            if k:
+                return False  # known here after all: its state is not the child's to give
+            free.append(i)
+        history.headers += part.headers
+        history.footers += part.footers
+        history.declared_jobs, source.jobs = declared, max(source.jobs, part.jobs)
+        label = history._label
+        relabeled: dict[int, int] = {}
+        for key, state, i in zip(part.keys, part.states, free, strict=True):
+            new = relabeled.get(state)
+            if new is None:
+                workspace, failure = part.labels[state >> _LABEL_SHIFT]
+                index = label(workspace, failure)
+                new = relabeled[state] = (state & _BELOW_LABEL) | index << _LABEL_SHIFT
+            while keys[i]:  # taken by a key of the part before it: probe on
+                i = (i + 1) & mask
+            keys[i], values[i] = key, new
+        table.note_added(len(part.keys))
+        history._counts = None
+        history.intent_times.update(part.times)
+        history.latencies_us.extend(part.latencies)
+        history.attempts += part.attempts
+        history.first_t = min(history.first_t, part.first_t)
+        history.last_t = max(history.last_t, part.last_t)
+        self.bad_lines += [self.number + n for n in part.bad_lines]
+        for fleet, names in part.fleet_ops:
+            if names is None:
+                self.expected.pop(fleet, None)
+            else:
+                self.expected[fleet] = names
+        self.events(part.orphans, ordinal, lines=True)  # in order; all decode
+        self.number += part.lines
+        return True
+
+    def events(self, items: Iterable[Any], ordinal: int, *, lines: bool) -> None:
+        """Fold events of ledger `ordinal`, in order: decoded, or complete lines to decode.
+
+        With `lines`, `items` are lines of the file being read (without their
+        newline), decoded here as `LedgerRead` decodes them.
+        """
+        history = self.history
+        descriptions, details = self.descriptions, self.details
+        extras = history.extras
+        table = history._states
+        slot = table.slot
+        # The table's arrays, read again whenever slot() may have added a key (and grown).
+        keys, values = table.keys, table.values
+        mask = len(keys) - 1
+        room = table.room()  # keys this loop may put in their empty home slot itself
+        added = 0  # keys it put there, for table.note_added()
+        times = history.intent_times
+        examples = history.overlap_examples
+        latencies = history.latencies_us.append
+        label = history._label
+        labels = history._labels
+        plain_labels = self.plain_labels
+        verdict_index = history._verdict_index
+        verdict_of = history._verdict
+        first_t, last_t = history.first_t, history.last_t
+        attempts = history.attempts
+        source = history._sources[ordinal]
         here = 1 + ordinal % _LEDGER_MAX  # never 0: 0 means "no ledger yet"
-        ledger_jobs = 0
+        fresh: dict[Any, int] = {}  # workspace -> the state of a job new with an intent here
+        fresh_bits = _ONE_SOURCE | here << _LEDGER_SHIFT | _ONE_ATTEMPT
+        loads = orjson.loads
+        decode_error = orjson.JSONDecodeError
+        bad = self.bad_lines
+        orphans, orphan_ids = self.orphans, self.orphan_ids
+        touched = False  # whether a job's state changed (then `groups` counts again)
         # This loop runs once per event (2-3 per job): lookups are inlined (job_key,
-        # the first probe of the table) and the common cases come first.
-        for event in read:
-            kind = event.get("event")
+        # the first probe of the table, adding a key) and the common cases come first.
+        for number, item in enumerate(items, self.number + 1):
+            if lines:
+                try:
+                    event = loads(item)
+                    kind = event.get("event")
+                except decode_error:
+                    if item.strip():
+                        bad.append(number)
+                    continue
+                except AttributeError:  # valid JSON, not an object
+                    bad.append(number)
+                    continue
+                if item.startswith(_FLEET_PREFIXES):
+                    self.fleet_record(item, event)
+            else:
+                event = item
+                kind = event.get("event")
             t = event.get("t")
             if t is not None:
                 if t > last_t:
@@ -425,14 +955,32 @@ def fold(reads: Iterable[LedgerRead], *, keep: frozenset[str] = frozenset()) -> 
                 if t < first_t:
                     first_t = t
             if kind in _JOB_EVENTS:
+                touched = True
                 job_id = event["job"]
                 key = hash(job_id) & _M64 or 1  # job_key(), inlined
                 i = key & mask
-                if keys[i] != key:  # not at its home slot: probe, maybe add (and grow)
-                    i = slot(key)
-                    keys, values = table.keys, table.values
-                    mask = len(keys) - 1
+                k = keys[i]
+                if k != key:  # not at its home slot
+                    if not k and room:  # a new key, and its home slot is free: add it there
+                        keys[i] = key
+                        room -= 1
+                        added += 1
+                    else:  # probe, maybe add (and grow)
+                        table.note_added(added)
+                        added = 0
+                        i = slot(key)
+                        keys, values = table.keys, table.values
+                        mask = len(keys) - 1
+                        room = table.room()
                 state = values[i]
+                if (
+                    not state
+                    and orphans is not None
+                    and (kind != "intent" or "name" not in event or job_id in orphan_ids)
+                ):  # a part folded apart: a job not new here is the parent's to fold
+                    orphan_ids.add(job_id)
+                    orphans.append(item)
+                    continue
                 if extras is not None:
                     extra = extras.get(job_id) or extras.setdefault(job_id, JobExtras())
                 if kind == "result":
@@ -470,21 +1018,25 @@ def fold(reads: Iterable[LedgerRead], *, keep: frozenset[str] = frozenset()) -> 
                     if not state:  # a new job: its label is its workspace, no failure yet
                         workspace = event.get("workspace")
                         try:
-                            index = plain_labels[workspace]
+                            state = fresh[workspace]
                         except KeyError:
-                            index = plain_labels[workspace] = label(workspace, None)
-                        state = _PRESENT | index << _LABEL_SHIFT
-                    if (state >> _LEDGER_SHIFT) & _LEDGER_MAX != here:
-                        # The first intent of this job in this ledger: one more source.
-                        sources = (state >> _SOURCES_SHIFT) & _SOURCES_MAX
-                        if sources < _SOURCES_MAX:
-                            state += _ONE_SOURCE
-                        if sources == 1 and len(examples) < _OVERLAP_EXAMPLES:
-                            examples.append(job_id)
-                        state = (state & _NO_LEDGER) | here << _LEDGER_SHIFT
-                    if (state >> _ATTEMPTS_SHIFT) & _ATTEMPTS_MAX < _ATTEMPTS_MAX:
-                        state += _ONE_ATTEMPT
-                    state &= _REOPENED  # a new attempt reopens a settled job
+                            try:
+                                index = plain_labels[workspace]
+                            except KeyError:
+                                index = plain_labels[workspace] = label(workspace, None)
+                            state = fresh[workspace] = _PRESENT | index << _LABEL_SHIFT | fresh_bits
+                    else:
+                        if (state >> _LEDGER_SHIFT) & _LEDGER_MAX != here:
+                            # The first intent of this job in this ledger: one more source.
+                            sources = (state >> _SOURCES_SHIFT) & _SOURCES_MAX
+                            if sources < _SOURCES_MAX:
+                                state += _ONE_SOURCE
+                            if sources == 1 and len(examples) < _OVERLAP_EXAMPLES:
+                                examples.append(job_id)
+                            state = (state & _NO_LEDGER) | here << _LEDGER_SHIFT
+                        if (state >> _ATTEMPTS_SHIFT) & _ATTEMPTS_MAX < _ATTEMPTS_MAX:
+                            state += _ONE_ATTEMPT
+                        state &= _REOPENED  # a new attempt reopens a settled job
                     attempts += 1
                     times[key] = float(t or 0.0)
                     if extras is not None and "name" in event:
@@ -512,20 +1064,25 @@ def fold(reads: Iterable[LedgerRead], *, keep: frozenset[str] = frozenset()) -> 
             elif kind == "run":
                 history.headers.append(event)
                 manifest = event.get("manifest") or {}
-                ledger_jobs = max(ledger_jobs, int(manifest.get("jobs") or 0))
-                # Size the table for the jobs the header announces (capped: a header
+                jobs = int(manifest.get("jobs") or 0)
+                if jobs > source.jobs:  # a ledger counts the most jobs its headers announce
+                    history.declared_jobs += jobs - source.jobs
+                    source.jobs = jobs
+                # Size the table for the jobs the headers announce (capped: a header
                 # is input too): growing while full is when memory peaks.
-                table.reserve(min(history.declared_jobs + ledger_jobs, 1 << 21))
+                table.note_added(added)
+                added = 0
+                table.reserve(min(history.declared_jobs, 1 << 21))
                 keys, values = table.keys, table.values
                 mask = len(keys) - 1
+                room = table.room()
             elif kind == "end":
                 history.footers.append(event)
-        history.declared_jobs += ledger_jobs
-        if read.torn_tail:
-            history.torn_tail.append(str(read.path))
-    history.first_t, history.last_t = first_t, last_t
-    history.attempts = attempts
-    return history
+        table.note_added(added)
+        if touched:
+            history._counts = None
+        history.first_t, history.last_t = first_t, last_t
+        history.attempts = attempts
 
 
 def _settle(

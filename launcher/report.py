@@ -1,7 +1,8 @@
 """Reports: one final outcome per job, counts, breakdowns, latency; text, JSON or CSV.
 
 The ledger is the single source of truth: `launcher run` prints its summary by
-reading back the ledger it just wrote, so the run's summary and a later
+reading back the ledger it just wrote (a resumed run: the history it folded to
+resume, caught up with what it appended), so the run's summary and a later
 `launcher report` cannot disagree. Folding rules live in `launcher.history`.
 """
 

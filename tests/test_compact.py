@@ -95,3 +95,27 @@ def test_memory_is_flat_arrays() -> None:
         if n % 10_000 == 0:
             size = table.keys.itemsize * len(table.keys) + table.values.itemsize * len(table.values)
             assert size <= 64 * n + 8
+
+
+def test_keys_written_to_their_empty_home_slot_count_as_added() -> None:
+    table = CompactMap(bits=4)  # 16 slots, grows past 8 keys
+    reference: dict[int, int] = {}
+    rng = random.Random(7)
+    added = 0
+    for _ in range(200):
+        key = rng.getrandbits(64) or 1
+        i = key & (table.capacity - 1)
+        if table.keys[i] == 0 and table.room() > added:  # as history.fold does
+            table.keys[i] = key
+            table.values[i] = 5
+            added += 1
+        else:
+            table.note_added(added)
+            added = 0
+            table[key] = 5
+        reference[key] = 5
+    table.note_added(added)
+    assert len(table) == len(reference)
+    assert len(table) <= table.capacity // 2
+    assert dict(table.items()) == reference
+    assert table.room() == table.capacity // 2 - len(table)

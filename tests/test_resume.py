@@ -130,3 +130,47 @@ async def test_lost_answers_of_run_immediate_and_stop_are_reconciled(
     assert all(c["conclusion"] == "took_effect" for c in checks)
     if action == "run-immediate":
         assert all(c["state"].startswith("instance ") for c in checks)
+
+
+def append_torn_line(ledger: Path) -> None:
+    with open(ledger, "ab") as handle:
+        handle.write(b'{"event":"intent","job":"x","attempt":1,"t":1.0,"na')
+
+
+async def test_a_resumed_run_prints_what_report_says(tmp_path: Path) -> None:
+    """The summary of a resume folds only what it appended: it must equal a full report."""
+    manifest = write_manifest(
+        tmp_path / "m.jsonl",
+        job_lines(150, workspace="ws1") + job_lines(6, prefix="missing", workspace="ws2"),
+    )
+    ledger = tmp_path / "l.jsonl"
+    run = (
+        "run", str(manifest), "--endpoint", "", "--project-id", "p1", "--ledger", str(ledger),
+        "--progress", "off",
+    )  # fmt: skip
+
+    async def report_of() -> tuple[str, bool]:
+        done = await launcher("report", str(ledger))
+        assert done.code == 0, done.stderr
+        outcomes = report_json(ledger)["outcomes"]
+        return done.stdout, outcomes["started"] == sum(outcomes.values())
+
+    async with running(SimConfig(missing_prefix="missing-")) as (_sim, url):
+        args = tuple(url if a == "" else a for a in run)
+        first = await launcher(*args, "--rate", "300/s", "--deadline", "0.2")
+        assert first.code == 1, first.stderr  # cut short: some jobs pending
+        append_torn_line(ledger)  # and a crash mid-write after it
+        partial = await launcher(*args, "--resume", "--rate", "300/s", "--deadline", "0.2")
+        text, all_started = await report_of()
+        assert partial.stdout == text  # torn line, pending jobs and all
+        assert partial.code == (0 if all_started else 1)
+        finished = await launcher(*args, "--resume", "--rate", "0")
+        text, all_started = await report_of()
+        assert finished.stdout == text
+        assert (finished.code, all_started) == (1, False)  # the missing ones failed for good
+        again = await launcher(*args, "--resume", "--rate", "0")  # nothing left to send
+        text, _ = await report_of()
+        assert (again.stdout, again.code) == (text, 1)
+    assert report_json(ledger)["outcomes"] == {
+        "started": 150, "failed": 6, "unknown": 0, "pending": 0
+    }  # fmt: skip
