@@ -137,6 +137,16 @@ def measure(
 
         reaper = threading.Thread(target=reap, daemon=True)
         reaper.start()
+        tree_peak = [0]
+
+        def sample() -> None:
+            # ru_maxrss is the largest single process; with --workers the run is
+            # several, so the figure that matters is their sum at its peak.
+            while not done.wait(0.05):
+                tree_peak[0] = max(tree_peak[0], tree_rss_bytes(proc.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         timed_out = not done.wait(timeout)
         if timed_out:
             with contextlib.suppress(ProcessLookupError):
@@ -146,6 +156,7 @@ def measure(
                     os.killpg(proc.pid, signal.SIGKILL)
                 done.wait(10)
         reaper.join(1)
+        sampler.join(1)
     proc.returncode = 0  # reaped by wait4 above; keep Popen from waiting again
     status, usage = rusage[0]
     code = os.waitstatus_to_exitcode(status)
@@ -158,11 +169,41 @@ def measure(
         wall_s=finished[0] - started,
         user_s=usage.ru_utime,
         sys_s=usage.ru_stime,
-        max_rss_mb=usage.ru_maxrss / 1024.0,  # KiB on Linux
+        max_rss_mb=max(usage.ru_maxrss * 1024, tree_peak[0]) / 1024.0**2,  # ru_: KiB
         stdout=stdout,
         stderr=stderr,
         timed_out=timed_out,
     )
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Memory of `root` and all its descendants now (0 once it is gone): the sum of their
+    proportional set sizes, so pages they share (the interpreter, a forked parent's
+    pages) count once, not once per process."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    total, pending = 0, [root]
+    page = os.sysconf("SC_PAGE_SIZE")
+    while pending:
+        pid = pending.pop()
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            total += int(rollup.split("\nPss:", 1)[1].split()[0]) * 1024  # kB
+        except (OSError, IndexError, ValueError):
+            try:  # no smaps_rollup (old kernels): resident pages
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+            except OSError:
+                continue
+        pending.extend(children.get(pid, ()))
+    return total
 
 
 # -- the rest of the machine ------------------------------------------------------------------
@@ -497,7 +538,10 @@ Columns:
 - **CPU s/1k**: user + system CPU seconds of the process and every child it waited for
   (`wait4` rusage, what `/usr/bin/time` reports) per 1,000 starts; **µs/start** is the
   same figure per start. The server's CPU is not included.
-- **peak RSS MB**: the process's maximum resident set size (`ru_maxrss`).
+- **peak RSS MB**: the most memory the run held at once: the larger of the process's
+  maximum resident set size (`ru_maxrss`) and the peak sum of the proportional set sizes
+  (PSS: shared pages split between the processes sharing them) of it and its descendants,
+  sampled every 50 ms, so a run with `--workers` (or a forked fold) counts every process.
 - **conns**: TCP connections the server accepted during the run (stub_status); a pool that
   does not keep its connections opens many more than its size.
 - **others %**: how busy the machine was with work other than the measured process and

@@ -43,27 +43,27 @@ OUT_DIR = BENCH_DIR / "out"
 STAGES: tuple[tuple[str, bool, tuple[tuple[str, str], ...]], ...] = (
     ("start-up: imports", True, (("_find_and_load", "importlib._bootstrap>"),)),
     ("validate the whole manifest before sending", True, (("plan_manifest", "runner.py"),)),
-    ("feeder: read + parse the manifest again", True, (("Dispatcher._feed", "dispatch.py"),)),
     ("workers: one job's attempts (all of it)", True, (("Dispatcher._work", "dispatch.py"),)),
-    ("  wait for a job from the feeder (memory stream)", False,
-     (("UnreliableObjectReceiveStream.__anext__", "_streams.py"),)),
+    ("  pull the next job: read + parse its manifest line", False,
+     (("Segment.to_send", "runner.py"), ("_only_jobs", "manifest.py"))),
     ("  ledger intent (format + write-through)", False, (("Ledger.intent", "ledger.py"),)),
     ("  client: build, sign, send, read the reply", False,
      (("DlfClient._request", "client.py"),)),
-    ("    HTTP exchange (launcher.transport or aiohttp)", False,
-     (("HttpPool.request", "transport.py"), ("ClientSession._request", "aiohttp/"))),
-    ("    AK/SK signing (AkSkAuth.apply)", False, (("AkSkAuth.apply", "auth.py"),)),
-    ("    request path + body (path_segment, _job_body)", False,
-     (("path_segment", "client.py"), ("_job_body", "client.py"))),
+    ("    HTTP exchange (launcher.transport)", False, (("HttpPool.request", "transport.py"),)),
+    ("    AK/SK signing", False, (("AkSkAuth.sign", "auth.py"), ("AkSkAuth.apply", "auth.py"))),
+    ("    request path + body (path_segment, job_body)", False,
+     (("path_segment", "client.py"), ("job_body", "client.py"))),
     ("  classify + settle + ledger result", False,
      (("Dispatcher._settle", "dispatch.py"), ("classify", "policy.py"))),
     ("event loop I/O callbacks (reading and parsing replies)", True,
-     (("_SelectorSocketTransport._read_ready", "selector_events.py"),)),
+     (("_SelectorSocketTransport._read_ready", "selector_events.py"),
+      ("_Connection.data_received", "transport.py"))),
     ("ledger flusher (group commit every 5 ms)", True, (("Ledger.run_flusher", "ledger.py"),)),
     ("fsync worker thread (anyio.to_thread)", True,
      (("WorkerThread.run", "anyio/_backends/_asyncio.py"),)),
     ("final summary: read the ledger back and fold it", True,
-     (("read_ledger", "ledger.py"), ("summarize", "report.py"), ("format_text", "report.py"))),
+     (("summarize", "report.py"), ("summary_of", "report.py"), ("catch_up", "history.py"),
+      ("format_text", "report.py"))),
 )  # fmt: skip
 
 
@@ -121,6 +121,11 @@ def stage_shares(stacks: Counter[frozenset[str]], total: int) -> list[tuple[str,
     return shares
 
 
+# The per-start path of one process: `--workers auto` would split the run over
+# processes, and py-spy follows one.
+ONE_PROCESS = ["--workers", "1"]
+
+
 def main() -> None:
     """Measure, profile, fold, print and record."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -150,7 +155,7 @@ def main() -> None:
             mode = ("batch", "never")[i % 2]
             ledger = tmp / f"plain-{i}.jsonl"
             cmd = command("launcher", manifest, args.jobs, nginx.url, ledger, args.concurrency)
-            cmd += ["--fsync", "never"] if mode == "never" else []
+            cmd += ONE_PROCESS + (["--fsync", "never"] if mode == "never" else [])
             wait_until_quiet(args.quiet_wait)
             m = measure(cmd, env=_env(), timeout=args.timeout, workdir=tmp)
             if m.returncode != 0:
@@ -168,6 +173,7 @@ def main() -> None:
         target = command(
             "launcher", manifest, args.jobs, nginx.url, tmp / "profiled.jsonl", args.concurrency
         )
+        target += ONE_PROCESS
         wait_until_quiet(args.quiet_wait)
         spy = [
             str(PY_SPY), "record", "--rate", str(args.rate), "--format", "speedscope",

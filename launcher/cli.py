@@ -6,10 +6,11 @@ call into `runner`, map errors to the exit codes of interface.md.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 import click
@@ -22,6 +23,7 @@ from launcher.ledger import read_ledger
 from launcher.logs import configure_logging
 from launcher.manifest import Defaults, validate
 from launcher.report import format_text
+from launcher.transport import backend_options
 
 __all__ = ["cli", "main"]
 
@@ -161,6 +163,12 @@ def _run_options(func: F) -> F:
             type=int,
             help="Most requests in flight across every launcher on the key; 0 = off [0].",
         ),
+        click.option(
+            "--workers",
+            metavar="N|auto",
+            help="Dispatch processes: auto uses every core at --rate 0 or a rate one "
+            "process cannot reach, and one process otherwise [auto].",
+        ),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
@@ -172,7 +180,31 @@ def _fail(error: LauncherError) -> None:
     sys.exit(error.exit_code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _LazyGroup(click.Group):
+    """Imports `sim` and `loadtest` only when they run: the simulator and the load
+    test's statistics cost ~0.25 s of imports that `run` (and each of its worker
+    processes) would otherwise pay at every start."""
+
+    _LAZY: ClassVar[dict[str, tuple[str, str]]] = {
+        "loadtest": ("launcher.cli_loadtest", "loadtest_command"),
+        "sim": ("launcher.cli_sim", "sim_command"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self._LAZY])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self._LAZY:
+            module, name = self._LAZY[cmd_name]
+            command: click.Command = getattr(importlib.import_module(module), name)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(
+    cls=_LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="launcher")
 def cli() -> None:
     """Launch DataArts Factory (DLF) jobs in bulk: fast, paced, recorded, resumable."""
@@ -189,7 +221,9 @@ def run(manifest: str, config_path: str | None, **flags: Any) -> None:
         file_values = load_config_file(config_path) if config_path else {}
         options = resolve_options(flags, file_values, os.environ, config_path=config_path)
         configure_logging(options.log_format, options.log_level)  # type: ignore[arg-type]
-        result = anyio.run(launch, manifest, options, dict(os.environ))
+        result = anyio.run(
+            launch, manifest, options, dict(os.environ), backend_options=backend_options()
+        )
     except LauncherError as error:
         _fail(error)
         return
@@ -320,29 +354,36 @@ def replay(
         )
         click.echo(f"replay: {plan.jobs} job(s) from {source} -> {plan.manifest}", err=True)
         options = replace(options, ledger=str(plan.ledger))
-        result = anyio.run(launch, str(plan.manifest), options, dict(os.environ))
+        result = anyio.run(
+            launch,
+            str(plan.manifest),
+            options,
+            dict(os.environ),
+            backend_options=backend_options(),
+        )
     except LauncherError as error:
         _fail(error)
         return
     sys.exit(result.exit_code)
 
 
-def _register_sim() -> None:
-    from launcher.cli_sim import sim_command
+@cli.command("_worker", hidden=True)
+def worker_command() -> None:
+    """One dispatch process of a `run --workers N` (launcher.fleet); its spec comes on stdin."""
+    from launcher.fleet import ParentPipe, serve_worker
 
-    cli.add_command(sim_command, "sim")
-
-
-_register_sim()
-
-
-def _register_loadtest() -> None:
-    from launcher.cli_loadtest import loadtest_command
-
-    cli.add_command(loadtest_command, "loadtest")
-
-
-_register_loadtest()
+    try:
+        pipe = ParentPipe(sys.stdin.fileno())
+        spec = orjson.loads(pipe.first_line())
+        options = spec["options"]
+        configure_logging(options["log_format"], options["log_level"])
+        exit_code = anyio.run(
+            serve_worker, spec, dict(os.environ), pipe, backend_options=backend_options()
+        )
+    except LauncherError as error:
+        _fail(error)
+        return
+    sys.exit(exit_code)
 
 
 def main() -> None:

@@ -68,6 +68,9 @@ class RunOptions:
     limit_key: str | None = None
     redis_optional: bool = False
     shared_concurrency: int = 0
+    # Dispatch processes (launcher.fleet): 0 = auto (every core at --rate 0 or a
+    # high rate, one process otherwise).
+    workers: int = 0
     sim: Mapping[str, Any] = field(default_factory=dict)
     # Per-workspace limits from `[workspaces."ID"]` tables: {ID: (concurrency, rate, burst)}.
     workspaces: Mapping[str, tuple[int, float, int]] = field(default_factory=dict)
@@ -183,6 +186,15 @@ def _flag(value: object) -> bool:
     raise ValueError("must be true or false")
 
 
+def _workers(value: object) -> int:
+    if value == "auto":
+        return 0
+    try:
+        return _positive_int(value)
+    except ValueError:
+        raise ValueError("must be auto or a whole number of at least 1") from None
+
+
 def _choice(*choices: str) -> Callable[[object], str]:
     def check(value: object) -> str:
         if value not in choices:
@@ -229,6 +241,7 @@ _CONVERTERS: dict[str, Callable[[object], Any]] = {
     "limit_key": _text,
     "redis_optional": _flag,
     "shared_concurrency": _non_negative_int,
+    "workers": _workers,
 }
 
 # Environment variables the official SDK users already set.

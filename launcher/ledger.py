@@ -19,11 +19,13 @@ every few milliseconds, or before the next intent, whichever comes first.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import anyio
 import orjson
@@ -31,7 +33,19 @@ import orjson
 from launcher.errors import LedgerFailed, UsageError
 from launcher.models import Action, Job, Reply
 
-__all__ = ["FsyncPolicy", "Ledger", "LedgerRead", "default_ledger_path", "read_ledger"]
+__all__ = [
+    "FsyncPolicy",
+    "Ledger",
+    "LedgerRead",
+    "Unmerged",
+    "default_ledger_path",
+    "finish_merge",
+    "lock_part",
+    "open_fleet",
+    "part_name",
+    "part_paths",
+    "read_ledger",
+]
 
 FsyncPolicy = Literal["always", "batch", "never"]
 
@@ -182,13 +196,15 @@ class Ledger:
         """Write every buffered event to the file (one write call)."""
         if not self._pending or self._closed:
             return
-        data = b"".join(self._pending)
-        self._pending.clear()
+        pending = self._pending
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            written = os.write(self._fd, data)
+            if written < len(data):  # a short write: rare, finish it
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(self._fd, view) :]
         except OSError as error:
             raise LedgerFailed(f"{self.path}: cannot write the ledger: {error.strerror}") from None
         self._dirty = True
@@ -253,21 +269,44 @@ class LedgerRead:
     line without its newline is treated as not yet written. After iteration,
     `torn_tail` says whether such a line was skipped (a crash mid-write, or a
     write in progress) and `bad_lines` lists other unreadable lines.
+
+    A run with several worker processes (`--workers`) writes a `workers`
+    record naming one part file per worker, and when they are done copies the
+    parts into the ledger and writes a `merged` record. Reading follows the
+    parts while they exist (a run in progress, or one that crashed before
+    merging) and skips any partial copy of them; `unmerged` then says where
+    the copy belongs, for `finish_merge`. `end` limits reading to the first
+    `end` bytes (what a fleet's workers resume from).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, end: int | None = None) -> None:
         self.path = Path(path)
+        self.end = end
         self.torn_tail = False
         self.bad_lines: list[int] = []
+        self.unmerged: Unmerged | None = None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         loads = orjson.loads
+        end = self.end
+        skipping: str | None = None  # a fleet whose copy in this file is read from its parts
+        expected: dict[str, list[str]] = {}  # fleets whose parts are gone: merged, they said
         try:
             with open(self.path, "rb") as handle:
+                offset = 0
                 for number, raw in enumerate(handle, 1):
+                    offset += len(raw)
+                    if end is not None and offset > end:
+                        break
                     if not raw.endswith(b"\n"):
-                        if raw.strip():
+                        if raw.strip() and skipping is None:
                             self.torn_tail = True
+                        continue
+                    if skipping is not None:
+                        if raw.startswith(_MERGED_PREFIX):
+                            marker = _loads_or_none(raw)
+                            if marker is not None and marker.get("fleet") == skipping:
+                                skipping = None
                         continue
                     try:
                         event = loads(raw)
@@ -275,12 +314,36 @@ class LedgerRead:
                         if raw.strip():
                             self.bad_lines.append(number)
                         continue
-                    if isinstance(event, dict):
-                        yield event
-                    else:
+                    if not isinstance(event, dict):
                         self.bad_lines.append(number)
+                        continue
+                    if raw.startswith(_WORKERS_PREFIX):
+                        parts = part_paths(self.path, event)
+                        fleet = str(event.get("fleet"))
+                        yield event
+                        if parts and all(part.exists() for part in parts):
+                            # Not merged yet (or merged, not yet cleaned up): the parts
+                            # are the record; a copy that follows here is skipped.
+                            self.unmerged = Unmerged(offset, event, parts)
+                            for part in parts:
+                                read = LedgerRead(part)
+                                yield from read
+                                self.torn_tail = self.torn_tail or read.torn_tail
+                            skipping = fleet
+                        else:
+                            expected[fleet] = [part.name for part in parts]
+                        continue
+                    if raw.startswith(_MERGED_PREFIX):
+                        expected.pop(str(event.get("fleet")), None)
+                    yield event
         except OSError as error:
             raise UsageError(f"{self.path}: cannot read the ledger: {error.strerror}") from None
+        if expected and end is None:
+            missing = ", ".join(name for names in expected.values() for name in names)
+            raise UsageError(
+                f"{self.path}: the worker ledgers {missing} are missing and were never merged "
+                "into this ledger; restore them next to it"
+            )
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -288,6 +351,146 @@ class LedgerRead:
         return list(self)
 
 
-def read_ledger(path: str | os.PathLike[str]) -> LedgerRead:
+# orjson keeps insertion order and every event starts with its kind: a prefix
+# test finds the rare fleet records without decoding the common lines twice.
+_WORKERS_PREFIX = b'{"event":"workers"'
+_MERGED_PREFIX = b'{"event":"merged"'
+
+
+def _loads_or_none(raw: bytes) -> dict[str, Any] | None:
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Unmerged:
+    """A `workers` record whose parts are still separate files."""
+
+    offset: int  # where the record ends in the ledger: the copy of the parts goes here
+    record: dict[str, Any]
+    parts: list[Path]
+
+
+def part_paths(ledger: str | os.PathLike[str], record: Mapping[str, Any]) -> list[Path]:
+    """The part files a `workers` record names (names relative to the ledger's folder)."""
+    names = record.get("parts")
+    if not isinstance(names, list):
+        return []
+    folder = Path(ledger).parent
+    return [folder / Path(str(name)).name for name in names]
+
+
+def part_name(ledger: str | os.PathLike[str], fleet: str, index: int) -> str:
+    """The file name of worker `index`'s part of `ledger` (next to it)."""
+    path = Path(ledger)
+    return f"{path.stem}.{fleet[:8]}.w{index}{path.suffix or '.jsonl'}"
+
+
+def open_fleet(ledger: str | os.PathLike[str], record: Mapping[str, Any]) -> Unmerged:
+    """Create the (empty) part files, then append the `workers` record naming them.
+
+    The parts exist before the record does, so a reader never finds the
+    record with its parts missing unless they were merged (or lost).
+    """
+    path = Path(ledger)
+    parts = part_paths(path, record)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for part in parts:
+            with open(part, "xb"):
+                pass
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            _write_all(fd, _line({"event": "workers", **record}))
+            os.fsync(fd)
+            offset = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+    except OSError as error:
+        raise LedgerFailed(f"{path}: cannot start the worker ledgers: {error.strerror}") from None
+    return Unmerged(offset, {"event": "workers", **record}, parts)
+
+
+def finish_merge(ledger: str | os.PathLike[str], pending: Unmerged, *, wait: float = 0.0) -> None:
+    """Copy a fleet's parts into the ledger after its `workers` record, then delete them.
+
+    Idempotent and crash-safe: the ledger is cut back to the record first
+    (dropping any partial copy a crash left), every complete line of each part
+    is appended, then the `merged` record; only once that is on disk are the
+    parts removed. A part still locked by a live worker (one of a crashed
+    parent, finishing its requests in flight) is waited for up to `wait`
+    seconds, then refused.
+    """
+    path = Path(ledger)
+    locks: list[int] = []
+    try:
+        for part in pending.parts:
+            fd = os.open(part, os.O_RDONLY)
+            locks.append(fd)
+            _lock_within(fd, part, wait)
+        with open(path, "r+b") as out:
+            out.truncate(pending.offset)
+            out.seek(pending.offset)
+            for fd in locks:
+                _copy_complete_lines(fd, out)
+            fleet = pending.record.get("fleet")
+            out.write(_line({"event": "merged", "fleet": fleet, "t": time.time()}))
+            out.flush()
+            os.fsync(out.fileno())
+        for part in pending.parts:
+            part.unlink(missing_ok=True)
+    except OSError as error:
+        raise LedgerFailed(f"{path}: cannot merge the worker ledgers: {error.strerror}") from None
+    finally:
+        for fd in locks:
+            os.close(fd)
+
+
+def _lock_within(fd: int, part: Path, wait: float) -> None:
+    give_up = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= give_up:
+                raise UsageError(
+                    f"{part}: a worker of the run is still writing it; "
+                    "wait for it to exit (or stop it) and try again"
+                ) from None
+            time.sleep(0.1)
+
+
+def lock_part(path: str | os.PathLike[str]) -> int:
+    """Hold an exclusive lock on a worker's part for as long as the returned fd is open."""
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _copy_complete_lines(fd: int, out: BinaryIO) -> None:
+    """Append `fd`'s bytes up to its last newline (a torn last line is dropped)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    carry = b""
+    while chunk := os.read(fd, 1 << 20):
+        cut = chunk.rfind(b"\n")
+        if cut < 0:
+            carry += chunk
+            continue
+        out.write(carry)
+        out.write(chunk[: cut + 1])
+        carry = chunk[cut + 1 :]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def read_ledger(path: str | os.PathLike[str], *, end: int | None = None) -> LedgerRead:
     """A streaming reader of the ledger at `path` (nothing is read until iterated)."""
-    return LedgerRead(path)
+    return LedgerRead(path, end=end)

@@ -161,7 +161,11 @@ def detect_format(path: str | Path) -> Format:
 
 
 def scan(
-    path: str | Path, defaults: Defaults = _NO_DEFAULTS, *, fmt: str | None = None
+    path: str | Path,
+    defaults: Defaults = _NO_DEFAULTS,
+    *,
+    fmt: str | None = None,
+    lines: tuple[int, int] | None = None,
 ) -> Iterator[Job | Problem]:
     """Stream the manifest: one Job per valid job line, one or more Problem per bad line.
 
@@ -169,12 +173,14 @@ def scan(
     `Job.id` is the manifest's `id` or `job_identity(project, workspace, name,
     params)` with defaults applied; `Job.line` is the 1-based line; `Job.action`
     is as given or None. Defaults fill project_id/workspace when the line has none.
-    Raises `UsageError` at once if the file cannot be opened.
+    Raises `UsageError` at once if the file cannot be opened. `lines=(i, n)`
+    keeps only every n-th job from the i-th (0-based; one worker's share, see
+    `launcher.fleet`); JSONL lines of other shares are not even parsed.
     """
     kind = _resolve_format(path, fmt)
     _check_defaults(defaults)
     f = _open(path)
-    return _scan_jobs(f, str(path), kind, defaults)
+    return _scan_jobs(f, str(path), kind, defaults, lines)
 
 
 def validate(
@@ -236,7 +242,11 @@ def validate(
 
 
 def iter_jobs(
-    path: str | Path, defaults: Defaults = _NO_DEFAULTS, *, fmt: str | None = None
+    path: str | Path,
+    defaults: Defaults = _NO_DEFAULTS,
+    *,
+    fmt: str | None = None,
+    lines: tuple[int, int] | None = None,
 ) -> Iterator[Job]:
     """Stream Jobs from an already validated manifest; raise `ManifestInvalid` on any Problem.
 
@@ -244,7 +254,7 @@ def iter_jobs(
     in between: the iterator raises at that line instead of skipping it. Opening
     happens now, so a missing file raises `UsageError` before the first job.
     """
-    return _only_jobs(scan(path, defaults, fmt=fmt))
+    return _only_jobs(scan(path, defaults, fmt=fmt, lines=lines))
 
 
 def _only_jobs(items: Iterator[Job | Problem]) -> Iterator[Job]:
@@ -286,11 +296,26 @@ def _check_defaults(defaults: Defaults) -> None:
 
 
 def _scan_jobs(
-    f: IO[bytes], path: str, kind: Format, defaults: Defaults
+    f: IO[bytes], path: str, kind: Format, defaults: Defaults, lines: tuple[int, int] | None
 ) -> Iterator[Job | Problem]:
     with f:
-        for item in _scan(f, path, kind, defaults, None):
+        items = _scan(f, path, kind, defaults, None, lines)
+        if lines is not None and kind != "jsonl":  # CSV and YAML: filter parsed records
+            items = _share_of(items, *lines)
+        for item in items:
             yield _job(item) if isinstance(item, tuple) else item
+
+
+def _share_of(
+    items: Iterator[_Record | Problem], index: int, count: int
+) -> Iterator[_Record | Problem]:
+    ordinal = -1
+    for item in items:
+        if isinstance(item, tuple):
+            ordinal += 1
+            if ordinal % count != index:
+                continue
+        yield item
 
 
 def _job(record: _Record) -> Job:
@@ -308,7 +333,12 @@ def _job(record: _Record) -> Job:
 
 
 def _scan(
-    f: IO[bytes], path: str, kind: Format, defaults: Defaults, hasher: _Hasher | None
+    f: IO[bytes],
+    path: str,
+    kind: Format,
+    defaults: Defaults,
+    hasher: _Hasher | None,
+    share: tuple[int, int] | None = None,
 ) -> Iterator[_Record | Problem]:
     check = _Checker(path, defaults)
     if kind == "yaml":
@@ -317,4 +347,4 @@ def _scan(
     lines = _raw_lines(f, path, hasher)
     if kind == "csv":
         return _scan_csv(lines, path, check)
-    return _scan_jsonl(lines, path, check)
+    return _scan_jsonl(lines, path, check, share)

@@ -14,13 +14,25 @@ __all__ = ["_scan_jsonl"]
 
 
 def _scan_jsonl(
-    lines: Iterator[bytes | None], path: str, check: _Checker
+    lines: Iterator[bytes | None],
+    path: str,
+    check: _Checker,
+    share: tuple[int, int] | None = None,
 ) -> Iterator[_Record | Problem]:
     loads = orjson.loads
     job = check.job
     lineno = 0
+    index, count = share or (0, 1)
+    ordinal = -1  # jobs seen, for `share`: blank and comment lines are not jobs
     for raw in lines:
         lineno += 1
+        if count > 1 and raw is not None:
+            head = raw.lstrip()
+            if not head or head[0] == 0x23:  # '#'
+                continue
+            ordinal += 1
+            if ordinal % count != index:
+                continue  # another worker's job: not even parsed
         if raw is None:
             yield _too_long(path, lineno)
             continue

@@ -29,7 +29,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,8 +44,8 @@ from launcher.config import RunOptions
 from launcher.connect import Connection, connect, resolve_endpoint
 from launcher.dispatch import Dispatcher, DispatchSettings, Tally, WorkspaceLimits
 from launcher.errors import HaltError, LedgerFailed, ManifestInvalid, UsageError
-from launcher.history import History, fold
-from launcher.ledger import Ledger, default_ledger_path, read_ledger
+from launcher.history import History, catch_up, fold
+from launcher.ledger import Ledger, default_ledger_path, finish_merge, read_ledger
 from launcher.logs import get_logger
 from launcher.manifest import (
     Defaults,
@@ -58,12 +58,19 @@ from launcher.manifest import (
 )
 from launcher.models import Job
 from launcher.pacing import Pacer, RateGate, TokenBucket, format_rate
-from launcher.plan import Next, describe_counts, next_step, parse_shard, shard_of, step_lookup
+from launcher.plan import (
+    Next,
+    describe_counts,
+    next_step,
+    parse_shard,
+    shard_of,
+    step_lookup,
+)
 from launcher.policy import RetryBudget, RetryPolicy, parse_halt
 from launcher.progress import show_progress
-from launcher.report import Summary, format_text, summarize
+from launcher.report import Summary, format_text, summary_of
 
-__all__ = ["EXIT_INTERRUPTED", "RunResult", "launch", "plan_manifest"]
+__all__ = ["EXIT_INTERRUPTED", "RunResult", "WorkerRole", "launch", "plan_manifest"]
 
 EXIT_INTERRUPTED = 130
 GRACE_SECONDS = 30.0  # how long a first SIGINT/SIGTERM waits for requests in flight
@@ -91,9 +98,10 @@ class Plan:
     shard: tuple[int, int] | None  # (index, count) with --shard I/N
     jobs: int  # jobs this run handles: the shard's, or all of them
 
-    def iter_jobs(self) -> Iterator[Job]:
-        """Stream this run's jobs from the manifest (the shard's only, with --shard)."""
-        jobs = iter_jobs(self.manifest, self.defaults, fmt=self.fmt)
+    def iter_jobs(self, lines: tuple[int, int] | None = None) -> Iterator[Job]:
+        """Stream this run's jobs from the manifest (the shard's only, with --shard);
+        `lines=(i, n)`: only every n-th job from the i-th (a worker's share)."""
+        jobs = iter_jobs(self.manifest, self.defaults, fmt=self.fmt, lines=lines)
         if self.shard is None:
             return jobs
         index, count = self.shard
@@ -227,13 +235,23 @@ async def launch(
         return RunResult(0, None, None)
 
     segment = plan_segment(ledger_path, plan, options, resumed)
+    if not segment.nothing_left and options.workers != 1:
+        from launcher.fleet import choose_workers, run_fleet, usable_cpus
+
+        unsettled = plan.jobs - segment.already_settled
+        workers = choose_workers(options, unsettled, usable_cpus())
+        if workers > 1:
+            return await run_fleet(plan, options, segment, ledger_path, workers, env, stdout)
     async with connect(options, env) as connection:
         ledger = Ledger(ledger_path, fsync=options.fsync)  # type: ignore[arg-type]
         try:
             exit_code = await _dispatch(plan, options, connection, ledger, segment)
         finally:
             ledger.close()
-    summary = summarize([read_ledger(ledger_path)])
+    # A resume folded the ledger already: only what this segment appended is read.
+    history = segment.history
+    history = catch_up(history) if history is not None else fold([read_ledger(ledger_path)])
+    summary = summary_of(history)
     stdout.write(format_text(summary) + "\n")
     stdout.flush()
     return RunResult(exit_code, summary, ledger_path)
@@ -293,7 +311,14 @@ def _resume_history(ledger_path: str) -> History:
     """Fold the ledger a resume continues (UsageError if there is none, or no run in it)."""
     if not _has_content(ledger_path):
         raise UsageError(f"{ledger_path}: --resume needs the ledger of an earlier run")
-    history = fold([read_ledger(ledger_path)])
+    read = read_ledger(ledger_path)
+    history = fold([read], parallel=True)  # the time a resume waits before it can start
+    if read.unmerged is not None:
+        # Workers of a run that crashed left their parts: copy them in before
+        # this segment appends anything. The events are the same, but their
+        # offsets moved (a partial copy may have been cut): fold the merged file.
+        finish_merge(ledger_path, read.unmerged, wait=GRACE_SECONDS + 5.0)
+        history = fold([read_ledger(ledger_path)])
     if not history.headers:
         raise UsageError(f"{ledger_path}: no run header; this is not a launcher ledger")
     return history
@@ -363,12 +388,25 @@ def plan_segment(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerRole:
+    """This process is worker `index` of `count` of one run (see `launcher.fleet`)."""
+
+    index: int
+    count: int
+    fleet: str
+    # Runs beside the dispatcher: reports the tally to the parent, obeys its orders.
+    companion: Callable[[Dispatcher, Tally], Coroutine[Any, Any, None]]
+    on_signal: Callable[[int], None] | None = None  # worker 0 passes signals on
+
+
 async def _dispatch(
     plan: Plan,
     options: RunOptions,
     connection: Connection,
     ledger: Ledger,
     segment: Segment,
+    role: WorkerRole | None = None,
 ) -> int:
     client = connection.client
     shared = None
@@ -392,6 +430,7 @@ async def _dispatch(
                 "format": options.manifest_format,
             },
             "shard": options.shard,
+            **({"worker": f"{role.index}/{role.count}", "fleet": role.fleet} if role else {}),
             "endpoint": connection.url,
             "simulator": connection.simulated,
             "auth": client.auth.describe(),
@@ -444,7 +483,11 @@ async def _dispatch(
         budget=RetryBudget(capacity=options.retry_budget) if options.retry_budget else None,
         prior=segment.prior(options.retry_failed),
     )
-    jobs = segment.to_send(plan.iter_jobs(), options.retry_failed)
+    # A worker takes every count-th job: a share that costs next to nothing to skip.
+    # Which worker sends a job does not matter for resume: every worker folds
+    # the whole ledger and skips what is settled.
+    share = (role.index, role.count) if role is not None else None
+    jobs = segment.to_send(plan.iter_jobs(share), options.retry_failed)
     interrupted = False
 
     async with anyio.create_task_group() as tg:
@@ -472,6 +515,8 @@ async def _dispatch(
                     else:
                         log.warning("second signal: abandoning requests in flight")
                         dispatch_scope.cancel()
+                    if role is not None and role.on_signal is not None:
+                        role.on_signal(signum)
 
         async def deadline(seconds: float) -> None:
             await anyio.sleep(seconds)
@@ -486,6 +531,8 @@ async def _dispatch(
             tg.start_soon(deadline, options.deadline)
         if _progress_wanted(options):
             tg.start_soon(_progress, tally, options)
+        if role is not None:
+            tg.start_soon(role.companion, dispatcher, tally)
         with dispatch_scope:
             await _run_dispatcher(dispatcher, jobs)
         tg.cancel_scope.cancel()
@@ -497,6 +544,9 @@ async def _dispatch(
         sys.stderr.write(f"launcher: halted: {error}\n")
     elif interrupted:
         exit_code = EXIT_INTERRUPTED
+    elif role is not None:
+        # A worker sends a share of unknown size: it answers for the jobs it took.
+        exit_code = 0 if tally.started == tally.done and dispatcher.stop_reason is None else 1
     elif segment.already_started + tally.started < plan.jobs:
         exit_code = 1  # finished, but some jobs failed, ended unknown or were never sent
     else:
