@@ -248,15 +248,8 @@ class _Fleet:
             rows.append(_tally_row(self.local))
             failures.update(self.local.failures)
         tally = self.tally
-        (
-            tally.done,
-            tally.started,
-            tally.failed,
-            tally.unknown,
-            tally.attempts,
-            tally.in_flight,
-            tally.throttled,
-        ) = [sum(column) for column in zip(*rows, strict=True)]
+        for name, column in zip(_TALLY_FIELDS, zip(*rows, strict=True), strict=True):
+            setattr(tally, name, sum(column))
         tally.failures = failures
 
     async def tell(self, word: bytes) -> None:
@@ -321,7 +314,7 @@ class _Fleet:
         )
         assert process.stdin is not None
         await process.stdin.send(orjson.dumps(spec) + b"\n")
-        child = _Child(index, process, [0] * 7, Counter())
+        child = _Child(index, process, [0] * len(_TALLY_FIELDS), Counter())
         self.children.append(child)
         return child
 
@@ -412,16 +405,12 @@ class _Fleet:
         return RunResult(exit_code, summary, self.ledger_path)
 
 
+# The counters a child reports and the parent sums, in this order.
+_TALLY_FIELDS = ("done", "started", "failed", "unknown", "attempts", "in_flight", "throttled")
+
+
 def _tally_row(tally: Tally) -> list[int]:
-    return [
-        tally.done,
-        tally.started,
-        tally.failed,
-        tally.unknown,
-        tally.attempts,
-        tally.in_flight,
-        tally.throttled,
-    ]
+    return [getattr(tally, name) for name in _TALLY_FIELDS]
 
 
 async def run_fleet(
