@@ -65,6 +65,7 @@ from launcher.ledger import (
 from launcher.logs import get_logger
 from launcher.manifest import Defaults, Validation
 from launcher.plan import parse_shard
+from launcher.policy import parse_halt
 from launcher.report import format_text, summary_of
 from launcher.runner import (
     EXIT_INTERRUPTED,
@@ -161,9 +162,9 @@ def worker_options(options: RunOptions, index: int, count: int) -> RunOptions:
     shared = bool(options.redis)
     rate = options.rate / count if options.rate and not shared else options.rate
     halt = options.halt
-    if halt is not None and not halt.rstrip().endswith("%"):
-        number = int(halt.strip().removeprefix("fail="))
-        halt = f"fail={math.ceil(number / count)}"
+    rule = parse_halt(halt) if halt is not None else None
+    if rule is not None and rule.count is not None:
+        halt = f"fail={math.ceil(rule.count / count)}"
     budget = options.retry_budget
     return replace(
         options,

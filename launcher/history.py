@@ -62,7 +62,14 @@ import orjson
 
 from launcher.compact import CompactMap
 from launcher.errors import UsageError
-from launcher.ledger import LedgerRead, part_paths
+from launcher.ledger import (
+    MERGED_PREFIX,
+    WORKERS_PREFIX,
+    LedgerRead,
+    missing_parts,
+    part_paths,
+    parts_pending,
+)
 
 __all__ = [
     "NOT_TAKEN",
@@ -615,9 +622,7 @@ def _announced_jobs(handle: BinaryIO, start: int) -> int:
 _PARALLEL_PART_BYTES = 32 << 20
 _PARALLEL_MAX_PARTS = 8
 # The records of a run with worker processes (see `LedgerRead`), found as it finds them.
-_WORKERS_PREFIX = b'{"event":"workers"'
-_MERGED_PREFIX = b'{"event":"merged"'
-_FLEET_PREFIXES = (_WORKERS_PREFIX, _MERGED_PREFIX)
+_FLEET_PREFIXES = (WORKERS_PREFIX, MERGED_PREFIX)
 _CHUNK = 1 << 20  # bytes read at a time
 
 
@@ -699,11 +704,7 @@ class _Folder:
         except OSError as error:
             raise UsageError(f"{path}: cannot read the ledger: {error.strerror}") from None
         if self.expected and end is None:
-            missing = ", ".join(name for names in self.expected.values() for name in names)
-            raise UsageError(
-                f"{path}: the worker ledgers {missing} are missing and were never merged "
-                "into this ledger; restore them next to it"
-            )
+            raise missing_parts(path, self.expected)
         source.torn = tail.at_end and bool(tail.carry.strip())
         source.offset = tail.position - len(tail.carry)
         source.lines = self.number
@@ -736,14 +737,14 @@ class _Folder:
 
     def fleet_record(self, raw: bytes, event: dict[str, Any]) -> None:
         """Note a `workers` or `merged` record as `LedgerRead` does (`_Unmerged`: parts exist)."""
-        if raw.startswith(_WORKERS_PREFIX):
-            parts = part_paths(self.path, event)
-            if parts and all(part.exists() for part in parts):
+        if raw.startswith(WORKERS_PREFIX):
+            if parts_pending(self.path, event):
                 raise _Unmerged(str(self.path))
-            fleet, names = str(event.get("fleet")), [part.name for part in parts]
+            fleet = str(event.get("fleet"))
+            names = [part.name for part in part_paths(self.path, event)]
             self.expected[fleet] = names
             self.fleet_ops.append((fleet, names))
-        elif raw.startswith(_MERGED_PREFIX):
+        elif raw.startswith(MERGED_PREFIX):
             fleet = str(event.get("fleet"))
             self.expected.pop(fleet, None)
             self.fleet_ops.append((fleet, None))

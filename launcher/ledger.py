@@ -303,7 +303,7 @@ class LedgerRead:
                             self.torn_tail = True
                         continue
                     if skipping is not None:
-                        if raw.startswith(_MERGED_PREFIX):
+                        if raw.startswith(MERGED_PREFIX):
                             marker = _loads_or_none(raw)
                             if marker is not None and marker.get("fleet") == skipping:
                                 skipping = None
@@ -317,11 +317,11 @@ class LedgerRead:
                     if not isinstance(event, dict):
                         self.bad_lines.append(number)
                         continue
-                    if raw.startswith(_WORKERS_PREFIX):
-                        parts = part_paths(self.path, event)
+                    if raw.startswith(WORKERS_PREFIX):
+                        parts = parts_pending(self.path, event)
                         fleet = str(event.get("fleet"))
                         yield event
-                        if parts and all(part.exists() for part in parts):
+                        if parts:
                             # Not merged yet (or merged, not yet cleaned up): the parts
                             # are the record; a copy that follows here is skipped.
                             self.unmerged = Unmerged(offset, event, parts)
@@ -331,19 +331,15 @@ class LedgerRead:
                                 self.torn_tail = self.torn_tail or read.torn_tail
                             skipping = fleet
                         else:
-                            expected[fleet] = [part.name for part in parts]
+                            expected[fleet] = [p.name for p in part_paths(self.path, event)]
                         continue
-                    if raw.startswith(_MERGED_PREFIX):
+                    if raw.startswith(MERGED_PREFIX):
                         expected.pop(str(event.get("fleet")), None)
                     yield event
         except OSError as error:
             raise UsageError(f"{self.path}: cannot read the ledger: {error.strerror}") from None
         if expected and end is None:
-            missing = ", ".join(name for names in expected.values() for name in names)
-            raise UsageError(
-                f"{self.path}: the worker ledgers {missing} are missing and were never merged "
-                "into this ledger; restore them next to it"
-            )
+            raise missing_parts(self.path, expected)
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -353,8 +349,24 @@ class LedgerRead:
 
 # orjson keeps insertion order and every event starts with its kind: a prefix
 # test finds the rare fleet records without decoding the common lines twice.
-_WORKERS_PREFIX = b'{"event":"workers"'
-_MERGED_PREFIX = b'{"event":"merged"'
+WORKERS_PREFIX = b'{"event":"workers"'
+MERGED_PREFIX = b'{"event":"merged"'
+
+
+def parts_pending(ledger: str | os.PathLike[str], record: Mapping[str, Any]) -> list[Path]:
+    """The parts of a `workers` record that are still to be read instead of the ledger's
+    copy (all of them exist: not merged, or merged but not yet removed), else []."""
+    parts = part_paths(ledger, record)
+    return parts if parts and all(part.exists() for part in parts) else []
+
+
+def missing_parts(ledger: str | os.PathLike[str], expected: Mapping[str, list[str]]) -> UsageError:
+    """The error for `workers` records whose parts are gone without a `merged` record."""
+    missing = ", ".join(name for names in expected.values() for name in names)
+    return UsageError(
+        f"{ledger}: the worker ledgers {missing} are missing and were never merged "
+        "into this ledger; restore them next to it"
+    )
 
 
 def _loads_or_none(raw: bytes) -> dict[str, Any] | None:

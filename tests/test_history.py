@@ -402,6 +402,16 @@ def write_lines(path: Path, lines: list[bytes], torn: bytes = b"") -> None:
     path.write_bytes(b"".join(line + b"\n" for line in lines) + torn)
 
 
+def write_line_ledgers(directory: str, ledgers: list[tuple[list[bytes], bytes]]) -> list[Path]:
+    """Each (lines, torn tail) as `l<n>.jsonl` in `directory`; their paths."""
+    paths = []
+    for n, (lines, torn) in enumerate(ledgers):
+        path = Path(directory) / f"l{n}.jsonl"
+        write_lines(path, lines, torn)
+        paths.append(path)
+    return paths
+
+
 def job_ids_in(*groups: list[bytes]) -> set[str]:
     found = set(job_ids_of_strategy())
     for lines in groups:
@@ -431,11 +441,7 @@ def test_reading_the_file_equals_iterating_ledger_read(
     ledgers: list[tuple[list[bytes], bytes]], keep: frozenset[str]
 ) -> None:
     with tempfile.TemporaryDirectory() as directory:
-        paths = []
-        for n, (lines, torn) in enumerate(ledgers):
-            path = Path(directory) / f"l{n}.jsonl"
-            write_lines(path, lines, torn)
-            paths.append(path)
+        paths = write_line_ledgers(directory, ledgers)
         direct = [read_ledger(p) for p in paths]
         iterated = [read_ledger(p) for p in paths]
         try:
@@ -646,11 +652,7 @@ def test_folding_in_parallel_parts_equals_one_pass(
     ledgers: list[tuple[list[bytes], bytes]], cpus: int
 ) -> None:
     with tempfile.TemporaryDirectory() as directory:
-        paths = []
-        for n, (lines, torn) in enumerate(ledgers):
-            path = Path(directory) / f"l{n}.jsonl"
-            write_lines(path, lines, torn)
-            paths.append(path)
+        paths = write_line_ledgers(directory, ledgers)
         try:
             want = fold([Iterated(read_ledger(p)) for p in paths])
         except (TypeError, KeyError) as error:
