@@ -87,7 +87,6 @@ from typing import IO, Final, Literal
 import orjson
 
 from launcher.errors import ManifestInvalid, UsageError
-from launcher.manifest_csv import _scan_csv
 from launcher.manifest_dupes import _FirstLines, _key64
 from launcher.manifest_jsonl import _scan_jsonl
 from launcher.manifest_lines import MAX_LINE_BYTES, _chunks, _Hasher, _open, _raw_lines
@@ -100,7 +99,6 @@ from launcher.manifest_rules import (
     _quote,
 )
 from launcher.manifest_types import Defaults, Problem, _Record
-from launcher.manifest_yaml import _scan_yaml
 from launcher.models import Job, JobParam, job_identity
 
 __all__ = [
@@ -341,10 +339,15 @@ def _scan(
     share: tuple[int, int] | None = None,
 ) -> Iterator[_Record | Problem]:
     check = _Checker(path, defaults)
+    # The CSV and YAML scanners (and PyYAML, ~20 ms) are imported by the runs that read them.
     if kind == "yaml":
+        from launcher.manifest_yaml import _scan_yaml
+
         data = b"".join(_chunks(f, path, hasher))
         return _scan_yaml(data, path, check)
     lines = _raw_lines(f, path, hasher)
     if kind == "csv":
+        from launcher.manifest_csv import _scan_csv
+
         return _scan_csv(lines, path, check)
     return _scan_jsonl(lines, path, check, share)

@@ -10,16 +10,6 @@ import time
 from typing import TextIO
 
 import anyio
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from launcher.dispatch import Tally
 
@@ -65,6 +55,18 @@ async def show_progress(
             if tally.done:
                 out.write(status_line(tally, time.monotonic() - start) + "\n")
                 out.flush()
+    # rich costs ~50 ms of CPU to import: only a run that draws the bar pays it.
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     console = Console(file=out)
     columns = (
         TextColumn("[bold]launch"),
