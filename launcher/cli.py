@@ -367,25 +367,6 @@ def replay(
     sys.exit(result.exit_code)
 
 
-@cli.command("_worker", hidden=True)
-def worker_command() -> None:
-    """One dispatch process of a `run --workers N` (launcher.fleet); its spec comes on stdin."""
-    from launcher.fleet import ParentPipe, serve_worker
-
-    try:
-        pipe = ParentPipe(sys.stdin.fileno())
-        spec = orjson.loads(pipe.first_line())
-        options = spec["options"]
-        configure_logging(options["log_format"], options["log_level"])
-        exit_code = anyio.run(
-            serve_worker, spec, dict(os.environ), pipe, backend_options=backend_options()
-        )
-    except LauncherError as error:
-        _fail(error)
-        return
-    sys.exit(exit_code)
-
-
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="launcher")

@@ -31,9 +31,11 @@ If the parent dies, the workers see their stdin close and stop as on SIGTERM.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import math
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -47,13 +49,13 @@ from typing import Any, TextIO
 
 import anyio
 import orjson
-import structlog
 from anyio.abc import Process
 
 from launcher.config import RunOptions
 from launcher.connect import connect
 from launcher.dispatch import Dispatcher, Tally
-from launcher.history import catch_up, fold
+from launcher.errors import LauncherError
+from launcher.history import FoldedPart, LiveFold, catch_up, fold, fold_fleet
 from launcher.ledger import (
     Ledger,
     finish_merge,
@@ -62,7 +64,7 @@ from launcher.ledger import (
     part_name,
     read_ledger,
 )
-from launcher.logs import get_logger
+from launcher.logs import bind_log_context, configure_logging, get_logger
 from launcher.manifest import Defaults, Validation
 from launcher.plan import parse_shard
 from launcher.policy import parse_halt
@@ -77,6 +79,7 @@ from launcher.runner import (
 )
 from launcher.runner import _dispatch as dispatch
 from launcher.runner import _progress as show_fleet_progress
+from launcher.transport import backend_options
 
 __all__ = [
     "AUTO_RATE_PER_WORKER",
@@ -104,10 +107,12 @@ log = get_logger("launcher.fleet")
 # working directory off its path, and the folder holding `launcher/` goes first
 # unless the path already has it (an install, PYTHONPATH).
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+# It starts at `worker_main`, not the CLI: click and the CLI's modules are ~20 ms of
+# imports each child would pay for nothing.
 _CHILD_BOOT = (
     "import sys; root = sys.argv.pop(1); "
     "sys.path.insert(0, root) if root not in sys.path else None; "
-    "from launcher.cli import main; main()"
+    "from launcher.fleet import worker_main; worker_main()"
 )
 
 
@@ -212,6 +217,7 @@ class _Child:
     tally: list[int]
     failures: Counter[str]
     code: int | None = None
+    fold: FoldedPart | None = None  # its fold of its part, sent when it is done
 
 
 class _Fleet:
@@ -239,6 +245,7 @@ class _Fleet:
         self.dispatcher: Dispatcher | None = None
         self.interrupted = False
         self.released = False
+        self.local_fold: FoldedPart | None = None  # worker 0's fold of its part
 
     def sum_tallies(self) -> None:
         rows = [child.tally for child in self.children]
@@ -306,7 +313,7 @@ class _Fleet:
             "history_end": history_end,
         }
         process = await anyio.open_process(
-            [sys.executable, "-P", "-c", _CHILD_BOOT, _PACKAGE_ROOT, "_worker"],
+            [sys.executable, "-P", "-c", _CHILD_BOOT, _PACKAGE_ROOT],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,  # its logs go where ours go
@@ -327,6 +334,9 @@ class _Fleet:
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
+                if line.startswith(_FOLD_PREFIX):
+                    child.fold = _read_fold(line, child.index)
+                    continue
                 try:
                     message = orjson.loads(line)
                     child.tally = list(message["tally"])
@@ -369,14 +379,16 @@ class _Fleet:
                             0, self.count, self.fleet, self.accompany, on_signal=self.forward
                         )
                         lock = lock_part(local_part)
-                        ledger = Ledger(local_part, fsync=local_options.fsync)  # type: ignore[arg-type]
+                        ledger, live = _part_ledger(local_part, local_options, self.segment)
                         try:
                             local_code = await dispatch(
-                                plan, local_options, connection, ledger, self.segment, role
-                            )
+                                plan, local_options, connection, ledger, self.segment, role,
+                                live=live,
+                            )  # fmt: skip
                         finally:
                             ledger.close()
                             os.close(lock)
+                        self.local_fold = live.part() if live is not None else None
                         await self.release(local_code in (0, 1))
                         if local_code == 3:
                             await self.halted(0)
@@ -388,13 +400,14 @@ class _Fleet:
                             child.process.kill()
                             child.code = await child.process.wait()
                         await child.process.aclose()
-                    await anyio.to_thread.run_sync(finish_merge, self.ledger_path, pending)
+                    bounds = await anyio.to_thread.run_sync(finish_merge, self.ledger_path, pending)
         # A resume folded the ledger before the workers record: read only what follows.
         history = self.segment.history
         if history is not None:
             history = catch_up(history)
-        else:
-            history = fold([read_ledger(self.ledger_path)])
+        else:  # the workers folded their parts as they wrote them: merge those folds
+            folds = [self.local_fold, *(child.fold for child in self.children)]
+            history = fold_fleet(self.ledger_path, bounds, folds)
         summary = summary_of(history)
         codes = [local_code if local_code is not None else 1]
         codes += [child.code if child.code is not None else 1 for child in self.children]
@@ -490,6 +503,44 @@ def _tell_parent(message: Mapping[str, Any]) -> None:
         os.write(1, orjson.dumps(message, option=orjson.OPT_APPEND_NEWLINE))
 
 
+def _part_ledger(
+    path: str, options: RunOptions, segment: Segment
+) -> tuple[Ledger, LiveFold | None]:
+    """A worker's part ledger, and for a new run its fold as it is written (`fold_fleet`).
+
+    A resumed run's workers do not fold: their parts continue a history the
+    parent folds on from the ledger (`catch_up`).
+    """
+    fresh = segment.history is None
+    ledger = Ledger(path, fsync=options.fsync, mirror=fresh)  # type: ignore[arg-type]
+    return ledger, LiveFold(ledger) if fresh else None
+
+
+# A child's last line to its parent: its fold, pickled, in base64 (no newline in it).
+# Pickle, because the fold is arrays and tables that JSON would copy slowly; it
+# comes from a process this one started, over a pipe only the two of them hold.
+_FOLD_PREFIX = b"F"
+
+
+def _send_fold(fold: FoldedPart) -> None:
+    data = _FOLD_PREFIX + base64.b64encode(pickle.dumps(fold, pickle.HIGHEST_PROTOCOL)) + b"\n"
+    view = memoryview(data)
+    with contextlib.suppress(OSError):  # the parent is gone: it needs no fold
+        while view:
+            view = view[os.write(1, view) :]
+
+
+def _read_fold(line: bytes, index: int) -> FoldedPart | None:
+    try:
+        fold = pickle.loads(base64.b64decode(line[len(_FOLD_PREFIX) :], validate=True))
+    except (ValueError, pickle.UnpicklingError, EOFError, AttributeError, TypeError):
+        fold = None
+    if not isinstance(fold, FoldedPart):
+        log.warning("unreadable fold from a worker: reading its part instead", worker=index)
+        return None
+    return fold
+
+
 def _tally_message(tally: Tally) -> dict[str, Any]:
     return {"tally": _tally_row(tally), "failures": dict(tally.failures.most_common(5))}
 
@@ -522,12 +573,28 @@ def _companion(pipe: ParentPipe) -> Callable[[Dispatcher, Tally], Coroutine[Any,
     return accompany
 
 
+def worker_main() -> None:
+    """A child's entry point: be the worker its spec (the first line on stdin) describes."""
+    try:
+        pipe = ParentPipe(sys.stdin.fileno())
+        spec = orjson.loads(pipe.first_line())
+        options = spec["options"]
+        configure_logging(options["log_format"], options["log_level"])
+        exit_code = anyio.run(
+            serve_worker, spec, dict(os.environ), pipe, backend_options=backend_options()
+        )
+    except LauncherError as error:
+        sys.stderr.write(f"launcher: error: {error}\n")
+        sys.exit(error.exit_code)
+    sys.exit(exit_code)
+
+
 async def serve_worker(spec: Mapping[str, Any], env: Mapping[str, str], pipe: ParentPipe) -> int:
     """Be worker `spec["index"]` of a fleet (see the module docstring); return the exit code."""
     options = _options_from_json(spec["options"])
     manifest = str(spec["manifest"])
     index, count = int(spec["index"]), int(spec["count"])
-    structlog.contextvars.bind_contextvars(worker=f"{index}/{count}")  # on every log line
+    bind_log_context(worker=f"{index}/{count}")  # on every log line
     total, digest = spec["validation"]
     shard = parse_shard(options.shard) if options.shard else None
     plan = Plan(
@@ -549,11 +616,15 @@ async def serve_worker(spec: Mapping[str, Any], env: Mapping[str, str], pipe: Pa
         if word != b"go":  # worker 0 failed, or the parent went away: send nothing
             return EXIT_INTERRUPTED if word is None else 0
         async with connect(options, env) as connection:
-            ledger = Ledger(spec["part"], fsync=options.fsync)  # type: ignore[arg-type]
+            ledger, live = _part_ledger(str(spec["part"]), options, segment)
             try:
                 role = WorkerRole(index, count, str(spec["fleet"]), _companion(pipe))
-                return await dispatch(plan, options, connection, ledger, segment, role)
+                code = await dispatch(plan, options, connection, ledger, segment, role, live=live)
             finally:
                 ledger.close()
+        folded = live.part() if live is not None else None
+        if folded is not None:
+            _send_fold(folded)
+        return code
     finally:
         os.close(lock)

@@ -44,6 +44,7 @@ machine with more than one CPU, may be folded in parts by forked children
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import pickle
@@ -52,7 +53,7 @@ import sys
 import threading
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from pathlib import Path
@@ -65,6 +66,7 @@ from launcher.errors import UsageError
 from launcher.ledger import (
     MERGED_PREFIX,
     WORKERS_PREFIX,
+    Ledger,
     LedgerRead,
     missing_parts,
     part_paths,
@@ -74,12 +76,15 @@ from launcher.ledger import (
 __all__ = [
     "NOT_TAKEN",
     "PERMANENT",
+    "FoldedPart",
     "History",
     "JobExtras",
     "JobRecord",
     "JobState",
+    "LiveFold",
     "catch_up",
     "fold",
+    "fold_fleet",
     "job_key",
     "pack_state",
     "unpack_state",
@@ -477,6 +482,114 @@ def catch_up(history: History) -> History:
     return fold([LedgerRead(source.path) for source in sources], keep=history._keep)
 
 
+class LiveFold:
+    """The fold of a new ledger, made from the events its `Ledger` writes, not read back.
+
+    Reading back what a run wrote, for its summary, cost as much again as the
+    fold itself: ~5 µs a job of JSON decoding, on one core, after the last
+    answer. The writer's own event mappings (`Ledger(mirror=True)`) fold the
+    same way for half that, during the run: `take` folds what was written
+    since the last call. `history` gives the result, which is what `fold` of
+    the file gives, once it has checked that the file is the ledger's and
+    holds exactly what it wrote (else it folds the file, as before). Only for
+    a ledger that was empty when opened: earlier content was never mirrored.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        if not ledger.mirror_intact:
+            raise ValueError("LiveFold needs a Ledger made with mirror=True")
+        self.ledger = ledger
+        self._history = History()
+        self._source = _Source(str(ledger.path))
+        self._history._sources.append(self._source)
+        self._history.ledgers.append(self._source.path)
+        self._folder = _Folder(self._history)
+
+    def take(self) -> None:
+        """Fold the events the ledger recorded since the last call."""
+        events = self.ledger.take_events()
+        if events:
+            self._folder.events(events, 0, lines=False)
+            self._folder.number += len(events)  # one line each
+
+    def history(self) -> History:
+        """The ledger's fold, once its `Ledger` is closed: as `fold` of the file would give."""
+        end = self._written_tail()
+        if end is None:
+            return fold([LedgerRead(self._source.path)])
+        source = self._source
+        source.offset, source.lines, source.tail, source.identity = end
+        return self._history
+
+    def part(self) -> FoldedPart | None:
+        """For a fleet's parent, once the `Ledger` (a worker's part) is closed: the fold,
+        in the form `fold_fleet` merges; None if the file is not exactly what was written."""
+        end = self._written_tail()
+        if end is None:
+            return None
+        written, _, tail, _ = end
+        return _part_of(self._folder, _Tail(written, b"", True, tail[:-1]), 0)
+
+    def _written_tail(self) -> tuple[int, int, bytes, tuple[int, int]] | None:
+        """(bytes, lines, last bytes, file identity) of the ledger, if it is exactly what
+        was written and folded here; else None."""
+        ledger = self.ledger
+        self.take()
+        written = ledger.bytes_written
+        try:
+            with open(self._source.path, "rb") as handle:
+                info = os.fstat(handle.fileno())
+                handle.seek(max(0, written - 64))
+                tail = handle.read(64)
+        except OSError:
+            return None
+        identity = (info.st_dev, info.st_ino)
+        if (
+            ledger.mirror_intact
+            and ledger.start_size == 0
+            and identity == ledger.identity
+            and info.st_size == written
+            and tail.endswith(b"\n")
+        ):
+            return written, self._folder.number, tail, identity
+        return None
+
+
+def fold_fleet(path: str, bounds: Sequence[int], parts: Sequence[FoldedPart | None]) -> History:
+    """The fold of a fleet's merged ledger, taking its workers' folds of their parts.
+
+    `bounds` (from `finish_merge`) are where each part's copy starts in the
+    ledger, then where the `merged` record starts; `parts[i]` is worker i's
+    `LiveFold.part()`, or None. A part is merged as `fold(parallel=True)`
+    merges a forked child's: the result is the fold of the file in one pass.
+    A part that is missing or does not fit (its size is not its copy's, or
+    one of its jobs was known before it) is folded from the file instead.
+    """
+    history = History()
+    folder = _Folder(history)
+    source = _Source(path)
+    history._sources.append(source)
+    history.ledgers.append(path)
+    folder.path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            tail = folder.range(handle, 0, 0, bounds[0])
+            for n, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+                part = parts[n] if n < len(parts) else None
+                if part is not None and part.tail.position == hi - lo and folder.merge(0, part):
+                    tail = _Tail(hi, b"", False, part.tail.last)
+                else:
+                    tail = folder.range(handle, 0, lo, hi)
+            tail = folder.range(handle, 0, bounds[-1], None)
+    except OSError as error:
+        raise UsageError(f"{path}: cannot read the ledger: {error.strerror}") from None
+    folder.finish(source, tail, info, None)
+    if source.torn:
+        history.torn_tail.append(path)
+    return history
+
+
 @dataclass(slots=True)
 class _Source:
     """One ledger of a fold: its share of the counts, and where its fold may continue."""
@@ -520,8 +633,9 @@ class _Tail:
 
 
 @dataclass
-class _Part:
-    """A child's fold of one part of a file (see `_Folder.parallel`)."""
+class FoldedPart:
+    """A fold of one part of a ledger, to merge: a forked child's (see `_Folder.parallel`),
+    or a fleet worker's of its part file (see `fold_fleet`)."""
 
     tail: _Tail
     lines: int
@@ -548,7 +662,7 @@ class _Child:
     def __init__(self, pid: int, fd: int) -> None:
         self.pid, self.fd = pid, fd
 
-    def result(self) -> _Part | None:
+    def result(self) -> FoldedPart | None:
         """Its fold, or None if it failed (then the part is folded here)."""
         with open(self.fd, "rb") as pipe:
             self.fd = -1
@@ -558,7 +672,7 @@ class _Child:
         if status != 0 or not data:
             return None
         part = pickle.loads(data)  # our own child's bytes
-        return part if isinstance(part, _Part) else None
+        return part if isinstance(part, FoldedPart) else None
 
     def stop(self) -> None:
         """Kill it if it still runs (this process failed meanwhile), and reap it."""
@@ -572,7 +686,7 @@ class _Child:
             self.pid = 0
 
 
-def _fork(function: Callable[..., _Part], *args: Any) -> _Child:
+def _fork(function: Callable[..., FoldedPart], *args: Any) -> _Child:
     """Run `function(*args)` in a forked child; its result comes back pickled through a pipe."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -703,8 +817,12 @@ class _Folder:
                     tail = self.range(handle, ordinal, start, end)
         except OSError as error:
             raise UsageError(f"{path}: cannot read the ledger: {error.strerror}") from None
+        self.finish(source, tail, info, end)
+
+    def finish(self, source: _Source, tail: _Tail, info: os.stat_result, end: int | None) -> None:
+        """Note in `source` where reading its file stopped (missing parts: `UsageError`)."""
         if self.expected and end is None:
-            raise missing_parts(path, self.expected)
+            raise missing_parts(self.path, self.expected)
         source.torn = tail.at_end and bool(tail.carry.strip())
         source.offset = tail.position - len(tail.carry)
         source.lines = self.number
@@ -809,7 +927,7 @@ class _Folder:
                 child.stop()
         return tail
 
-    def part(self, ordinal: int, start: int, end: int | None, hint: int) -> _Part:
+    def part(self, ordinal: int, start: int, end: int | None, hint: int) -> FoldedPart:
         """In a child: fold the part from `start` to `end` (None: the end of the file)."""
         history = History()
         history.ledgers = list(self.history.ledgers)
@@ -820,28 +938,9 @@ class _Folder:
         folder.orphans = []
         with open(self.path, "rb") as handle:
             tail = folder.range(handle, ordinal, start, end)
-        table = history._states
-        return _Part(
-            tail=tail,
-            lines=folder.number,
-            bad_lines=folder.bad_lines,
-            fleet_ops=folder.fleet_ops,
-            orphans=folder.orphans,
-            keys=array("Q", compress(table.keys, table.values)),
-            states=array("Q", filter(None, table.values)),
-            labels=history._labels,
-            verdicts=history._verdicts,
-            times=history.intent_times,
-            latencies=history.latencies_us,
-            attempts=history.attempts,
-            first_t=history.first_t,
-            last_t=history.last_t,
-            jobs=history._sources[ordinal].jobs,
-            headers=history.headers,
-            footers=history.footers,
-        )
+        return _part_of(folder, tail, ordinal)
 
-    def merge(self, ordinal: int, part: _Part) -> bool:
+    def merge(self, ordinal: int, part: FoldedPart) -> bool:
         """Take a child's fold of the next part; False (nothing taken) if it cannot be exact."""
         history = self.history
         if len(part.verdicts) > len(_KNOWN_VERDICTS) or any(  # new verdicts: order matters
@@ -1084,6 +1183,31 @@ class _Folder:
             history._counts = None
         history.first_t, history.last_t = first_t, last_t
         history.attempts = attempts
+
+
+def _part_of(folder: _Folder, tail: _Tail, ordinal: int) -> FoldedPart:
+    """A fold of part of a ledger (`folder`'s, up to `tail`), as `_Folder.merge` takes it."""
+    history = folder.history
+    table = history._states
+    return FoldedPart(
+        tail=tail,
+        lines=folder.number,
+        bad_lines=folder.bad_lines,
+        fleet_ops=folder.fleet_ops,
+        orphans=folder.orphans or [],
+        keys=array("Q", compress(table.keys, table.values)),
+        states=array("Q", filter(None, table.values)),
+        labels=history._labels,
+        verdicts=history._verdicts,
+        times=history.intent_times,
+        latencies=history.latencies_us,
+        attempts=history.attempts,
+        first_t=history.first_t,
+        last_t=history.last_t,
+        jobs=history._sources[ordinal].jobs,
+        headers=history.headers,
+        footers=history.footers,
+    )
 
 
 def _settle(

@@ -77,24 +77,35 @@ class Ledger:
         *,
         fsync: FsyncPolicy = "batch",
         flush_interval: float = 0.005,
+        mirror: bool = False,
     ) -> None:
         self.path = Path(path)
         self._fsync = fsync
         self.flush_interval = flush_interval
         self._pending: list[bytes] = []
         self._dirty = False  # written since the last fsync
+        # With `mirror`, the events written, as mappings, until `take_events` (see there).
+        self._mirror: list[dict[str, Any]] | None = [] if mirror else None
+        self.mirror_intact = mirror  # every event taken or to take was written in full
+        self.bytes_written = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            info = os.fstat(self._fd)
         except OSError as error:
             raise UsageError(f"{self.path}: cannot open the ledger: {error.strerror}") from None
+        self.start_size = info.st_size  # what the file held before this run
+        self.identity = (info.st_dev, info.st_ino)  # the file written, should it be replaced
         self._closed = False
 
     # -- events ---------------------------------------------------------------
 
     def header(self, fields: Mapping[str, Any]) -> None:
         """Write the `run` header at once."""
-        self._pending.append(_line({"event": "run", "t": time.time(), **fields}))
+        line = _line({"event": "run", "t": time.time(), **fields})
+        self._pending.append(line)
+        if self._mirror is not None:
+            self._mirror.append(orjson.loads(line))  # as a reader will see it
         self.flush()
 
     def intent(self, job: Job, attempt: int, action: Action) -> None:
@@ -117,6 +128,8 @@ class Ledger:
             event["params"] = [[p.name, p.value, p.param_type] for p in job.params]
             event["line"] = job.line
         self._pending.append(_line(event))
+        if self._mirror is not None:
+            self._mirror.append(event)
         self.flush()
         if self._fsync == "always":
             self._sync()
@@ -152,6 +165,8 @@ class Ledger:
         if outcome is not None:
             event["outcome"] = outcome
         self._pending.append(_line(event))
+        if self._mirror is not None:
+            self._mirror.append(event)
         if len(self._pending) >= _RESULTS_PER_WRITE:
             self.flush()
 
@@ -181,12 +196,17 @@ class Ledger:
         if outcome is not None:
             event["outcome"] = outcome
         self._pending.append(_line(event))
+        if self._mirror is not None:
+            self._mirror.append(event)
         if len(self._pending) >= _RESULTS_PER_WRITE:
             self.flush()
 
     def footer(self, fields: Mapping[str, Any]) -> None:
         """Write the `end` footer and push everything to disk."""
-        self._pending.append(_line({"event": "end", "t": time.time(), **fields}))
+        line = _line({"event": "end", "t": time.time(), **fields})
+        self._pending.append(line)
+        if self._mirror is not None:
+            self._mirror.append(orjson.loads(line))
         self.flush()
         self._sync()
 
@@ -206,8 +226,25 @@ class Ledger:
                 while view:
                     view = view[os.write(self._fd, view) :]
         except OSError as error:
+            self.mirror_intact = False  # some events are not in the file
             raise LedgerFailed(f"{self.path}: cannot write the ledger: {error.strerror}") from None
+        self.bytes_written += len(data)
         self._dirty = True
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """The events recorded since the last call, as the mappings their lines encode.
+
+        Only with `mirror`. For a reader in this process that would otherwise read
+        the lines back (the end-of-run summary): the mappings hold what decoding
+        the lines gives (strings, numbers, None, lists, mappings; a verdict is a
+        `str` enum). They may run ahead of the file by the events not flushed
+        yet; `mirror_intact` turns False if a write fails.
+        """
+        taken = self._mirror
+        if taken is None:
+            raise RuntimeError("take_events needs a Ledger made with mirror=True")
+        self._mirror = []
+        return taken
 
     def _sync(self) -> None:
         if not self._dirty or self._closed:
@@ -426,7 +463,9 @@ def open_fleet(ledger: str | os.PathLike[str], record: Mapping[str, Any]) -> Unm
     return Unmerged(offset, {"event": "workers", **record}, parts)
 
 
-def finish_merge(ledger: str | os.PathLike[str], pending: Unmerged, *, wait: float = 0.0) -> None:
+def finish_merge(
+    ledger: str | os.PathLike[str], pending: Unmerged, *, wait: float = 0.0
+) -> list[int]:
     """Copy a fleet's parts into the ledger after its `workers` record, then delete them.
 
     Idempotent and crash-safe: the ledger is cut back to the record first
@@ -434,10 +473,12 @@ def finish_merge(ledger: str | os.PathLike[str], pending: Unmerged, *, wait: flo
     is appended, then the `merged` record; only once that is on disk are the
     parts removed. A part still locked by a live worker (one of a crashed
     parent, finishing its requests in flight) is waited for up to `wait`
-    seconds, then refused.
+    seconds, then refused. Returns where each part's copy starts in the ledger,
+    then where the `merged` record does.
     """
     path = Path(ledger)
     locks: list[int] = []
+    bounds: list[int] = []
     try:
         for part in pending.parts:
             fd = os.open(part, os.O_RDONLY)
@@ -447,7 +488,9 @@ def finish_merge(ledger: str | os.PathLike[str], pending: Unmerged, *, wait: flo
             out.truncate(pending.offset)
             out.seek(pending.offset)
             for fd in locks:
+                bounds.append(out.tell())
                 _copy_complete_lines(fd, out)
+            bounds.append(out.tell())
             fleet = pending.record.get("fleet")
             out.write(_line({"event": "merged", "fleet": fleet, "t": time.time()}))
             out.flush()
@@ -459,6 +502,7 @@ def finish_merge(ledger: str | os.PathLike[str], pending: Unmerged, *, wait: flo
     finally:
         for fd in locks:
             os.close(fd)
+    return bounds
 
 
 def _lock_within(fd: int, part: Path, wait: float) -> None:
