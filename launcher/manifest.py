@@ -99,7 +99,7 @@ from launcher.manifest_rules import (
     _quote,
 )
 from launcher.manifest_types import Defaults, Problem, _Record
-from launcher.models import Job, JobParam, job_identity
+from launcher.models import Job, JobParam
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -252,14 +252,20 @@ def iter_jobs(
     in between: the iterator raises at that line instead of skipping it. Opening
     happens now, so a missing file raises `UsageError` before the first job.
     """
-    return _only_jobs(scan(path, defaults, fmt=fmt, lines=lines))
+    kind = _resolve_format(path, fmt)
+    _check_defaults(defaults)
+    return _only_jobs(_open(path), str(path), kind, defaults, lines)
 
 
-def _only_jobs(items: Iterator[Job | Problem]) -> Iterator[Job]:
-    for item in items:
-        if isinstance(item, Problem):
-            raise ManifestInvalid([str(item)], 1)
-        yield item
+def _only_jobs(
+    f: IO[bytes], path: str, kind: Format, defaults: Defaults, lines: tuple[int, int] | None
+) -> Iterator[Job]:
+    # `_scan_jobs` without the Problems: one generator less per job on the send path.
+    with f:
+        for item in _records(f, path, kind, defaults, lines):
+            if type(item) is not tuple:
+                raise ManifestInvalid([str(item)], 1)
+            yield _job(item)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -297,11 +303,17 @@ def _scan_jobs(
     f: IO[bytes], path: str, kind: Format, defaults: Defaults, lines: tuple[int, int] | None
 ) -> Iterator[Job | Problem]:
     with f:
-        items = _scan(f, path, kind, defaults, None, lines)
-        if lines is not None and kind != "jsonl":  # CSV and YAML: filter parsed records
-            items = _share_of(items, *lines)
-        for item in items:
+        for item in _records(f, path, kind, defaults, lines):
             yield _job(item) if isinstance(item, tuple) else item
+
+
+def _records(
+    f: IO[bytes], path: str, kind: Format, defaults: Defaults, lines: tuple[int, int] | None
+) -> Iterator[_Record | Problem]:
+    items = _scan(f, path, kind, defaults, None, lines)
+    if lines is not None and kind != "jsonl":  # CSV and YAML: filter parsed records
+        items = _share_of(items, *lines)
+    return items
 
 
 def _share_of(
@@ -318,16 +330,16 @@ def _share_of(
 
 def _job(record: _Record) -> Job:
     name, raw_params, workspace, project_id, jid, action, line = record
-    params = tuple(JobParam(n, v, t) for n, v, t in raw_params)
-    return Job(
-        id=jid or job_identity(project_id, workspace, name, params),
-        name=name,
-        params=params,
-        workspace=workspace,
-        project_id=project_id,
-        line=line,
-        action=action,
-    )
+    if jid is None:
+        # `job_identity`, from the checker's (name, value, type) tuples: the same JSON
+        # as its canonical form, without making the JobParams first.
+        jid = _sha256(_dumps((project_id, workspace, name, raw_params))).hexdigest()[:32]
+    return Job(jid, name, tuple(map(_make_param, raw_params)), workspace, project_id, line, action)
+
+
+_sha256 = hashlib.sha256
+_dumps = orjson.dumps
+_make_param = JobParam._make
 
 
 def _scan(

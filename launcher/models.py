@@ -8,9 +8,8 @@ share one identity.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import orjson
 
@@ -20,8 +19,12 @@ Action = Literal["start", "stop", "run-immediate"]
 ACTIONS: tuple[Action, ...] = ("start", "stop", "run-immediate")
 
 
-@dataclass(frozen=True, slots=True)
-class JobParam:
+# The records made per job and per attempt are named tuples, not frozen dataclasses:
+# as immutable, and built ~5x faster (a frozen dataclass's __init__ goes through
+# object.__setattr__ once per field: ~4.6 µs for a Job, ~1 µs as a named tuple).
+
+
+class JobParam(NamedTuple):
     """One entry of the request body's `jobParams` list."""
 
     name: str
@@ -29,8 +32,7 @@ class JobParam:
     param_type: str | None = None  # "variable" | "constants" | None (service default)
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
+class Job(NamedTuple):
     """One job to launch, fully resolved.
 
     `id` is the manifest's `id` when given, else `job_identity(...)`; resume,
@@ -78,8 +80,7 @@ class Failure(StrEnum):
     DISCONNECT = "disconnect"
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """What one attempt got back: an HTTP answer, or a transport failure."""
 
     status: int | None  # None when no HTTP answer was read
@@ -92,8 +93,7 @@ class Reply:
     instance_id: int | None = None  # run-immediate's answer
 
 
-@dataclass(frozen=True, slots=True)
-class JobStatus:
+class JobStatus(NamedTuple):
     """The job list's view of one job, used to settle ambiguous attempts.
 
     `state` is `SCHEDULING`, `STOPPED` or `PAUSED` when the list named the job;

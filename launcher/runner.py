@@ -294,10 +294,13 @@ class Segment:
 
     def to_send(self, jobs: Iterable[Job], retry_failed: bool) -> Iterator[Job]:
         """The manifest's jobs this segment handles (all of them, for a first segment)."""
+        if self.history is None:
+            return iter(jobs)  # as is: no generator in between on the send path
+        return self._unsettled(jobs, retry_failed)
+
+    def _unsettled(self, jobs: Iterable[Job], retry_failed: bool) -> Iterator[Job]:
         history = self.history
-        if history is None:
-            yield from jobs
-            return
+        assert history is not None
         if self.nothing_left:
             # No need to read the manifest. `jobs` has opened it already: start
             # it and close it, so the file is closed now rather than by the

@@ -27,6 +27,7 @@ from launcher.manifest import (
     scan,
     validate,
 )
+from launcher.manifest import _job as _job  # the send pass's record -> Job
 from launcher.models import ACTIONS, Job, JobParam, job_identity
 
 # --- helpers ------------------------------------------------------------------
@@ -1182,3 +1183,31 @@ def test_dedupe_memory_stays_small() -> None:
         if n % 20_000 == 0:
             size = table.keys.itemsize * len(table.keys) + table.lines.itemsize * len(table.lines)
             assert size <= 48 * n
+
+
+TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
+
+
+@settings(max_examples=200)
+@given(
+    name=TEXT,
+    params=st.lists(st.tuples(TEXT, TEXT, st.sampled_from([None, "variable", "constants"]))),
+    workspace=st.none() | TEXT,
+    project_id=st.none() | TEXT,
+    jid=st.none() | TEXT.filter(bool),
+)
+def test_a_record_becomes_the_job_with_its_identity(
+    name: str,
+    params: list[tuple[str, str, str | None]],
+    workspace: str | None,
+    project_id: str | None,
+    jid: str | None,
+) -> None:
+    """The send pass hashes the checker's tuples: the identity must stay `job_identity`'s."""
+    job = _job((name, params, workspace, project_id, jid, None, 7))
+    job_params = tuple(JobParam(*param) for param in params)
+    assert job == Job(
+        jid or job_identity(project_id, workspace, name, job_params),
+        name, job_params, workspace, project_id, 7, None,
+    )  # fmt: skip
+    assert all(type(param) is JobParam for param in job.params)
