@@ -31,11 +31,9 @@ If the parent dies, the workers see their stdin close and stop as on SIGTERM.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import math
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -217,7 +215,6 @@ class _Child:
     tally: list[int]
     failures: Counter[str]
     code: int | None = None
-    fold: FoldedPart | None = None  # its fold of its part, sent when it is done
 
 
 class _Fleet:
@@ -334,9 +331,6 @@ class _Fleet:
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
-                if line.startswith(_FOLD_PREFIX):
-                    child.fold = _read_fold(line, child.index)
-                    continue
                 try:
                     message = orjson.loads(line)
                     child.tally = list(message["tally"])
@@ -379,7 +373,7 @@ class _Fleet:
                             0, self.count, self.fleet, self.accompany, on_signal=self.forward
                         )
                         lock = lock_part(local_part)
-                        ledger, live = _part_ledger(local_part, local_options, self.segment)
+                        ledger, live = _local_part_ledger(local_part, local_options, self.segment)
                         try:
                             local_code = await dispatch(
                                 plan, local_options, connection, ledger, self.segment, role,
@@ -405,9 +399,8 @@ class _Fleet:
         history = self.segment.history
         if history is not None:
             history = catch_up(history)
-        else:  # the workers folded their parts as they wrote them: merge those folds
-            folds = [self.local_fold, *(child.fold for child in self.children)]
-            history = fold_fleet(self.ledger_path, bounds, folds)
+        else:  # worker 0 folded its part as it wrote it: only the others' are read
+            history = fold_fleet(self.ledger_path, bounds, [self.local_fold])
         summary = summary_of(history)
         codes = [local_code if local_code is not None else 1]
         codes += [child.code if child.code is not None else 1 for child in self.children]
@@ -503,42 +496,18 @@ def _tell_parent(message: Mapping[str, Any]) -> None:
         os.write(1, orjson.dumps(message, option=orjson.OPT_APPEND_NEWLINE))
 
 
-def _part_ledger(
+def _local_part_ledger(
     path: str, options: RunOptions, segment: Segment
 ) -> tuple[Ledger, LiveFold | None]:
-    """A worker's part ledger, and for a new run its fold as it is written (`fold_fleet`).
+    """Worker 0's part ledger, and for a new run its fold as it is written.
 
-    A resumed run's workers do not fold: their parts continue a history the
-    parent folds on from the ledger (`catch_up`).
+    Only worker 0's part is folded so: it runs in the parent, and fold keys
+    are string hashes of this process's seed. The other parts are read when
+    the parent folds the merged ledger (`fold_fleet`).
     """
     fresh = segment.history is None
     ledger = Ledger(path, fsync=options.fsync, mirror=fresh)  # type: ignore[arg-type]
     return ledger, LiveFold(ledger) if fresh else None
-
-
-# A child's last line to its parent: its fold, pickled, in base64 (no newline in it).
-# Pickle, because the fold is arrays and tables that JSON would copy slowly; it
-# comes from a process this one started, over a pipe only the two of them hold.
-_FOLD_PREFIX = b"F"
-
-
-def _send_fold(fold: FoldedPart) -> None:
-    data = _FOLD_PREFIX + base64.b64encode(pickle.dumps(fold, pickle.HIGHEST_PROTOCOL)) + b"\n"
-    view = memoryview(data)
-    with contextlib.suppress(OSError):  # the parent is gone: it needs no fold
-        while view:
-            view = view[os.write(1, view) :]
-
-
-def _read_fold(line: bytes, index: int) -> FoldedPart | None:
-    try:
-        fold = pickle.loads(base64.b64decode(line[len(_FOLD_PREFIX) :], validate=True))
-    except (ValueError, pickle.UnpicklingError, EOFError, AttributeError, TypeError):
-        fold = None
-    if not isinstance(fold, FoldedPart):
-        log.warning("unreadable fold from a worker: reading its part instead", worker=index)
-        return None
-    return fold
 
 
 def _tally_message(tally: Tally) -> dict[str, Any]:
@@ -616,15 +585,11 @@ async def serve_worker(spec: Mapping[str, Any], env: Mapping[str, str], pipe: Pa
         if word != b"go":  # worker 0 failed, or the parent went away: send nothing
             return EXIT_INTERRUPTED if word is None else 0
         async with connect(options, env) as connection:
-            ledger, live = _part_ledger(str(spec["part"]), options, segment)
+            ledger = Ledger(spec["part"], fsync=options.fsync)  # type: ignore[arg-type]
             try:
                 role = WorkerRole(index, count, str(spec["fleet"]), _companion(pipe))
-                code = await dispatch(plan, options, connection, ledger, segment, role, live=live)
+                return await dispatch(plan, options, connection, ledger, segment, role)
             finally:
                 ledger.close()
-        folded = live.part() if live is not None else None
-        if folded is not None:
-            _send_fold(folded)
-        return code
     finally:
         os.close(lock)

@@ -560,10 +560,12 @@ def fold_fleet(path: str, bounds: Sequence[int], parts: Sequence[FoldedPart | No
 
     `bounds` (from `finish_merge`) are where each part's copy starts in the
     ledger, then where the `merged` record starts; `parts[i]` is worker i's
-    `LiveFold.part()`, or None. A part is merged as `fold(parallel=True)`
-    merges a forked child's: the result is the fold of the file in one pass.
-    A part that is missing or does not fit (its size is not its copy's, or
-    one of its jobs was known before it) is folded from the file instead.
+    `LiveFold.part()`, or None (or absent). A part is merged as
+    `fold(parallel=True)` merges a forked child's: the result is the fold of
+    the file in one pass. A part that is missing or does not fit (its size is
+    not its copy's, or one of its jobs was known before it) is folded from
+    the file instead. Parts must be folds made in this process: their keys
+    are its string hashes (a worker process has another hash seed).
     """
     history = History()
     folder = _Folder(history)

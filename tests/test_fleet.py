@@ -287,6 +287,8 @@ async def test_two_workers_start_every_job_once_into_one_ledger(tmp_path: Path) 
     assert report["jobs"] == count
     assert report["outcomes"] == {"started": count, "failed": 0, "unknown": 0, "pending": 0}
     assert f"started   {count}" in done.stdout  # the parent prints the whole run's summary
+    # ... made from worker 0's fold and the other parts, as reading the ledger makes it.
+    assert done.stdout == (await launcher("report", str(ledger))).stdout
 
 
 @pytest_anyio
