@@ -279,14 +279,16 @@ def report(ledgers: tuple[str, ...], fmt: str, outcome: str | None) -> None:
 
     Works on a ledger a running launcher is still writing.
     """
-    from launcher.history import fold
+    from launcher.history import fold, load_fold
     from launcher.replay import parse_only
     from launcher.report import format_rows, job_rows, summary_of, to_json, write_csv
 
     try:
         outcomes = parse_only(outcome) if outcome else None
         per_job = fmt == "csv" or outcomes is not None
-        history = fold(
+        # A finished run's counts are in its snapshot, while that still describes it.
+        saved = load_fold(ledgers[0]) if len(ledgers) == 1 and not per_job else None
+        history = saved or fold(
             (read_ledger(path) for path in ledgers),
             keep=frozenset({"details"}) if per_job else frozenset(),
         )

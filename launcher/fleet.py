@@ -53,7 +53,15 @@ from launcher.config import RunOptions
 from launcher.connect import connect
 from launcher.dispatch import Dispatcher, Tally
 from launcher.errors import LauncherError
-from launcher.history import FoldedPart, LiveFold, catch_up, fold, fold_fleet
+from launcher.history import (
+    CountedPart,
+    FoldedPart,
+    LiveFold,
+    catch_up,
+    fold,
+    fold_fleet,
+    save_fold,
+)
 from launcher.ledger import (
     Ledger,
     finish_merge,
@@ -215,6 +223,7 @@ class _Child:
     tally: list[int]
     failures: Counter[str]
     code: int | None = None
+    counts: CountedPart | None = None  # its fold of its part, sent when it is done
 
 
 class _Fleet:
@@ -243,6 +252,13 @@ class _Fleet:
         self.interrupted = False
         self.released = False
         self.local_fold: FoldedPart | None = None  # worker 0's fold of its part
+        # A new run with no two jobs sharing an id: the other workers fold their
+        # parts too, and send the counts (their keys would not match ours).
+        self.count_parts = (
+            segment.history is None
+            and not options.allow_duplicates
+            and plan.validation.given_ids == 0
+        )
 
     def sum_tallies(self) -> None:
         rows = [child.tally for child in self.children]
@@ -308,6 +324,7 @@ class _Fleet:
             "ledger": self.ledger_path,
             "part": str(self.folder / self.names[index]),
             "history_end": history_end,
+            "fold": self.count_parts,
         }
         process = await anyio.open_process(
             [sys.executable, "-P", "-c", _CHILD_BOOT, _PACKAGE_ROOT],
@@ -331,6 +348,9 @@ class _Fleet:
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
+                if line.startswith(_COUNTS_PREFIX):
+                    child.counts = _read_counts(line, child.index)
+                    continue
                 try:
                     message = orjson.loads(line)
                     child.tally = list(message["tally"])
@@ -399,8 +419,10 @@ class _Fleet:
         history = self.segment.history
         if history is not None:
             history = catch_up(history)
-        else:  # worker 0 folded its part as it wrote it: only the others' are read
-            history = fold_fleet(self.ledger_path, bounds, [self.local_fold])
+        else:  # the workers folded their parts as they wrote them
+            counts = {child.index: child.counts for child in self.children}
+            parts = [self.local_fold, *(counts.get(index) for index in range(1, self.count))]
+            history = fold_fleet(self.ledger_path, bounds, parts, disjoint=self.count_parts)
         summary = summary_of(history)
         codes = [local_code if local_code is not None else 1]
         codes += [child.code if child.code is not None else 1 for child in self.children]
@@ -408,6 +430,7 @@ class _Fleet:
         exit_code = fleet_exit_code(codes, self.interrupted, all_started)
         out.write(format_text(summary) + "\n")
         out.flush()
+        save_fold(history)  # for the next --resume or report of this ledger
         log.info("workers finished", exit_codes=codes, exit_code=exit_code)
         return RunResult(exit_code, summary, self.ledger_path)
 
@@ -510,6 +533,25 @@ def _local_part_ledger(
     return ledger, LiveFold(ledger) if fresh else None
 
 
+# A child's last line to its parent: the counts of its part (`CountedPart`), as JSON.
+_COUNTS_PREFIX = b"C"
+
+
+def _send_counts(counts: CountedPart) -> None:
+    view = memoryview(_COUNTS_PREFIX + counts.to_json() + b"\n")
+    with contextlib.suppress(OSError):  # the parent is gone: it needs no counts
+        while view:
+            view = view[os.write(1, view) :]
+
+
+def _read_counts(line: bytes, index: int) -> CountedPart | None:
+    try:
+        return CountedPart.from_json(line[len(_COUNTS_PREFIX) :])
+    except (ValueError, KeyError, TypeError):  # (JSON and base64 errors are ValueErrors)
+        log.warning("unreadable counts from a worker: reading its part instead", worker=index)
+        return None
+
+
 def _tally_message(tally: Tally) -> dict[str, Any]:
     return {"tally": _tally_row(tally), "failures": dict(tally.failures.most_common(5))}
 
@@ -585,11 +627,17 @@ async def serve_worker(spec: Mapping[str, Any], env: Mapping[str, str], pipe: Pa
         if word != b"go":  # worker 0 failed, or the parent went away: send nothing
             return EXIT_INTERRUPTED if word is None else 0
         async with connect(options, env) as connection:
-            ledger = Ledger(spec["part"], fsync=options.fsync)  # type: ignore[arg-type]
+            folds = bool(spec.get("fold"))
+            ledger = Ledger(spec["part"], fsync=options.fsync, mirror=folds)  # type: ignore[arg-type]
+            live = LiveFold(ledger) if folds else None
             try:
                 role = WorkerRole(index, count, str(spec["fleet"]), _companion(pipe))
-                return await dispatch(plan, options, connection, ledger, segment, role)
+                code = await dispatch(plan, options, connection, ledger, segment, role, live=live)
             finally:
                 ledger.close()
+        counts = live.counts() if live is not None else None
+        if counts is not None:
+            _send_counts(counts)
+        return code
     finally:
         os.close(lock)

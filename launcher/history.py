@@ -43,6 +43,7 @@ machine with more than one CPU, may be folded in parts by forked children
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import math
@@ -76,6 +77,8 @@ from launcher.ledger import (
 __all__ = [
     "NOT_TAKEN",
     "PERMANENT",
+    "SNAPSHOT_SUFFIX",
+    "CountedPart",
     "FoldedPart",
     "History",
     "JobExtras",
@@ -86,7 +89,10 @@ __all__ = [
     "fold",
     "fold_fleet",
     "job_key",
+    "load_fold",
     "pack_state",
+    "save_fold",
+    "snapshot_path",
     "unpack_state",
 ]
 
@@ -262,6 +268,7 @@ class History:
     """Everything the ledgers say, folded."""
 
     __slots__ = (
+        "_counted",
         "_counts",
         "_keep",
         "_label_index",
@@ -303,6 +310,9 @@ class History:
         self.extras: dict[str, JobExtras] | None = {} if keep else None
         self._keep = keep
         self._counts: Counter[int] | None = None  # states by count, for `groups`
+        # Jobs only counted, not kept (a snapshot's, or fleet workers' counts merged):
+        # their states by count. A fold with any cannot look up a job (see `counted_only`).
+        self._counted: Counter[int] | None = None
         self._sources: list[_Source] = []  # per ledger, in `ledgers` order
         self._states = CompactMap()
         self._labels: list[tuple[str | None, str | None]] = [(None, None)]
@@ -322,18 +332,32 @@ class History:
     @property
     def job_count(self) -> int:
         """How many distinct jobs the ledgers mention."""
-        return len(self._states)
+        counted = self._counted
+        return len(self._states) + (sum(counted.values()) if counted else 0)
+
+    @property
+    def counted_only(self) -> bool:
+        """Whether some jobs are counted but not kept: then counts and summaries are
+        exact, and looking up a job (`record`, `state`, `in`, `items`) raises."""
+        return self._counted is not None
+
+    def _keys_needed(self) -> None:
+        if self._counted is not None:
+            raise RuntimeError("this fold counted jobs without keeping them: fold the ledger")
 
     def __contains__(self, job_id: object) -> bool:
+        self._keys_needed()
         return isinstance(job_id, str) and job_key(job_id) in self._states
 
     def state(self, job_id: str) -> int:
         """The job's packed state (see `unpack_state`), 0 if the ledgers never mention it."""
+        self._keys_needed()
         value = self._states.get(job_key(job_id))
         return value or 0
 
     def record(self, job_id: str) -> JobRecord | None:
         """The job as the ledgers leave it, or None if they never mention it."""
+        self._keys_needed()
         key = job_key(job_id)
         packed = self._states.get(key, 0)
         if not packed:
@@ -369,6 +393,8 @@ class History:
         counts = self._counts
         if counts is None:  # one C-level pass over the table (0: an empty slot)
             counts = self._counts = Counter(filter(None, self._states.values))
+            if self._counted:
+                counts.update(self._counted)
         for packed, count in counts.items():
             yield self.decode(packed), count
 
@@ -381,6 +407,7 @@ class History:
         extras = self.extras
         if extras is None:
             raise ValueError("job ids are kept only by fold(..., keep={'details'|'descriptions'})")
+        self._keys_needed()
         states = self._states
         for job_id, extra in extras.items():
             key = job_key(job_id)
@@ -474,8 +501,8 @@ def catch_up(history: History) -> History:
         try:
             for ordinal, source in enumerate(sources):
                 folder.file(source, ordinal, None)
-        except _Unmerged:
-            pass  # worker parts appeared: `history` is half updated, fold anew
+        except (_Unmerged, _CountedOnly):
+            pass  # worker parts appeared, or jobs that `history` cannot keep: fold anew
         else:
             history.torn_tail = [source.path for source in sources if source.torn]
             return history
@@ -530,6 +557,29 @@ class LiveFold:
         written, _, tail, _ = end
         return _part_of(self._folder, _Tail(written, b"", True, tail[:-1]), 0)
 
+    def counts(self) -> CountedPart | None:
+        """For a fleet's parent, once the `Ledger` (a worker's part) is closed: the fold
+        as counts (see `CountedPart`); None if the file is not exactly what was written."""
+        end = self._written_tail()
+        if end is None:
+            return None
+        history = self._history
+        counts = Counter(filter(None, history._states.values))
+        return CountedPart(
+            size=end[0],
+            lines=end[1],
+            counts=list(counts.items()),
+            labels=history._labels,
+            verdicts=history._verdicts,
+            latencies=history.latencies_us,
+            attempts=history.attempts,
+            first_t=history.first_t,
+            last_t=history.last_t,
+            jobs=self._source.jobs,
+            headers=history.headers,
+            footers=history.footers,
+        )
+
     def _written_tail(self) -> tuple[int, int, bytes, tuple[int, int]] | None:
         """(bytes, lines, last bytes, file identity) of the ledger, if it is exactly what
         was written and folded here; else None."""
@@ -555,17 +605,128 @@ class LiveFold:
         return None
 
 
-def fold_fleet(path: str, bounds: Sequence[int], parts: Sequence[FoldedPart | None]) -> History:
+# -- snapshots: a finished ledger's counts, kept beside it -------------------------------
+#
+# A resume of a finished 300,000-job run spent ~1.5 s folding 100 MB of JSON that
+# the end of that run had just folded. The end of a run now saves its fold's
+# counts beside the ledger (`<ledger>.fold`: a JSON line, then the latencies'
+# raw bytes). Counts, not jobs: fold keys are per-process string hashes, and
+# ids for every job would make the snapshot as slow to read as the ledger.
+# Counts are all a summary needs, and all a resume needs when nothing is left
+# to send; a resume that has jobs to send folds the ledger. A snapshot is
+# used only while the ledger is exactly the file it describes (same file,
+# same size, same last bytes); it is a cache: without it, only time changes.
+
+SNAPSHOT_SUFFIX = ".fold"
+_SNAPSHOT_VERSION = 1
+
+
+def snapshot_path(ledger: str | os.PathLike[str]) -> Path:
+    """Where the snapshot of `ledger`'s fold is kept."""
+    return Path(f"{os.fspath(ledger)}{SNAPSHOT_SUFFIX}")
+
+
+def save_fold(history: History) -> bool:
+    """Save the counts of `history`, the fold of one whole ledger, beside it; True if saved.
+
+    Written to a temporary file then renamed: a reader finds a whole snapshot
+    or none. Nothing is saved for several ledgers, a torn one, or a fold that
+    keeps per-job extras.
+    """
+    if len(history._sources) != 1 or history.extras is not None:
+        return False
+    source = history._sources[0]
+    if source.offset < 0 or source.torn:
+        return False
+    counts = Counter(filter(None, history._states.values))
+    counts.update(history._counted or {})
+    head = {
+        "snapshot": _SNAPSHOT_VERSION,
+        "byteorder": sys.byteorder,  # of the latencies' bytes
+        "source": [source.jobs, source.offset, source.lines, source.identity, source.tail.hex()],
+        "counts": list(counts.items()),
+        "labels": history._labels,
+        "verdicts": history._verdicts,
+        "latencies": len(history.latencies_us),
+        "attempts": history.attempts,
+        "declared_jobs": history.declared_jobs,
+        "t": [history.first_t, history.last_t] if history.first_t <= history.last_t else None,
+        "headers": history.headers,
+        "footers": history.footers,
+        "overlap_examples": history.overlap_examples,
+    }
+    target = snapshot_path(source.path)
+    temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as out:
+            out.write(orjson.dumps(head, option=orjson.OPT_APPEND_NEWLINE))
+            history.latencies_us.tofile(out)
+        os.replace(temporary, target)
+    except (OSError, TypeError):  # TypeError: a header orjson cannot write; no snapshot then
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        return False
+    return True
+
+
+def load_fold(ledger: str | os.PathLike[str]) -> History | None:
+    """The saved counts of `ledger`'s fold (`History.counted_only`), if the snapshot still
+    describes the file exactly; else None."""
+    path = os.fspath(ledger)
+    history = History()
+    try:
+        with open(snapshot_path(path), "rb") as handle:
+            head = orjson.loads(handle.readline())
+            if head["snapshot"] != _SNAPSHOT_VERSION or head["byteorder"] != sys.byteorder:
+                return None
+            history.latencies_us.fromfile(handle, head["latencies"])
+            if handle.read(1):
+                return None
+        jobs, offset, lines, (device, inode), tail = head["source"]
+        source = _Source(path, jobs, False, offset, lines, (device, inode), bytes.fromhex(tail))
+        if not _extends(source) or os.stat(path).st_size != offset:
+            return None  # not this ledger, or not all of it
+        history._counted = Counter({int(state): int(n) for state, n in head["counts"]})
+        history._labels = [(workspace, failure) for workspace, failure in head["labels"]]
+        history._verdicts = [str(verdict) for verdict in head["verdicts"]]
+        history.attempts, history.declared_jobs = int(head["attempts"]), int(head["declared_jobs"])
+        if head["t"] is not None:
+            history.first_t, history.last_t = float(head["t"][0]), float(head["t"][1])
+        history.headers, history.footers = list(head["headers"]), list(head["footers"])
+        history.overlap_examples = list(head["overlap_examples"])
+    except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError):
+        return None  # (orjson.JSONDecodeError is a ValueError)
+    history._label_index = {pair: n for n, pair in enumerate(history._labels)}
+    history._verdict_index = {verdict: n for n, verdict in enumerate(history._verdicts)}
+    history._sources = [source]
+    history.ledgers = [path]
+    return history
+
+
+def fold_fleet(
+    path: str,
+    bounds: Sequence[int],
+    parts: Sequence[FoldedPart | CountedPart | None],
+    *,
+    disjoint: bool = False,
+) -> History:
     """The fold of a fleet's merged ledger, taking its workers' folds of their parts.
 
     `bounds` (from `finish_merge`) are where each part's copy starts in the
     ledger, then where the `merged` record starts; `parts[i]` is worker i's
-    `LiveFold.part()`, or None (or absent). A part is merged as
-    `fold(parallel=True)` merges a forked child's: the result is the fold of
-    the file in one pass. A part that is missing or does not fit (its size is
-    not its copy's, or one of its jobs was known before it) is folded from
-    the file instead. Parts must be folds made in this process: their keys
-    are its string hashes (a worker process has another hash seed).
+    fold of its part, or None (or absent): a part whose fold is missing or
+    does not fit (its size is not its copy's) is folded from the file.
+
+    - A `FoldedPart` (`LiveFold.part()`, made in this process: its keys are
+      this process's string hashes) is merged as `fold(parallel=True)` merges
+      a forked child's, unless one of its jobs was met before it.
+    - A `CountedPart` (`LiveFold.counts()`, from any process) is merged as
+      counts, only when `disjoint` says that no job is in two parts (a new
+      run of a manifest validated without duplicates or given ids) and the
+      ledger held no job before the parts. The fold then counts those jobs
+      without keeping them (`History.counted_only`).
+
+    Either way the summary is that of folding the file in one pass.
     """
     history = History()
     folder = _Folder(history)
@@ -573,17 +734,26 @@ def fold_fleet(path: str, bounds: Sequence[int], parts: Sequence[FoldedPart | No
     history._sources.append(source)
     history.ledgers.append(path)
     folder.path = Path(path)
+    folder.disjoint = disjoint
     try:
         with open(path, "rb") as handle:
             info = os.fstat(handle.fileno())
-            tail = folder.range(handle, 0, 0, bounds[0])
+            folder.range(handle, 0, 0, bounds[0])
+            counts_fit = disjoint and history.job_count == 0
             for n, (lo, hi) in enumerate(itertools.pairwise(bounds)):
                 part = parts[n] if n < len(parts) else None
-                if part is not None and part.tail.position == hi - lo and folder.merge(0, part):
-                    tail = _Tail(hi, b"", False, part.tail.last)
+                if isinstance(part, FoldedPart):
+                    merged = part.tail.position == hi - lo and folder.merge(0, part)
                 else:
-                    tail = folder.range(handle, 0, lo, hi)
-            tail = folder.range(handle, 0, bounds[-1], None)
+                    merged = (
+                        part is not None
+                        and counts_fit
+                        and part.size == hi - lo
+                        and folder.merge_counts(0, part)
+                    )
+                if not merged:
+                    folder.range(handle, 0, lo, hi)
+            tail = folder.range(handle, 0, bounds[-1], None)  # the `merged` record, and on
     except OSError as error:
         raise UsageError(f"{path}: cannot read the ledger: {error.strerror}") from None
     folder.finish(source, tail, info, None)
@@ -624,6 +794,10 @@ class _Unmerged(Exception):
     """A `workers` record names parts that still exist: only `LedgerRead` follows them."""
 
 
+class _CountedOnly(Exception):
+    """A job's event for a fold that keeps no jobs: only a fold of the ledger can take it."""
+
+
 @dataclass(slots=True)
 class _Tail:
     """Where reading a file stopped."""
@@ -656,6 +830,51 @@ class FoldedPart:
     jobs: int
     headers: list[dict[str, Any]] = field(default_factory=list)
     footers: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class CountedPart:
+    """A part of a ledger folded to counts: its jobs' states by count, not the jobs.
+
+    What a fleet worker hands its parent (see `fold_fleet`), as JSON: a
+    worker's fold keys are string hashes of its own process's seed, which the
+    parent's cannot match, but counts travel. Merged as counts only where no
+    job of the part can be anywhere else in the ledger.
+    """
+
+    size: int  # bytes of the part file folded: all of it
+    lines: int
+    counts: list[tuple[int, int]]  # (packed state, jobs in it)
+    labels: list[tuple[str | None, str | None]]
+    verdicts: list[str]
+    latencies: array[int]
+    attempts: int
+    first_t: float
+    last_t: float
+    jobs: int  # the most jobs its `run` headers announce
+    headers: list[dict[str, Any]]
+    footers: list[dict[str, Any]]
+
+    def to_json(self) -> bytes:
+        """One line of JSON (the latencies as base64 of their bytes)."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        fields["latencies"] = base64.b64encode(self.latencies.tobytes()).decode()
+        fields["t"] = [self.first_t, self.last_t] if self.first_t <= self.last_t else None
+        del fields["first_t"], fields["last_t"]
+        return orjson.dumps(fields)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> CountedPart:
+        """The part `to_json` wrote (ValueError, KeyError or TypeError if it is not one)."""
+        fields = orjson.loads(data)
+        latencies = array("q")
+        latencies.frombytes(base64.b64decode(fields.pop("latencies"), validate=True))
+        times = fields.pop("t")
+        first_t, last_t = times if times is not None else (math.inf, -math.inf)
+        part = cls(latencies=latencies, first_t=first_t, last_t=last_t, **fields)
+        part.counts = [(int(state), int(n)) for state, n in part.counts]
+        part.labels = [(workspace, failure) for workspace, failure in part.labels]
+        return part
 
 
 class _Child:
@@ -749,6 +968,7 @@ class _Folder:
         "bad_lines",
         "descriptions",
         "details",
+        "disjoint",
         "expected",
         "fleet_ops",
         "history",
@@ -766,6 +986,8 @@ class _Folder:
         self.descriptions = "descriptions" in history._keep
         self.details = "details" in history._keep
         self.plain_labels: dict[Any, int] = {}  # workspace -> the label (workspace, no failure)
+        # Jobs met are known to be none of those only counted (see `fold_fleet`).
+        self.disjoint = False
         # The file being read (see `file`): its path, lines read so far, bad
         # lines, and fleets whose parts are gone (merged, they said).
         self.path = Path()
@@ -942,6 +1164,32 @@ class _Folder:
             tail = folder.range(handle, ordinal, start, end)
         return _part_of(folder, tail, ordinal)
 
+    def merge_counts(self, ordinal: int, part: CountedPart) -> bool:
+        """Take a part's counts (its jobs then stay uncounted in the table: see
+        `History.counted_only`); False (nothing taken) if its verdicts differ."""
+        history = self.history
+        if len(part.verdicts) > len(_KNOWN_VERDICTS):  # its states' verdict indexes differ
+            return False
+        counted = history._counted
+        if counted is None:
+            counted = history._counted = Counter()
+        label = history._label
+        for state, jobs in part.counts:
+            workspace, failure = part.labels[state >> _LABEL_SHIFT]
+            counted[(state & _BELOW_LABEL) | label(workspace, failure) << _LABEL_SHIFT] += jobs
+        history._counts = None
+        source = history._sources[ordinal]
+        history.declared_jobs += max(0, part.jobs - source.jobs)
+        source.jobs = max(source.jobs, part.jobs)
+        history.headers += part.headers
+        history.footers += part.footers
+        history.latencies_us.extend(part.latencies)
+        history.attempts += part.attempts
+        history.first_t = min(history.first_t, part.first_t)
+        history.last_t = max(history.last_t, part.last_t)
+        self.number += part.lines
+        return True
+
     def merge(self, ordinal: int, part: FoldedPart) -> bool:
         """Take a child's fold of the next part; False (nothing taken) if it cannot be exact."""
         history = self.history
@@ -1000,8 +1248,30 @@ class _Folder:
         """Fold events of ledger `ordinal`, in order: decoded, or complete lines to decode.
 
         With `lines`, `items` are lines of the file being read (without their
-        newline), decoded here as `LedgerRead` decodes them.
+        newline), decoded here as `LedgerRead` decodes them. A fold that keeps
+        no jobs (`History.counted_only`) takes only events about no job (a
+        resumed segment that had nothing to send): `_CountedOnly` otherwise.
         """
+        if self.history._counted is not None and not self.disjoint:
+            items = self._no_job_events(items, lines)
+            lines = False
+        self._events(items, ordinal, lines=lines)
+
+    def _no_job_events(self, items: Iterable[Any], lines: bool) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        for item in items:
+            try:
+                event = orjson.loads(item) if lines else item
+            except orjson.JSONDecodeError:
+                raise _CountedOnly from None  # (a full fold numbers bad lines)
+            if type(event) is not dict or event.get("event") in _JOB_EVENTS:
+                raise _CountedOnly
+            if lines and item.startswith(_FLEET_PREFIXES):
+                self.fleet_record(item, event)
+            events.append(event)
+        return events
+
+    def _events(self, items: Iterable[Any], ordinal: int, *, lines: bool) -> None:
         history = self.history
         descriptions, details = self.descriptions, self.details
         extras = history.extras

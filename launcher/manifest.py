@@ -143,6 +143,9 @@ class Validation:
     problems: tuple[Problem, ...]  # the first `max_listed`
     problem_count: int
     sha256: str  # hex SHA-256 of the file's bytes
+    # Jobs that give their own `id` (None: not counted). With none, and without
+    # duplicates allowed, no two jobs share an id (see `launcher.fleet`).
+    given_ids: int | None = None
 
     def raise_if_invalid(self) -> None:
         """Raise `ManifestInvalid` listing the first problems, if there are any."""
@@ -203,6 +206,7 @@ def validate(
     jobs = 0
     seen_jobs = _FirstLines()
     seen_ids = _FirstLines()
+    given_ids = 0
     sha256 = hashlib.sha256
     dumps = orjson.dumps
     with _open(path) as f:
@@ -211,6 +215,7 @@ def validate(
                 job_name, params, workspace, project_id, jid, _, line = item
                 problems: list[Problem] = []
                 if jid is not None:
+                    given_ids += 1
                     first = seen_ids.add(_key64(jid), line)
                     if first:
                         message = f"duplicate id {_quote(jid)}, first used on line {first}"
@@ -236,7 +241,7 @@ def validate(
                 count += 1
                 if len(listed) < max_listed:
                     listed.append(problem)
-    return Validation(name, jobs, tuple(listed), count, hasher.hexdigest())
+    return Validation(name, jobs, tuple(listed), count, hasher.hexdigest(), given_ids)
 
 
 def iter_jobs(

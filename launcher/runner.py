@@ -44,7 +44,7 @@ from launcher.config import RunOptions
 from launcher.connect import Connection, connect, resolve_endpoint
 from launcher.dispatch import Dispatcher, DispatchSettings, Tally, WorkspaceLimits
 from launcher.errors import HaltError, LedgerFailed, ManifestInvalid, UsageError
-from launcher.history import History, LiveFold, catch_up, fold
+from launcher.history import History, LiveFold, catch_up, fold, load_fold, save_fold
 from launcher.ledger import Ledger, default_ledger_path, finish_merge, read_ledger
 from launcher.logs import get_logger
 from launcher.manifest import (
@@ -235,6 +235,11 @@ async def launch(
         return RunResult(0, None, None)
 
     segment = plan_segment(ledger_path, plan, options, resumed)
+    if resumed is not None and resumed.counted_only and not segment.nothing_left:
+        # The snapshot's counts said jobs are left to send: that needs each job's state.
+        segment = plan_segment(
+            ledger_path, plan, options, _resume_history(ledger_path, saved=False)
+        )
     if not segment.nothing_left and options.workers != 1:
         from launcher.fleet import choose_workers, run_fleet, usable_cpus
 
@@ -261,6 +266,7 @@ async def launch(
     summary = summary_of(history)
     stdout.write(format_text(summary) + "\n")
     stdout.flush()
+    save_fold(history)  # for the next --resume or report of this ledger
     return RunResult(exit_code, summary, ledger_path)
 
 
@@ -317,10 +323,17 @@ class Segment:
                 yield job
 
 
-def _resume_history(ledger_path: str) -> History:
-    """Fold the ledger a resume continues (UsageError if there is none, or no run in it)."""
+def _resume_history(ledger_path: str, *, saved: bool = True) -> History:
+    """Fold the ledger a resume continues (UsageError if there is none, or no run in it).
+
+    With `saved`, the counts its last segment saved, if they still describe it:
+    enough when nothing is left to send, and read in milliseconds.
+    """
     if not _has_content(ledger_path):
         raise UsageError(f"{ledger_path}: --resume needs the ledger of an earlier run")
+    snapshot = load_fold(ledger_path) if saved else None
+    if snapshot is not None and snapshot.headers:
+        return snapshot
     read = read_ledger(ledger_path)
     history = fold([read], parallel=True)  # the time a resume waits before it can start
     if read.unmerged is not None:

@@ -12,11 +12,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_history import observed
 
-from launcher.history import FoldedPart, LiveFold, catch_up, fold, fold_fleet
+from launcher.history import (
+    CountedPart,
+    FoldedPart,
+    History,
+    LiveFold,
+    catch_up,
+    fold,
+    fold_fleet,
+    load_fold,
+    save_fold,
+    snapshot_path,
+)
 from launcher.ledger import Ledger, finish_merge, open_fleet, part_name, read_ledger
 from launcher.models import Failure, Job, JobParam, Reply
 from launcher.policy import Verdict
-from launcher.report import summary_of
+from launcher.report import summary_of, to_json
 
 JOBS = [
     Job(f"job-{n}", f"name-{n}", (JobParam("d", str(n), None),), ws, project, line=n + 1)
@@ -184,3 +195,135 @@ def test_disjoint_shares_are_merged_not_read(tmp_path: Path) -> None:
     merged = fold_fleet(str(path), bounds, folds)
     assert summary_of(merged).outcomes["started"] == 3
     assert summary_of(fold([read_ledger(path)])).outcomes["started"] == 0
+
+
+# -- counts: what other processes' folds and snapshots carry ---------------------------
+
+
+def counted(history: History) -> dict[str, Any]:
+    """What a fold that kept counts, not jobs, must agree on with a fold of the file."""
+    return {
+        "summary": to_json(summary_of(history)),
+        "headers": history.headers,
+        "footers": history.footers,
+        "attempts": history.attempts,
+        "declared": history.declared_jobs,
+        "t": (history.first_t, history.last_t),
+        "latencies": sorted(history.latencies_us),
+        "jobs": history.job_count,
+    }
+
+
+def disjoint_shares(shares: list[list[tuple[Any, ...]]]) -> list[list[tuple[Any, ...]]]:
+    """Each worker's operations on jobs of its own (job n of worker w: JOBS[n] renamed)."""
+    return [
+        [(op[0], op[1] + 4 * w, *op[2:]) if op[0] != "take" else op for op in share]
+        for w, share in enumerate(shares)
+    ]
+
+
+JOBS += [job._replace(id=f"{job.id}-{w}") for w in (1, 2) for job in JOBS]
+
+
+@settings(max_examples=100, deadline=None)
+@given(shares=SHARES, lost=st.sets(st.integers(0, 2)))
+def test_workers_counts_merge_to_the_fold_of_the_merged_ledger(
+    shares: list[list[tuple[Any, ...]]], lost: set[int]
+) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        path, bounds, counts = write_fleet_counts(Path(directory), disjoint_shares(shares))
+        counts = [None if n in lost else part for n, part in enumerate(counts)]
+        merged = fold_fleet(str(path), bounds, counts, disjoint=True)
+        assert merged.counted_only == any(part is not None for part in counts)
+        assert counted(merged) == counted(fold([read_ledger(path)]))
+        write_segment(path, [], live_fold=False)  # a segment that sent nothing: caught up
+        assert catch_up(merged) is merged
+        assert counted(merged) == counted(fold([read_ledger(path)]))
+        write_segment(path, [("intent", 0, 9)], live_fold=False)  # one that sent: read it all
+        assert not catch_up(merged).counted_only
+        assert counted(catch_up(merged)) == counted(fold([read_ledger(path)]))
+
+
+def write_fleet_counts(
+    directory: Path, shares: list[list[tuple[Any, ...]]]
+) -> tuple[Path, list[int], list[CountedPart | None]]:
+    path = directory / "l.jsonl"
+    names = [part_name(path, "f" * 32, index) for index in range(len(shares))]
+    pending = open_fleet(path, {"fleet": "f" * 32, "count": len(shares), "parts": names})
+    counts = []
+    for name, share in zip(names, shares, strict=True):
+        part = write_segment(directory / name, share, live_fold=True).counts()
+        assert part is not None
+        counts.append(CountedPart.from_json(part.to_json()))  # as a worker sends them
+    return path, finish_merge(path, pending), counts
+
+
+def test_counts_are_merged_only_where_no_job_can_be_twice(tmp_path: Path) -> None:
+    shares = [[("intent", 0, 1), ("result", 0, 1, Reply(204, 0.01), Verdict.STARTED, "started")]]
+    path, bounds, counts = write_fleet_counts(tmp_path, shares * 2)  # job 0 twice
+    assert not fold_fleet(str(path), bounds, counts).counted_only  # not vouched for: read
+    assert fold_fleet(str(path), bounds, counts).job_count == 1
+    spoiled = tmp_path / "spoiled"
+    spoiled.mkdir()
+    path, bounds, counts = write_fleet_counts(spoiled, disjoint_shares(shares * 3))
+    with open(path, "r+b") as handle:  # spoil the parts' copies: only the counts can tell
+        handle.seek(bounds[0])
+        handle.write(b" " * (bounds[-1] - bounds[0] - 1))
+    assert summary_of(fold_fleet(str(path), bounds, counts, disjoint=True)).outcomes["started"] == 3
+
+
+def test_a_fold_that_only_counts_refuses_lookups(tmp_path: Path) -> None:
+    path, bounds, counts = write_fleet_counts(tmp_path, [[("intent", 0, 1)]])
+    merged = fold_fleet(str(path), bounds, counts, disjoint=True)
+    for lookup in (lambda: merged.record("x"), lambda: merged.state("x"), lambda: "x" in merged):
+        with pytest.raises(RuntimeError, match="counted"):
+            lookup()
+
+
+# -- snapshots ---------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(operations=OPERATIONS)
+def test_a_snapshot_holds_the_counts_of_the_fold(operations: list[tuple[Any, ...]]) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "l.jsonl"
+        history = write_segment(path, operations, live_fold=True).history()
+        assert save_fold(history)
+        saved = load_fold(path)
+        assert saved is not None
+        assert saved.counted_only
+        assert counted(saved) == counted(history) == counted(fold([read_ledger(path)]))
+
+
+def test_a_snapshot_is_used_only_for_the_file_it_describes(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    history = write_segment(path, [("intent", 0, 1)], live_fold=True).history()
+    assert save_fold(history)
+    assert load_fold(str(path)) is not None
+    assert load_fold(tmp_path / "other.jsonl") is None
+    with open(path, "ab") as out:  # a segment since
+        out.write(b'{"event":"end","t":9.0}\n')
+    assert load_fold(path) is None
+    assert save_fold(catch_up(history))
+    assert load_fold(path) is not None
+    data = path.read_bytes()
+    os.rename(path, tmp_path / "old.jsonl")  # replaced by another file of the same bytes
+    path.write_bytes(data)
+    assert load_fold(path) is None
+    snapshot = snapshot_path(path)
+    snapshot.write_bytes(snapshot.read_bytes()[:-3])  # cut short
+    assert load_fold(path) is None
+    snapshot.write_bytes(b"{not json\n")
+    assert load_fold(path) is None
+
+
+def test_folds_of_several_ledgers_or_torn_ones_are_not_saved(tmp_path: Path) -> None:
+    one, two = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_segment(one, [], live_fold=False)
+    write_segment(two, [], live_fold=False)
+    assert not save_fold(fold([read_ledger(one), read_ledger(two)]))
+    with open(one, "ab") as out:
+        out.write(b'{"event":"intent"')
+    assert not save_fold(fold([read_ledger(one)]))
+    assert not snapshot_path(one).exists()
