@@ -29,6 +29,7 @@ pure (time is an argument), so tests drive it with tables of timestamps.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 __all__ = ["AdaptiveRate", "RateMeter"]
@@ -55,17 +56,23 @@ class RateMeter:
     smoothed: float = 0.0
     _first: float = -1.0
     _bucket_start: float = -1.0
+    # Where the current bucket ends (exact: buckets start at multiples of 0.5 s); an
+    # event before it only counts, which is all but one event per bucket.
+    _bucket_end: float = -math.inf
     _count: int = 0
     _total: int = 0
 
     def add(self, now: float) -> None:
         """Count one event at time `now` (seconds, monotonic)."""
+        self._count += 1
+        self._total += 1
+        if now < self._bucket_end:
+            return
         bucket = math.floor(now / BUCKET) * BUCKET
         if self._first < 0:
             self._first = now
             self._bucket_start = bucket
-        self._count += 1
-        self._total += 1
+        self._bucket_end = bucket + BUCKET
         if bucket > self._bucket_start:
             # The first bucket started at the first event, not at its boundary: a run
             # that began 50 ms before a boundary would otherwise read a tenth of its rate.
@@ -104,8 +111,8 @@ class AdaptiveRate:
     _last_max: float = 0.0
     _last_cut: float = -math.inf
     _window: float = 0.0
-    _recent: list[bool] = field(default_factory=list)  # ring: True = throttled
-    _recent_next: int = 0
+    # The last RECENT answers, True = throttled.
+    _recent: deque[bool] = field(default_factory=lambda: deque(maxlen=RECENT))
     _episode_answers: int = 0
     _episode_sent: int = 0
 
@@ -132,9 +139,11 @@ class AdaptiveRate:
         """An answer arrived for a request sent at `sent_at`. True when the rate was cut."""
         if not self.enabled or sent_at < self._last_cut:
             return False  # sent before the last cut: that episode is already answered
-        self._remember(throttled)
+        self._episode_answers += 1
+        self._recent.append(throttled)
         if not throttled:
-            self._climb(now)
+            if self._fill > 0.0:  # else no curve to climb yet: the common case at --rate 0
+                self._climb(now)
             return False
         if self._episode_answers < MIN_SAMPLE:
             return False
@@ -143,15 +152,6 @@ class AdaptiveRate:
             return False  # a stray 429 among many accepted answers is noise, not a limit
         self._cut(now)
         return True
-
-    def _remember(self, throttled: bool) -> None:
-        self._episode_answers += 1
-        recent = self._recent
-        if len(recent) < RECENT:
-            recent.append(throttled)
-        else:
-            recent[self._recent_next] = throttled
-            self._recent_next = (self._recent_next + 1) % RECENT
 
     def _cut(self, now: float) -> None:
         recent = self._recent
@@ -179,12 +179,9 @@ class AdaptiveRate:
         self._episode_answers = 0
         self._episode_sent = 0
         self._recent.clear()
-        self._recent_next = 0
         self.cuts += 1
 
     def _climb(self, now: float) -> None:
-        if self._fill <= 0.0:
-            return
         elapsed = now - self._last_cut
         cubic = SCALE * (elapsed - self._window) ** 3 + self._last_max
         # Like AWS: never more than twice what is actually being sent.

@@ -161,18 +161,10 @@ class AkSkAuth:
         """Sign the request (adds X-Sdk-Date, Host, Authorization, maybe X-Security-Token)."""
         self._signer.sign(method, host, path, query, headers, body)
 
-    def sign(
-        self,
-        method: str,
-        host: str,
-        path: str,
-        query: Sequence[tuple[str, str]],
-        headers: dict[str, str],
-        body: bytes,
-    ) -> None:
-        """`apply` without a coroutine: signing never waits, so the client's hot path calls
-        this directly."""
-        self._signer.sign(method, host, path, query, headers, body)
+    @property
+    def signer(self) -> Signer:
+        """The signer: signing never waits, so the client's hot path signs without a coroutine."""
+        return self._signer
 
     async def refresh(self) -> bool:
         """A key pair cannot be renewed here; a rejected signature will not get better."""

@@ -15,6 +15,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -24,8 +25,8 @@ import orjson
 from launcher import __version__
 from launcher.auth import AkSkAuth, Auth
 from launcher.errors import UsageError
-from launcher.models import Action, Failure, Job, JobStatus, Reply
-from launcher.signing import canonical_query
+from launcher.models import Action, Failure, Job, JobParam, JobStatus, Reply
+from launcher.signing import Prepared, Signer, canonical_query
 from launcher.transport import HttpPool, Lost, NotSent
 
 if TYPE_CHECKING:
@@ -36,9 +37,9 @@ __all__ = ["DlfClient", "endpoint_for_region", "job_body", "path_segment"]
 CONTENT_TYPE = "application/json;charset=UTF-8"
 USER_AGENT = f"launcher/{__version__}"
 
-
-# AkSkAuth.sign: (method, host, path, query, headers, body), headers signed in place.
-_Sign = Callable[[str, str, str, Sequence[tuple[str, str]], dict[str, str], bytes], None]
+# The body cache's bounds: this many bodies, of at most this many bytes each.
+_MAX_BODIES = 256
+_MAX_CACHED_BODY = 4096
 # What quote(safe="~") leaves alone: ASCII letters, digits and "_.-~".
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_.~-]+")
 
@@ -102,9 +103,11 @@ class DlfClient:
         self._ssl_context: ssl.SSLContext | None = None
         self._pool: HttpPool | None = None
         self._auth: Auth | None = None
-        # AK/SK signing never waits: the hot path calls it without a coroutine.
-        self._sign: _Sign | None = None
-        self._prefixes: dict[str | None, str] = {}  # project id -> "{base}/v1/{project}"
+        # AK/SK signing never waits: the hot path signs without a coroutine.
+        self._signer: Signer | None = None
+        self._routes: dict[tuple[str, str | None, str | None], _Route] = {}
+        # Encoded bodies by parameter set: the jobs of a bulk run mostly share a few.
+        self._bodies: dict[tuple[JobParam, ...], bytes] = {}
 
     @property
     def auth(self) -> Auth:
@@ -124,10 +127,12 @@ class DlfClient:
             ssl_context=ssl_context,
             limit=self._concurrency + 4,  # + room for status checks beside the starts
             timeout=self._timeout,
+            keep_headers=_ANSWER_HEADERS,
         )
         self._ssl_context = ssl_context
         self._auth = self._auth_factory(self._iam_session)
-        self._sign = self._auth.sign if isinstance(self._auth, AkSkAuth) else None
+        self._signer = self._auth.signer if isinstance(self._auth, AkSkAuth) else None
+        self._routes.clear()  # they hold the previous auth's signing material
         return self
 
     def _iam_session(self) -> aiohttp.ClientSession:
@@ -166,15 +171,18 @@ class DlfClient:
 
     async def call(self, job: Job, action: Action) -> Reply:
         """Send `action` (start, stop, run-immediate) for `job`; never raises for HTTP trouble."""
-        prefix = self._prefixes.get(job.project_id)
-        if prefix is None:
-            prefix = f"{self._base}/v1/{path_segment(job.project_id or '')}"
-            if len(self._prefixes) >= 256:
-                self._prefixes.clear()  # bounded: a run names a handful of projects
-            self._prefixes[job.project_id] = prefix
-        path = f"{prefix}/jobs/{path_segment(job.name)}/{action}"
-        body = job_body(job)
-        reply, payload = await self._request("POST", path, (), job, body)
+        route = self._routes.get(("POST", job.project_id, job.workspace))
+        if route is None:
+            route = self._route("POST", job)
+        path = f"{route.prefix}/jobs/{path_segment(job.name)}/{action}"
+        body = self._bodies.get(job.params)
+        if body is None:
+            body = job_body(job)
+            if len(body) <= _MAX_CACHED_BODY:
+                if len(self._bodies) >= _MAX_BODIES:
+                    self._bodies.clear()  # parameters unique per job: it never hits anyway
+                self._bodies[job.params] = body
+        reply, payload = await self._request(route, path, (), body)
         if action == "run-immediate" and payload is not None and reply.status == 200:
             instance_id = payload.get("instanceId")
             if isinstance(instance_id, int):
@@ -183,9 +191,9 @@ class DlfClient:
 
     async def job_status(self, job: Job) -> JobStatus:
         """Ask the job list (filtered by name, same workspace) what state `job` is in."""
-        path = f"{self._base}/v1/{path_segment(job.project_id or '')}/jobs"
+        route = self._route("GET", job)
         query = (("jobName", job.name), ("jobType", "BATCH"), ("limit", "100"))
-        reply, payload = await self._request("GET", path, query, job, b"")
+        reply, payload = await self._request(route, f"{route.prefix}/jobs", query, b"")
         if payload is None or reply.status != 200:
             return JobStatus(reply, None, False)
         for entry in payload.get("jobs") or ():
@@ -198,9 +206,10 @@ class DlfClient:
         self, job: Job, min_plan_time_ms: int
     ) -> tuple[Reply, list[dict[str, Any]]]:
         """Instances of `job` planned at or after `min_plan_time_ms` (epoch milliseconds)."""
-        path = f"{self._base}/v1/{path_segment(job.project_id or '')}/jobs/instances/detail"
+        route = self._route("GET", job)
+        path = f"{route.prefix}/jobs/instances/detail"
         query = (("jobName", job.name), ("minPlanTime", str(min_plan_time_ms)), ("limit", "100"))
-        reply, payload = await self._request("GET", path, query, job, b"")
+        reply, payload = await self._request(route, path, query, b"")
         found: list[dict[str, Any]] = []
         if payload is not None and reply.status == 200:
             found = [
@@ -210,35 +219,43 @@ class DlfClient:
             ]
         return reply, found
 
+    def _route(self, method: str, job: Job) -> _Route:
+        """The route of `method` requests for `job`'s project and workspace (cached)."""
+        key = (method, job.project_id, job.workspace)
+        route = self._routes.get(key)
+        if route is None:
+            route = _make_route(method, self._base, self._host, job, self._signer)
+            if len(self._routes) >= 256:
+                self._routes.clear()  # bounded: a run names a handful of projects and workspaces
+            self._routes[key] = route
+        return route
+
     async def _request(
         self,
-        method: str,
+        route: _Route,
         path: str,
         query: Sequence[tuple[str, str]],
-        job: Job,
         body: bytes,
     ) -> tuple[Reply, dict[str, Any] | None]:
         pool = self._pool
         auth = self._auth
         if pool is None or auth is None:
             raise RuntimeError("DlfClient used outside its context")
-        headers = {"Host": self._host}
-        if method == "POST":
-            headers["Content-Type"] = CONTENT_TYPE
-        if job.project_id:
-            headers["X-Project-Id"] = job.project_id
-        if job.workspace:
-            headers["workspace"] = job.workspace
-        sign = self._sign
-        if sign is not None:
-            sign(method, self._host, path, query, headers, body)
+        # The canonical (sorted, encoded) query is what was signed; sending exactly
+        # it makes the bytes on the wire the official SDK's too.
+        target = path + "?" + canonical_query(query) if query else path
+        method = route.method
+        signing = route.signing
+        if signing is not None and self._signer is not None:
+            date, authorization = self._signer.signature(signing, path, query, body)
+            head = (
+                f"{method} {target}{route.to_date}{date}{route.to_signature}{authorization}"
+                f"\r\n{_FIXED_HEADERS}{_content_length(method, body)}"
+            ).encode()
         else:
+            headers = dict(route.headers)
             await auth.apply(method, self._host, path, query, headers, body)
-        if query:
-            # The canonical (sorted, encoded) query is what was signed; sending exactly
-            # it makes the bytes on the wire the official SDK's too.
-            path += "?" + canonical_query(query)
-        head = _request_head(method, path, headers, body)
+            head = _request_head(method, target, headers, body)
         started = time.perf_counter()
         try:
             answer = await pool.request(head, body)
@@ -251,6 +268,54 @@ class DlfClient:
         return _reply_from_answer(answer.status, answer.headers, answer.body, latency)
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What every request of one method to one project and workspace shares.
+
+    `headers` are the request's headers before authentication. With AK/SK
+    signing, `signing` is their prepared form and the request head is
+    ``{method} {target}{to_date}{date}{to_signature}{signature}`` plus the
+    fixed headers and the length: one format per request instead of a dict
+    signed in place and joined line by line.
+    """
+
+    method: str
+    prefix: str  # "{base}/v1/{project}"
+    # These may hold the security token: kept out of the repr.
+    headers: dict[str, str] = field(repr=False)
+    signing: Prepared | None = field(repr=False)
+    to_date: str = field(repr=False)
+    to_signature: str = field(repr=False)
+
+
+def _make_route(method: str, base: str, host: str, job: Job, signer: Signer | None) -> _Route:
+    """The route of `method` requests for `job`'s project and workspace, signed by `signer`."""
+    headers = {"Host": host}
+    if method == "POST":
+        headers["Content-Type"] = CONTENT_TYPE
+    if job.project_id:
+        headers["X-Project-Id"] = job.project_id
+    if job.workspace:
+        headers["workspace"] = job.workspace
+    prefix = f"{base}/v1/{path_segment(job.project_id or '')}"
+    signing = signer.prepare(method, host, headers) if signer is not None else None
+    if signing is None:
+        return _Route(method, prefix, headers, None, "", "")
+    # The headers as signing leaves them, in the same order: the caller's, then what
+    # signing adds (None: the X-Sdk-Date), then Authorization, which ends the segments.
+    signed: dict[str, str | None] = {**headers, **dict(signing.additions)}
+    segments = [" HTTP/1.1\r\n"]
+    for name, value in signed.items():
+        if value is None:
+            segments[-1] += f"{name}: "
+            segments.append("\r\n")
+        else:
+            segments[-1] += f"{name}: {value}\r\n"
+    segments[-1] += "Authorization: "
+    to_date, to_signature = segments
+    return _Route(method, prefix, headers, signing, to_date, to_signature)
+
+
 def _request_head(method: str, target: str, headers: dict[str, str], body: bytes) -> bytes:
     """The request line and headers as one buffer, ending with the blank line.
 
@@ -259,11 +324,13 @@ def _request_head(method: str, target: str, headers: dict[str, str], body: bytes
     lines = [f"{method} {target} HTTP/1.1\r\n"]
     lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
     lines.append(_FIXED_HEADERS)
-    if body or method == "POST":
-        lines.append(f"Content-Length: {len(body)}\r\n\r\n")
-    else:
-        lines.append("\r\n")
+    lines.append(_content_length(method, body))
     return "".join(lines).encode()
+
+
+def _content_length(method: str, body: bytes) -> str:
+    """The end of a request head: the body's length (always for a POST), the blank line."""
+    return f"Content-Length: {len(body)}\r\n\r\n" if body or method == "POST" else "\r\n"
 
 
 _FIXED_HEADERS = f"User-Agent: {USER_AGENT}\r\nAccept: application/json\r\n"
@@ -287,6 +354,10 @@ def _with_instance(reply: Reply, instance_id: int) -> Reply:
         request_id=reply.request_id,
         instance_id=instance_id,
     )
+
+
+# The answer headers `_reply_from_answer` reads; the pool skips the others.
+_ANSWER_HEADERS = ("x-request-id", "retry-after")
 
 
 def _reply_from_answer(

@@ -141,7 +141,6 @@ class SharedAdaptiveRate(AdaptiveRate):
             # Answers to requests sent before the cut belong to the episode it ended.
             self._episode_answers = self._episode_sent = 0
             self._recent.clear()
-            self._recent_next = 0
         if state.since_cut >= 0.0:
             self._fill = state.curve
         return newer

@@ -42,6 +42,7 @@ __all__ = [
     "ALGORITHM",
     "EMPTY_SHA256",
     "AkSk",
+    "Prepared",
     "Signer",
     "canonical_query",
     "canonical_uri",
@@ -70,13 +71,16 @@ _MAX_CACHED_BODY = 1024  # bytes: larger bodies are hashed every time
 
 
 @dataclass(frozen=True, slots=True)
-class _Template:
-    """What a signature needs that depends only on the method, host and header set.
+class Prepared:
+    """A header set prepared for signing: what a signature needs that depends only on the
+    method, host and headers (see :meth:`Signer.prepare`).
+
+    `additions` are the headers :meth:`Signer.sign` adds, in order, each with its value
+    (None: the X-Sdk-Date, which :meth:`Signer.signature` returns), Authorization aside.
 
     The canonical request is ``{method}\\n{uri}\\n{query}\\n{head}{date}{tail}{payload hash}``:
     `head` and `tail` hold every canonical header line but the date's, the signed-header
-    list and the separators. `additions` are the headers signing adds, in order
-    (value None: the X-Sdk-Date).
+    list and the separators.
     """
 
     method: str
@@ -91,7 +95,7 @@ class _Template:
 _TEMPLATE_DATE = "19700101T000000Z"  # stands in for the date while a template is made
 # A header set whose signature cannot be templated (caller-supplied X-Sdk-Date or
 # Authorization, values with surrounding blanks): signed the general way each time.
-_GENERAL = _Template("", (), "", "", None, "")
+_GENERAL = Prepared("", (), "", "", None, "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +220,7 @@ def _hmac_pads(secret: str) -> tuple[HASH, HASH]:
 class Signer:
     """Signs requests with one AK/SK pair; cheap to call thousands of times a second."""
 
-    __slots__ = ("_ak", "_body_hashes", "_date_cache", "_inner", "_outer", "_templates", "_token")
+    __slots__ = ("_ak", "_body_hashes", "_dated", "_inner", "_outer", "_templates", "_token")
 
     def __init__(self, creds: AkSk) -> None:
         """Prepare a signer for `creds` (the SK is only kept inside keyed SHA-256 states)."""
@@ -224,9 +228,11 @@ class Signer:
         self._token = creds.security_token
         # Keying HMAC costs two SHA-256 block compressions; do it once, .copy() per request.
         self._inner, self._outer = _hmac_pads(creds.sk)
-        # (epoch second, formatted X-Sdk-Date): one tuple so a reader never sees a torn pair.
-        self._date_cache: tuple[int, str] = (-1, "")
-        self._templates: dict[tuple[object, ...], _Template] = {}
+        # (epoch second, its X-Sdk-Date, the inner state with the string to sign up to the
+        # digest absorbed): one tuple so a reader never sees a torn set. The prefix changes
+        # once a second; absorbing it once spares every request its formatting and update.
+        self._dated: tuple[int, str, HASH] = (-1, "", self._inner)
+        self._templates: dict[tuple[object, ...], Prepared] = {}
         self._body_hashes: dict[bytes, str] = {}
 
     def __repr__(self) -> str:
@@ -242,13 +248,19 @@ class Signer:
         """True for temporary credentials (a security token is sent)."""
         return self._token is not None
 
-    def _now_date(self) -> str:
+    def _now_dated(self) -> tuple[int, str, HASH]:
+        """(second, X-Sdk-Date, keyed inner state with its prefix) for the current second."""
         second = int(time.time())
-        cached_second, text = self._date_cache
-        if cached_second != second:
-            text = time.strftime(_DATE_FORMAT, time.gmtime(second))
-            self._date_cache = (second, text)
-        return text
+        dated = self._dated
+        if dated[0] != second:
+            date = time.strftime(_DATE_FORMAT, time.gmtime(second))
+            dated = self._dated = (second, date, self._keyed_with(date))
+        return dated
+
+    def _keyed_with(self, date: str) -> HASH:
+        inner = self._inner.copy()
+        inner.update(f"{ALGORITHM}\n{date}\n".encode())
+        return inner
 
     def sign(
         self,
@@ -286,40 +298,72 @@ class Signer:
         if template is _GENERAL:
             self._sign_general(method, host, path, query, headers, body, now)
             return
-        date = self._now_date() if now is None else format_sdk_date(now)
+        date, authorization = self.signature(template, path, query, body, now=now)
         for name, value in template.additions:
             headers[name] = date if value is None else value
+        headers["Authorization"] = authorization
+
+    def prepare(self, method: str, host: str, headers: Mapping[str, str]) -> Prepared | None:
+        """Prepare `headers` (as a caller would pass them to :meth:`sign`) for signing many
+        requests with :meth:`signature`; None when this header set can only be signed by
+        :meth:`sign` (a caller's X-Sdk-Date or Authorization, values with blanks to strip,
+        names equal but for case).
+
+        For a caller that sends many requests with one header set (the client, per project
+        and workspace): it keeps the result, and per request gets the two values that vary
+        from :meth:`signature` instead of having a headers dict copied, looked up and filled.
+        """
+        template = self._template(method, host, headers)
+        return None if template is _GENERAL else template
+
+    def signature(
+        self,
+        prepared: Prepared,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        body: bytes,
+        *,
+        now: datetime | None = None,
+    ) -> tuple[str, str]:
+        """(X-Sdk-Date, Authorization) for one request with a prepared header set.
+
+        The values :meth:`sign` would put in the headers for the same request and moment;
+        the other headers it would add are ``prepared.additions``. `path` is the wire path.
+        """
+        if now is None:
+            _, date, keyed = self._now_dated()
+        else:
+            date = format_sdk_date(now)
+            keyed = self._keyed_with(date)
         if not body:
             payload = EMPTY_SHA256
-        elif template.content_sha256:
-            payload = template.content_sha256
+        elif prepared.content_sha256:
+            payload = prepared.content_sha256
         else:
-            payload = self._body_hash(body)
+            payload = self._body_hashes.get(body) or self._body_hash(body)
         canonical_request = (
-            f"{template.method}\n{canonical_uri(path)}\n{canonical_query(query)}\n"
-            f"{template.head}{date}{template.tail}{payload}"
+            f"{prepared.method}\n{canonical_uri(path)}\n"
+            f"{canonical_query(query) if query else ''}\n"
+            f"{prepared.head}{date}{prepared.tail}{payload}"
         )
-        digest = hashlib.sha256(canonical_request.encode("utf-8")).hexdigest()
-        inner = self._inner.copy()
-        inner.update(f"{ALGORITHM}\n{date}\n{digest}".encode())
+        inner = keyed.copy()
+        inner.update(hashlib.sha256(canonical_request.encode()).hexdigest().encode())
         outer = self._outer.copy()
         outer.update(inner.digest())
-        headers["Authorization"] = template.authorization + outer.hexdigest()
+        return date, prepared.authorization + outer.hexdigest()
 
     def _body_hash(self, body: bytes) -> str:
-        """Hex SHA-256 of a body; a run sends few distinct bodies, so they are remembered."""
-        if len(body) > _MAX_CACHED_BODY:
-            return hashlib.sha256(body).hexdigest()
-        cache = self._body_hashes
-        digest = cache.get(body)
-        if digest is None:
-            digest = hashlib.sha256(body).hexdigest()
+        """Hex SHA-256 of a body missing from `_body_hashes`, remembered there when small:
+        a run sends few distinct bodies."""
+        digest = hashlib.sha256(body).hexdigest()
+        if len(body) <= _MAX_CACHED_BODY:
+            cache = self._body_hashes
             if len(cache) >= _MAX_BODY_HASHES:
                 cache.clear()
             cache[body] = digest
         return digest
 
-    def _template(self, method: str, host: str, headers: dict[str, str]) -> _Template:
+    def _template(self, method: str, host: str, headers: Mapping[str, str]) -> Prepared:
         """Sign a copy of `headers` the general way and keep what does not vary."""
         if self._token is not None and self._token.strip() is not self._token:
             return _GENERAL
@@ -344,7 +388,7 @@ class Signer:
         at = signed.index("x-sdk-date")
         signed_list = ";".join(signed)
         content_sha256 = canonical.get("x-sdk-content-sha256")
-        return _Template(
+        return Prepared(
             method=method.upper(),
             additions=additions,
             head="".join(line + "\n" for line in lines[:at]) + "x-sdk-date:",
@@ -402,7 +446,7 @@ class Signer:
         now: datetime | None,
     ) -> None:
         """`sign` without a template: every step from the headers as given."""
-        now_date = self._now_date() if now is None else format_sdk_date(now)
+        now_date = self._now_dated()[1] if now is None else format_sdk_date(now)
         canonical, signed = self._prepare_headers(host, headers, now_date)
         string_to_sign, signed_list = _string_to_sign(
             method, path, query, canonical, signed, body, canonical["x-sdk-date"]

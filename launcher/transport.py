@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Iterable
 from typing import NamedTuple, cast
 
 import anyio
@@ -60,7 +61,8 @@ class Lost(Exception):
 
 
 class Answer(NamedTuple):
-    """A complete HTTP answer. Header names are lower-cased.
+    """A complete HTTP answer. Header names are lower-cased; only those the pool was told
+    to keep are there.
 
     A named tuple rather than a frozen dataclass: one is made per request, and a
     tuple is built for a third of a frozen dataclass's cost.
@@ -77,6 +79,7 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_headers",
+        "_keep",
         "_parser",
         "_waiter",
         "closed",
@@ -85,8 +88,9 @@ class _Connection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, keep: frozenset[bytes] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
+        self._keep = keep  # lower-case names of the headers to keep (None: all)
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Answer] | None = None
         self._headers: dict[str, str] = {}
@@ -119,7 +123,11 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        # Header names are ASCII tokens (the parser rejects others): bytes.lower() is
+        # str.lower() on them, and a header nobody reads is never decoded.
+        lower = name.lower()
+        if self._keep is None or lower in self._keep:
+            self._headers[lower.decode("latin-1")] = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -169,6 +177,11 @@ class HttpPool:
     (at most 0.25 s): an answer is abandoned between `timeout` and `timeout` plus
     that interval after the request began. A timer handle per request cost
     ~3 µs to arm and cancel; the sweep costs nothing per request.
+
+    `keep_headers` names the answer headers the caller reads (any case; None:
+    all of them): the others are skipped without being decoded.
+
+    A pool serves the event loop of its first request, as its connections do.
     """
 
     def __init__(
@@ -179,6 +192,7 @@ class HttpPool:
         ssl_context: ssl.SSLContext | None,
         limit: int,
         timeout: float,
+        keep_headers: Iterable[str] | None = None,
     ) -> None:
         self._host = host
         self._port = port
@@ -193,6 +207,13 @@ class HttpPool:
         self._busy: set[_Connection] = set()  # connections with a request in flight
         self._sweep_every = min(max(timeout / 10.0, 0.005), 0.25)
         self._sweeper: asyncio.TimerHandle | None = None
+        # Found once: asyncio.get_running_loop() makes a getpid() system call (Python 3.11).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._keep = (
+            None
+            if keep_headers is None
+            else frozenset(name.lower().encode("latin-1") for name in keep_headers)
+        )
 
     async def request(self, head: bytes, body: bytes) -> Answer:
         """Send one request (`head` ends with the blank line) and return its answer.
@@ -205,7 +226,9 @@ class HttpPool:
         else:
             await self._queue_for_slot()
         try:
-            loop = asyncio.get_running_loop()
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
             deadline = loop.time() + self._timeout
             connection = self._idle_connection()
             if connection is None:
@@ -282,7 +305,7 @@ class HttpPool:
         loop = asyncio.get_running_loop()
         try:
             _, protocol = await loop.create_connection(
-                _Connection,
+                lambda: _Connection(self._keep),
                 self._host,
                 self._port,
                 ssl=self._ssl,

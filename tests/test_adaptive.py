@@ -4,12 +4,23 @@ and a simulated run against a server limit the launcher is not told."""
 from __future__ import annotations
 
 import heapq
+import itertools
+import math
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from launcher.adaptive import BETA, MIN_RATE, MIN_SAMPLE, RECENT, AdaptiveRate, RateMeter
+from launcher.adaptive import (
+    BETA,
+    BUCKET,
+    MIN_RATE,
+    MIN_SAMPLE,
+    RECENT,
+    SMOOTH,
+    AdaptiveRate,
+    RateMeter,
+)
 from launcher.pacing import TokenBucket
 
 
@@ -205,3 +216,39 @@ def test_a_ceiling_below_the_limit_is_never_exceeded_and_never_throttled() -> No
     ok, throttled = simulate(limit=300.0, seconds=20.0, ceiling=250.0)
     assert throttled == 0
     assert ok / 20.0 == pytest.approx(250.0, rel=0.01)
+
+
+def _reference_meter(times: list[float]) -> tuple[float, float]:
+    """(smoothed, early estimate) by RateMeter's rule, with the bucket worked out from
+    every event's time (RateMeter skips that for all but one event per bucket)."""
+    smoothed, first, bucket_start, count, total = 0.0, -1.0, -1.0, 0, 0
+    for now in times:
+        bucket = math.floor(now / BUCKET) * BUCKET
+        if first < 0:
+            first, bucket_start = now, bucket
+        count += 1
+        total += 1
+        if bucket > bucket_start:
+            current = count / max(bucket - max(bucket_start, first), 1e-3)
+            smoothed = current if smoothed == 0.0 else current * SMOOTH + smoothed * (1 - SMOOTH)
+            count, bucket_start = 0, bucket
+    early = total / (times[-1] - first) if total >= 2 and times[-1] > first else 0.0
+    return smoothed, early
+
+
+@given(
+    start=st.floats(0.0, 1e6),
+    gaps=st.lists(
+        st.one_of(st.floats(0.0, 3.0), st.sampled_from([0.0, 0.25, 0.5, 1.0])),
+        min_size=1,
+        max_size=200,
+    ),
+)
+def test_meter_matches_its_rule_evaluated_at_every_event(start: float, gaps: list[float]) -> None:
+    times = list(itertools.accumulate(gaps, initial=start))
+    meter = RateMeter()
+    for now in times:
+        meter.add(now)
+    smoothed, early = _reference_meter(times)
+    assert meter.smoothed == smoothed
+    assert meter.rate_at(times[-1]) == (smoothed if smoothed > 0.0 else early)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from urllib.parse import quote
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from launcher.client import _request_head, path_segment
+from launcher.auth import AkSkAuth
+from launcher.client import DlfClient, _request_head, job_body, path_segment
+from launcher.models import Job, JobParam
+from launcher.signing import AkSk, Signer, canonical_query
+from launcher.transport import Answer
 
 
 def _reference_segment(value: str) -> str:
@@ -43,3 +49,66 @@ def test_request_head_bytes() -> None:
     get = _request_head("GET", "/v1/p/jobs?limit=100", {"Host": "h"}, b"")
     assert get.endswith(b"Accept: application/json\r\n\r\n")
     assert b"Content-Length" not in get
+
+
+class _KeepHeads:
+    """A pool stand-in: keeps every request it is given, answers 204."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def request(self, head: bytes, body: bytes) -> Answer:
+        self.sent.append(head + body)
+        return Answer(204, {}, b"")
+
+    async def aclose(self) -> None:
+        pass
+
+
+_JOBS = [
+    Job("1", "daily-01", (JobParam("bizdate", "2026-11-28"),), None, "p1"),
+    Job("2", "a b/c", (JobParam("x", "y", "variable"),), "ws é", "p1"),
+    Job("3", "..", (), "ws2", None),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("token", [None, "t0ken"])
+async def test_signed_requests_are_the_bytes_of_a_signed_headers_dict(
+    monkeypatch: pytest.MonkeyPatch, token: str | None
+) -> None:
+    """The per-route head template sends what signing a fresh headers dict and rendering it
+    with `_request_head` would: same headers, same order, same signature."""
+    monkeypatch.setattr(time, "time", lambda: 1_790_000_000.25)
+    host = "dlf.example:8080"
+    signer = Signer(AkSk("AKID", "s3cr3t", token))
+    pool = _KeepHeads()
+    async with DlfClient(
+        f"http://{host}/base", lambda _: AkSkAuth(signer), concurrency=1, timeout=5.0
+    ) as client:
+        client._pool = pool  # type: ignore[assignment]
+        for job in _JOBS * 2:
+            await client.call(job, "start")
+            await client.job_status(job)
+
+    expected = []
+    reference = Signer(AkSk("AKID", "s3cr3t", token))
+    for job in _JOBS * 2:
+        project = f"/base/v1/{path_segment(job.project_id or '')}"
+        start = f"{project}/jobs/{path_segment(job.name)}/start"
+        query = [("jobName", job.name), ("jobType", "BATCH"), ("limit", "100")]
+        for method, path, params, body in [
+            ("POST", start, [], job_body(job)),
+            ("GET", f"{project}/jobs", query, b""),
+        ]:
+            headers = {"Host": host}
+            if method == "POST":
+                headers["Content-Type"] = "application/json;charset=UTF-8"
+            if job.project_id:
+                headers["X-Project-Id"] = job.project_id
+            if job.workspace:
+                headers["workspace"] = job.workspace
+            reference.sign(method, host, path, params, headers, body)
+            target = f"{path}?{canonical_query(params)}" if params else path
+            expected.append(_request_head(method, target, headers, body) + body)
+    assert pool.sent == expected

@@ -62,6 +62,25 @@ async def test_answers_and_keep_alive_reuse() -> None:
     assert len(peers) == 1  # the second request reused the connection
 
 
+async def test_only_the_headers_asked_for_are_kept() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        headers = {"X-Request-Id": "r1", "Retry-After": "3", "X-Other": "x"}
+        return web.Response(status=429, headers=headers)
+
+    async with server(handler) as (port, _):
+        pool = HttpPool(
+            "127.0.0.1",
+            port,
+            ssl_context=None,
+            limit=1,
+            timeout=5,
+            keep_headers=("x-request-id", "Retry-After"),
+        )
+        answer = await pool.request(HEAD, b"{}")
+        await pool.aclose()
+    assert answer.headers == {"x-request-id": "r1", "retry-after": "3"}
+
+
 async def test_chunked_answers_are_read_whole() -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(status=200)
