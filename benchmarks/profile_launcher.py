@@ -50,7 +50,8 @@ STAGES: tuple[tuple[str, bool, tuple[tuple[str, str], ...]], ...] = (
     ("  client: build, sign, send, read the reply", False,
      (("DlfClient._request", "client.py"),)),
     ("    HTTP exchange (launcher.transport)", False, (("HttpPool.request", "transport.py"),)),
-    ("    AK/SK signing", False, (("AkSkAuth.sign", "auth.py"), ("AkSkAuth.apply", "auth.py"))),
+    ("    AK/SK signing", False,
+     (("Signer.signature", "signing.py"), ("AkSkAuth.apply", "auth.py"))),
     ("    request path + body (path_segment, job_body)", False,
      (("path_segment", "client.py"), ("job_body", "client.py"))),
     ("  classify + settle + ledger result", False,
@@ -59,11 +60,13 @@ STAGES: tuple[tuple[str, bool, tuple[tuple[str, str], ...]], ...] = (
      (("_SelectorSocketTransport._read_ready", "selector_events.py"),
       ("_Connection.data_received", "transport.py"))),
     ("ledger flusher (group commit every 5 ms)", True, (("Ledger.run_flusher", "ledger.py"),)),
+    ("live fold of what the ledger wrote (every 50 ms)", True, (("_fold_live", "runner.py"),)),
     ("fsync worker thread (anyio.to_thread)", True,
      (("WorkerThread.run", "anyio/_backends/_asyncio.py"),)),
-    ("final summary: read the ledger back and fold it", True,
+    ("final summary: the rest of the fold, the summary, the snapshot", True,
      (("summarize", "report.py"), ("summary_of", "report.py"), ("catch_up", "history.py"),
-      ("format_text", "report.py"))),
+      ("LiveFold.history", "history.py"), ("format_text", "report.py"),
+      ("save_fold", "history.py"))),
 )  # fmt: skip
 
 

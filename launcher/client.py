@@ -135,6 +135,12 @@ class DlfClient:
         self._routes.clear()  # they hold the previous auth's signing material
         return self
 
+    def write_ahead(self, before_write: Callable[[], None]) -> None:
+        """Call `before_write` before any request leaves (see `HttpPool.write_ahead`)."""
+        if self._pool is None:
+            raise RuntimeError("DlfClient used outside its context")
+        self._pool.write_ahead(before_write)
+
     def _iam_session(self) -> aiohttp.ClientSession:
         """The IAM login's session (a few requests a day; any host, so its own pool),
         made on first use: importing aiohttp costs ~0.2 s that AK/SK runs never need."""

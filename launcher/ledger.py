@@ -9,9 +9,11 @@ Events, one per line (field names are part of the contract, see README):
 - `check`: a status query that settled an ambiguous attempt;
 - `end`: the footer, with the run's counts and exit code.
 
-Intents are written through at once (a crash after the send then always
-leaves a trace); results are group-committed: buffered and written together
-every few milliseconds, or before the next intent, whichever comes first.
+Intents reach the OS before their request leaves (a crash after the send
+then always leaves a trace): each is written through at once, or, when the
+sender takes that on (`defer_intents`), all those of a loop iteration in one
+write just before their requests go. Results are group-committed: buffered
+and written together every few milliseconds, or with the next intents.
 `fsync` decides how hard the bytes are pushed to disk: `always` (every write),
 `batch` (fdatasync by the flusher, at most every `SYNC_INTERVAL`), or
 `never` (the OS decides).
@@ -22,7 +24,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -87,6 +89,7 @@ class Ledger:
         # With `mirror`, the events written, as mappings, until `take_events` (see there).
         self._mirror: list[dict[str, Any]] | None = [] if mirror else None
         self.mirror_intact = mirror  # every event taken or to take was written in full
+        self._intents_deferred = False  # see `defer_intents`
         self.bytes_written = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +133,21 @@ class Ledger:
         self._pending.append(_line(event))
         if self._mirror is not None:
             self._mirror.append(event)
+        if not self._intents_deferred:
+            self.write_intents()
+
+    def defer_intents(self) -> Callable[[], None]:
+        """Stop writing each intent through as it is recorded; return `write_intents`,
+        which the sender must call before any request leaves.
+
+        For a sender that can call it once for many requests (`HttpPool.write_ahead`):
+        the intents still reach the OS before their requests do, in one write.
+        """
+        self._intents_deferred = True
+        return self.write_intents
+
+    def write_intents(self) -> None:
+        """Write everything recorded so far (and under `always`, sync it)."""
         self.flush()
         if self._fsync == "always":
             self._sync()

@@ -476,6 +476,8 @@ async def _dispatch(
         ledger=str(ledger.path),
         auth=client.auth.describe(),
     )
+    # Intents reach the OS before their requests, in one write per loop iteration.
+    client.write_ahead(ledger.defer_intents())
     tally = Tally(total=max(0, plan.jobs - segment.already_settled))
     settings = DispatchSettings(
         action=options.action,

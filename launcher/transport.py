@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple, cast
 
 import anyio
@@ -214,6 +214,39 @@ class HttpPool:
             if keep_headers is None
             else frozenset(name.lower().encode("latin-1") for name in keep_headers)
         )
+        # With `write_ahead`: the hook, and the requests of this loop iteration waiting for it.
+        self._before_write: Callable[[], None] | None = None
+        self._outbox: list[tuple[_Connection, bytes, asyncio.Future[Answer]]] = []
+
+    def write_ahead(self, before_write: Callable[[], None]) -> None:
+        """Call `before_write` before any request's bytes leave, once for all the requests
+        made in one loop iteration: their writes wait for the end of the iteration.
+
+        For a write-ahead log whose records must reach the OS before the requests
+        they describe do: one write of the log per iteration instead of one per
+        request. If `before_write` raises, the requests waiting for it raise the
+        same, and none of them is written.
+        """
+        self._before_write = before_write
+
+    def _write_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        before_write = self._before_write
+        assert before_write is not None  # only then are requests put in the outbox
+        try:
+            before_write()
+        except Exception as error:
+            for _, _, waiter in outbox:
+                if not waiter.done():
+                    waiter.set_exception(error)
+            return
+        for connection, data, waiter in outbox:
+            if waiter.done():
+                continue  # its request was abandoned (cancelled) before it was written
+            if connection.closed:  # by the peer, meanwhile: not a byte of it left
+                waiter.set_exception(NotSent("the connection closed before the request left"))
+                continue
+            connection.send(data, waiter)
 
     async def request(self, head: bytes, body: bytes) -> Answer:
         """Send one request (`head` ends with the blank line) and return its answer.
@@ -244,7 +277,14 @@ class HttpPool:
             busy.add(connection)
             if self._sweeper is None:
                 self._sweeper = loop.call_later(self._sweep_every, self._sweep, loop)
-            connection.send(head + body if body else head, waiter)
+            data = head + body if body else head
+            if self._before_write is None:
+                connection.send(data, waiter)
+            else:
+                outbox = self._outbox
+                outbox.append((connection, data, waiter))
+                if len(outbox) == 1:
+                    loop.call_soon(self._write_outbox)
             try:
                 answer = await waiter
             except BaseException:

@@ -27,6 +27,18 @@ def lines(path: Path) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
+def test_deferred_intents_wait_for_the_senders_call(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    ledger = Ledger(path, fsync="never")
+    write_intents = ledger.defer_intents()
+    ledger.intent(JOB, 1, "start")
+    ledger.intent(JOB, 2, "start")
+    assert path.read_bytes() == b""  # the sender writes them, just before its requests
+    write_intents()
+    assert [event["attempt"] for event in read_ledger(path)] == [1, 2]
+    ledger.close()
+
+
 def test_intent_is_on_disk_before_the_call_returns(tmp_path: Path) -> None:
     """A crash right after intent() must still leave the intent in the file."""
     path = tmp_path / "l.jsonl"

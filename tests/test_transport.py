@@ -216,3 +216,45 @@ async def test_the_pool_works_on_uvloop(anyio_backend: object) -> None:
     assert [first.headers["x-request-id"], second.headers["x-request-id"]] == ["r1", "r2"]
     assert fourth.status == 204
     assert len(peers) == 2  # kept alive, then a fresh connection after the timeout
+
+
+async def test_write_ahead_runs_once_per_iteration_before_any_request_leaves() -> None:
+    events: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        events.append("request")
+        return web.Response(status=204)
+
+    async with server(handler) as (port, _):
+        pool = HttpPool("127.0.0.1", port, ssl_context=None, limit=8, timeout=5)
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):  # five idle connections, so that nothing below waits to connect
+                tg.start_soon(pool.request, HEAD, b"{}")
+        events.clear()
+        pool.write_ahead(lambda: events.append("log"))
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):  # started in one iteration: their writes wait for one hook
+                tg.start_soon(pool.request, HEAD, b"{}")
+        await pool.aclose()
+    assert events == ["log"] + ["request"] * 5
+
+
+async def test_a_failing_write_ahead_fails_its_requests_and_sends_nothing() -> None:
+    requests: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        requests.append(await request.read())
+        return web.Response(status=204)
+
+    def disk_full() -> None:
+        raise OSError(28, "No space left on device")
+
+    async with server(handler) as (port, _):
+        pool = HttpPool("127.0.0.1", port, ssl_context=None, limit=2, timeout=5)
+        await pool.request(HEAD, b"{}")  # a connection to reuse: nothing in the way but the hook
+        pool.write_ahead(disk_full)
+        with pytest.raises(OSError, match="No space"):
+            await pool.request(HEAD, b"{}")
+        await anyio.sleep(0.1)
+        await pool.aclose()
+    assert len(requests) == 1
