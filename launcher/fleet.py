@@ -393,7 +393,9 @@ class _Fleet:
                             0, self.count, self.fleet, self.accompany, on_signal=self.forward
                         )
                         lock = lock_part(local_part)
-                        ledger, live = _local_part_ledger(local_part, local_options, self.segment)
+                        ledger, live = _local_part_ledger(
+                            local_part, local_options, self.segment, share(plan.jobs, 0, self.count)
+                        )
                         try:
                             local_code = await dispatch(
                                 plan, local_options, connection, ledger, self.segment, role,
@@ -402,7 +404,9 @@ class _Fleet:
                         finally:
                             ledger.close()
                             os.close(lock)
-                        self.local_fold = live.part() if live is not None else None
+                        if live is not None:
+                            self.local_fold = live.part()
+                            del live  # its table: the part holds what the merge needs
                         await self.release(local_code in (0, 1))
                         if local_code == 3:
                             await self.halted(0)
@@ -520,17 +524,16 @@ def _tell_parent(message: Mapping[str, Any]) -> None:
 
 
 def _local_part_ledger(
-    path: str, options: RunOptions, segment: Segment
+    path: str, options: RunOptions, segment: Segment, jobs: int
 ) -> tuple[Ledger, LiveFold | None]:
     """Worker 0's part ledger, and for a new run its fold as it is written.
 
-    Only worker 0's part is folded so: it runs in the parent, and fold keys
-    are string hashes of this process's seed. The other parts are read when
-    the parent folds the merged ledger (`fold_fleet`).
+    It runs in the parent, so its fold is merged job by job (keys are string
+    hashes of this process's seed); the other workers' come as counts.
     """
     fresh = segment.history is None
     ledger = Ledger(path, fsync=options.fsync, mirror=fresh)  # type: ignore[arg-type]
-    return ledger, LiveFold(ledger) if fresh else None
+    return ledger, LiveFold(ledger, jobs) if fresh else None
 
 
 # A child's last line to its parent: the counts of its part (`CountedPart`), as JSON.
@@ -629,7 +632,7 @@ async def serve_worker(spec: Mapping[str, Any], env: Mapping[str, str], pipe: Pa
         async with connect(options, env) as connection:
             folds = bool(spec.get("fold"))
             ledger = Ledger(spec["part"], fsync=options.fsync, mirror=folds)  # type: ignore[arg-type]
-            live = LiveFold(ledger) if folds else None
+            live = LiveFold(ledger, share(plan.jobs, index, count)) if folds else None
             try:
                 role = WorkerRole(index, count, str(spec["fleet"]), _companion(pipe))
                 code = await dispatch(plan, options, connection, ledger, segment, role, live=live)

@@ -52,6 +52,7 @@ import pickle
 import signal
 import sys
 import threading
+import zlib
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -522,7 +523,8 @@ class LiveFold:
     a ledger that was empty when opened: earlier content was never mirrored.
     """
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, jobs: int) -> None:
+        """Fold what `ledger` (made with `mirror=True`) writes about some `jobs` jobs."""
         if not ledger.mirror_intact:
             raise ValueError("LiveFold needs a Ledger made with mirror=True")
         self.ledger = ledger
@@ -531,6 +533,10 @@ class LiveFold:
         self._history._sources.append(self._source)
         self._history.ledgers.append(self._source.path)
         self._folder = _Folder(self._history)
+        # Sized for the jobs this writer sends, not the run's whole count its header
+        # gives: a fleet worker sends a share, and each worker's table is resident.
+        self._history._states.reserve(min(jobs, 1 << 21))
+        self._folder.sized_by_headers = False
 
     def take(self) -> None:
         """Fold the events the ledger recorded since the last call."""
@@ -735,6 +741,8 @@ def fold_fleet(
     history.ledgers.append(path)
     folder.path = Path(path)
     folder.disjoint = disjoint
+    # The table holds only the jobs merged or read: counted parts' jobs are not in it.
+    folder.sized_by_headers = False
     try:
         with open(path, "rb") as handle:
             info = os.fstat(handle.fileno())
@@ -856,9 +864,11 @@ class CountedPart:
     footers: list[dict[str, Any]]
 
     def to_json(self) -> bytes:
-        """One line of JSON (the latencies as base64 of their bytes)."""
+        """One line of JSON (the latencies as base64 of their bytes, deflated: a
+        million of them are 8 MB raw, ~1-2 MB so, and the parent reads them whole)."""
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        fields["latencies"] = base64.b64encode(self.latencies.tobytes()).decode()
+        packed = zlib.compress(self.latencies.tobytes(), 1)
+        fields["latencies"] = base64.b64encode(packed).decode()
         fields["t"] = [self.first_t, self.last_t] if self.first_t <= self.last_t else None
         del fields["first_t"], fields["last_t"]
         return orjson.dumps(fields)
@@ -868,7 +878,11 @@ class CountedPart:
         """The part `to_json` wrote (ValueError, KeyError or TypeError if it is not one)."""
         fields = orjson.loads(data)
         latencies = array("q")
-        latencies.frombytes(base64.b64decode(fields.pop("latencies"), validate=True))
+        packed = base64.b64decode(fields.pop("latencies"), validate=True)
+        try:
+            latencies.frombytes(zlib.decompress(packed))
+        except zlib.error as error:
+            raise ValueError(f"latencies: {error}") from None
         times = fields.pop("t")
         first_t, last_t = times if times is not None else (math.inf, -math.inf)
         part = cls(latencies=latencies, first_t=first_t, last_t=last_t, **fields)
@@ -978,6 +992,7 @@ class _Folder:
         "parallel_ok",
         "path",
         "plain_labels",
+        "sized_by_headers",
     )
 
     def __init__(self, history: History, *, parallel: bool = False) -> None:
@@ -988,6 +1003,8 @@ class _Folder:
         self.plain_labels: dict[Any, int] = {}  # workspace -> the label (workspace, no failure)
         # Jobs met are known to be none of those only counted (see `fold_fleet`).
         self.disjoint = False
+        # Whether a `run` header's job count sizes the table (a LiveFold sizes its own).
+        self.sized_by_headers = True
         # The file being read (see `file`): its path, lines read so far, bad
         # lines, and fleets whose parts are gone (merged, they said).
         self.path = Path()
@@ -1200,7 +1217,8 @@ class _Folder:
         table = history._states
         source = history._sources[ordinal]
         declared = history.declared_jobs + max(0, part.jobs - source.jobs)
-        table.reserve(max(min(declared, 1 << 21), len(table) + len(part.keys)))
+        sized = min(declared, 1 << 21) if self.sized_by_headers else 0
+        table.reserve(max(sized, len(table) + len(part.keys)))
         keys, values = table.keys, table.values  # room for all: no growing from here
         mask = len(keys) - 1
         free: list[int] = []  # where each key of the part goes: the first free slot
@@ -1444,7 +1462,8 @@ class _Folder:
                 # is input too): growing while full is when memory peaks.
                 table.note_added(added)
                 added = 0
-                table.reserve(min(history.declared_jobs, 1 << 21))
+                if self.sized_by_headers:
+                    table.reserve(min(history.declared_jobs, 1 << 21))
                 keys, values = table.keys, table.values
                 mask = len(keys) - 1
                 room = table.room()

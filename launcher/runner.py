@@ -251,7 +251,7 @@ async def launch(
         # A new ledger is folded as it is written, for the summary (see LiveFold).
         fresh = segment.history is None and not _has_content(ledger_path)
         ledger = Ledger(ledger_path, fsync=options.fsync, mirror=fresh)  # type: ignore[arg-type]
-        live = LiveFold(ledger) if fresh else None
+        live = LiveFold(ledger, plan.jobs) if fresh else None
         try:
             exit_code = await _dispatch(plan, options, connection, ledger, segment, live=live)
         finally:

@@ -75,7 +75,7 @@ def record(ledger: Ledger, live: LiveFold | None, operation: tuple[Any, ...]) ->
 
 def write_segment(path: Path, operations: list[tuple[Any, ...]], live_fold: bool) -> LiveFold:
     ledger = Ledger(path, fsync="never", mirror=live_fold)
-    live = LiveFold(ledger) if live_fold else None
+    live = LiveFold(ledger, len(JOBS)) if live_fold else None
     ledger.header({"run_id": "r1", "manifest": {"jobs": 4, "sha256": "ab"}, "opts": (1, 2)})
     for operation in operations:
         record(ledger, live, operation)
@@ -130,7 +130,7 @@ def test_a_replaced_file_is_read_instead(tmp_path: Path) -> None:
 def test_a_failed_write_makes_the_fold_read_the_file(tmp_path: Path) -> None:
     path = tmp_path / "l.jsonl"
     ledger = Ledger(path, fsync="never", mirror=True)
-    live = LiveFold(ledger)
+    live = LiveFold(ledger, 1)
     ledger.intent(JOBS[0], 1, "start")
     ledger.mirror_intact = False  # as flush() leaves it when a write fails
     ledger.close()
@@ -140,7 +140,7 @@ def test_a_failed_write_makes_the_fold_read_the_file(tmp_path: Path) -> None:
 def test_only_a_mirroring_ledger_can_be_folded_live(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.jsonl", fsync="never")
     with pytest.raises(ValueError, match="mirror"):
-        LiveFold(ledger)
+        LiveFold(ledger, 1)
     with pytest.raises(RuntimeError, match="mirror"):
         ledger.take_events()
     ledger.close()
