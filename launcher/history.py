@@ -59,7 +59,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple, TypedDict
 
 import orjson
 
@@ -572,18 +572,7 @@ class LiveFold:
         history = self._history
         counts = Counter(filter(None, history._states.values))
         return CountedPart(
-            size=end[0],
-            lines=end[1],
-            counts=list(counts.items()),
-            labels=history._labels,
-            verdicts=history._verdicts,
-            latencies=history.latencies_us,
-            attempts=history.attempts,
-            first_t=history.first_t,
-            last_t=history.last_t,
-            jobs=self._source.jobs,
-            headers=history.headers,
-            footers=history.footers,
+            size=end[0], lines=end[1], counts=list(counts.items()), **_totals_of(history, 0)
         )
 
     def _written_tail(self) -> tuple[int, int, bytes, tuple[int, int]] | None:
@@ -814,6 +803,34 @@ class _Tail:
     carry: bytes  # what follows the last newline read (a line not complete yet)
     at_end: bool  # the end of the file was reached (then `carry` is its last line)
     last: bytes | None  # the last complete line folded, if any
+
+
+class _Totals(TypedDict):
+    """What every kind of part carries besides its jobs: the fold's totals."""
+
+    labels: list[tuple[str | None, str | None]]
+    verdicts: list[str]
+    latencies: array[int]
+    attempts: int
+    first_t: float
+    last_t: float
+    jobs: int
+    headers: list[dict[str, Any]]
+    footers: list[dict[str, Any]]
+
+
+def _totals_of(history: History, ordinal: int) -> _Totals:
+    return _Totals(
+        labels=history._labels,
+        verdicts=history._verdicts,
+        latencies=history.latencies_us,
+        attempts=history.attempts,
+        first_t=history.first_t,
+        last_t=history.last_t,
+        jobs=history._sources[ordinal].jobs,
+        headers=history.headers,
+        footers=history.footers,
+    )
 
 
 @dataclass
@@ -1195,6 +1212,12 @@ class _Folder:
             workspace, failure = part.labels[state >> _LABEL_SHIFT]
             counted[(state & _BELOW_LABEL) | label(workspace, failure) << _LABEL_SHIFT] += jobs
         history._counts = None
+        self.add_totals(ordinal, part)
+        return True
+
+    def add_totals(self, ordinal: int, part: FoldedPart | CountedPart) -> None:
+        """Add what a merged part carries besides its jobs (see `_Totals`)."""
+        history = self.history
         source = history._sources[ordinal]
         history.declared_jobs += max(0, part.jobs - source.jobs)
         source.jobs = max(source.jobs, part.jobs)
@@ -1205,7 +1228,6 @@ class _Folder:
         history.first_t = min(history.first_t, part.first_t)
         history.last_t = max(history.last_t, part.last_t)
         self.number += part.lines
-        return True
 
     def merge(self, ordinal: int, part: FoldedPart) -> bool:
         """Take a child's fold of the next part; False (nothing taken) if it cannot be exact."""
@@ -1231,9 +1253,6 @@ class _Folder:
             if k:
                 return False  # known here after all: its state is not the child's to give
             free.append(i)
-        history.headers += part.headers
-        history.footers += part.footers
-        history.declared_jobs, source.jobs = declared, max(source.jobs, part.jobs)
         label = history._label
         relabeled: dict[int, int] = {}
         for key, state, i in zip(part.keys, part.states, free, strict=True):
@@ -1248,10 +1267,6 @@ class _Folder:
         table.note_added(len(part.keys))
         history._counts = None
         history.intent_times.update(part.times)
-        history.latencies_us.extend(part.latencies)
-        history.attempts += part.attempts
-        history.first_t = min(history.first_t, part.first_t)
-        history.last_t = max(history.last_t, part.last_t)
         self.bad_lines += [self.number + n for n in part.bad_lines]
         for fleet, names in part.fleet_ops:
             if names is None:
@@ -1259,7 +1274,7 @@ class _Folder:
             else:
                 self.expected[fleet] = names
         self.events(part.orphans, ordinal, lines=True)  # in order; all decode
-        self.number += part.lines
+        self.add_totals(ordinal, part)
         return True
 
     def events(self, items: Iterable[Any], ordinal: int, *, lines: bool) -> None:
@@ -1488,16 +1503,8 @@ def _part_of(folder: _Folder, tail: _Tail, ordinal: int) -> FoldedPart:
         orphans=folder.orphans or [],
         keys=array("Q", compress(table.keys, table.values)),
         states=array("Q", filter(None, table.values)),
-        labels=history._labels,
-        verdicts=history._verdicts,
         times=history.intent_times,
-        latencies=history.latencies_us,
-        attempts=history.attempts,
-        first_t=history.first_t,
-        last_t=history.last_t,
-        jobs=history._sources[ordinal].jobs,
-        headers=history.headers,
-        footers=history.footers,
+        **_totals_of(history, ordinal),
     )
 
 

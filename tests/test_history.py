@@ -340,8 +340,8 @@ class Iterated:
         return self.read.torn_tail
 
 
-def observed(history: History, job_ids: Iterable[str]) -> dict[str, Any]:
-    """Everything a fold exposes, comparable with ==."""
+def observed_counts(history: History) -> dict[str, Any]:
+    """Everything a fold exposes but its jobs one by one (all a counting fold has)."""
     return {
         "summary": to_json(summary_of(history)),
         "headers": history.headers,
@@ -354,6 +354,13 @@ def observed(history: History, job_ids: Iterable[str]) -> dict[str, Any]:
         "latencies": sorted(history.latencies_us),
         "examples": history.overlap_examples,
         "jobs": history.job_count,
+    }
+
+
+def observed(history: History, job_ids: Iterable[str]) -> dict[str, Any]:
+    """Everything a fold exposes, comparable with ==."""
+    return {
+        **observed_counts(history),
         "records": {job_id: history.record(job_id) for job_id in job_ids},
         "items": list(history.items()) if history.extras is not None else None,
     }

@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_history import observed
+from test_history import observed, observed_counts
 
 from launcher.history import (
     CountedPart,
     FoldedPart,
-    History,
     LiveFold,
     catch_up,
     fold,
@@ -27,7 +26,7 @@ from launcher.history import (
 from launcher.ledger import Ledger, finish_merge, open_fleet, part_name, read_ledger
 from launcher.models import Failure, Job, JobParam, Reply
 from launcher.policy import Verdict
-from launcher.report import summary_of, to_json
+from launcher.report import summary_of
 
 JOBS = [
     Job(f"job-{n}", f"name-{n}", (JobParam("d", str(n), None),), ws, project, line=n + 1)
@@ -200,20 +199,6 @@ def test_disjoint_shares_are_merged_not_read(tmp_path: Path) -> None:
 # -- counts: what other processes' folds and snapshots carry ---------------------------
 
 
-def counted(history: History) -> dict[str, Any]:
-    """What a fold that kept counts, not jobs, must agree on with a fold of the file."""
-    return {
-        "summary": to_json(summary_of(history)),
-        "headers": history.headers,
-        "footers": history.footers,
-        "attempts": history.attempts,
-        "declared": history.declared_jobs,
-        "t": (history.first_t, history.last_t),
-        "latencies": sorted(history.latencies_us),
-        "jobs": history.job_count,
-    }
-
-
 def disjoint_shares(shares: list[list[tuple[Any, ...]]]) -> list[list[tuple[Any, ...]]]:
     """Each worker's operations on jobs of its own (job n of worker w: JOBS[n] renamed)."""
     return [
@@ -235,13 +220,13 @@ def test_workers_counts_merge_to_the_fold_of_the_merged_ledger(
         counts = [None if n in lost else part for n, part in enumerate(counts)]
         merged = fold_fleet(str(path), bounds, counts, disjoint=True)
         assert merged.counted_only == any(part is not None for part in counts)
-        assert counted(merged) == counted(fold([read_ledger(path)]))
+        assert observed_counts(merged) == observed_counts(fold([read_ledger(path)]))
         write_segment(path, [], live_fold=False)  # a segment that sent nothing: caught up
         assert catch_up(merged) is merged
-        assert counted(merged) == counted(fold([read_ledger(path)]))
+        assert observed_counts(merged) == observed_counts(fold([read_ledger(path)]))
         write_segment(path, [("intent", 0, 9)], live_fold=False)  # one that sent: read it all
         assert not catch_up(merged).counted_only
-        assert counted(catch_up(merged)) == counted(fold([read_ledger(path)]))
+        assert observed_counts(catch_up(merged)) == observed_counts(fold([read_ledger(path)]))
 
 
 def write_fleet_counts(
@@ -293,7 +278,11 @@ def test_a_snapshot_holds_the_counts_of_the_fold(operations: list[tuple[Any, ...
         saved = load_fold(path)
         assert saved is not None
         assert saved.counted_only
-        assert counted(saved) == counted(history) == counted(fold([read_ledger(path)]))
+        assert (
+            observed_counts(saved)
+            == observed_counts(history)
+            == observed_counts(fold([read_ledger(path)]))
+        )
 
 
 def test_a_snapshot_is_used_only_for_the_file_it_describes(tmp_path: Path) -> None:
