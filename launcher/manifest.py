@@ -209,30 +209,31 @@ def validate(
     given_ids = 0
     sha256 = hashlib.sha256
     dumps = orjson.dumps
+    from_bytes = int.from_bytes  # (big-endian: its default)
+    add_job = seen_jobs.add
     with _open(path) as f:
         for item in _scan(f, name, kind, defaults, hasher):
             if isinstance(item, tuple):
                 job_name, params, workspace, project_id, jid, _, line = item
-                problems: list[Problem] = []
+                problems: list[Problem] | None = None  # made only for a duplicate
                 if jid is not None:
                     given_ids += 1
                     first = seen_ids.add(_key64(jid), line)
                     if first:
                         message = f"duplicate id {_quote(jid)}, first used on line {first}"
-                        problems.append(Problem(name, line, "id", message))
+                        problems = [Problem(name, line, "id", message)]
                 if not allow_duplicates:
                     # The canonical form `job_identity` hashes, so this key is the
                     # identity's first 64 bits, without building Job objects.
                     canonical = dumps((project_id, workspace, job_name, params))
-                    key = int.from_bytes(sha256(canonical).digest()[:8], "big")
-                    first = seen_jobs.add(key, line)
+                    first = add_job(from_bytes(sha256(canonical).digest()[:8]), line)
                     if first:
                         message = (
                             f"duplicate of the job on line {first} "
                             "(same project, workspace, name and params)"
                         )
-                        problems.append(Problem(name, line, "job", message))
-                if not problems:
+                        problems = [*(problems or ()), Problem(name, line, "job", message)]
+                if problems is None:
                     jobs += 1
                     continue
             else:
