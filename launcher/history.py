@@ -684,6 +684,10 @@ def load_fold(ledger: str | os.PathLike[str]) -> History | None:
         history._counted = Counter({int(state): int(n) for state, n in head["counts"]})
         history._labels = [(workspace, failure) for workspace, failure in head["labels"]]
         history._verdicts = [str(verdict) for verdict in head["verdicts"]]
+        for packed in history._counted:  # each state must decode (a summary decodes them all)
+            state = unpack_state(packed)
+            if state.label >= len(history._labels) or state.last >= len(history._verdicts):
+                return None
         history.attempts, history.declared_jobs = int(head["attempts"]), int(head["declared_jobs"])
         if head["t"] is not None:
             history.first_t, history.last_t = float(head["t"][0]), float(head["t"][1])

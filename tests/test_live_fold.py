@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -305,6 +306,19 @@ def test_a_snapshot_is_used_only_for_the_file_it_describes(tmp_path: Path) -> No
     assert load_fold(path) is None
     snapshot.write_bytes(b"{not json\n")
     assert load_fold(path) is None
+
+
+def test_a_snapshot_whose_states_do_not_decode_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    operations = [("intent", 0, 1), ("result", 0, 1, Reply(204, 0.01), Verdict.STARTED, "started")]
+    assert save_fold(write_segment(path, operations, live_fold=True).history())
+    snapshot = snapshot_path(path)
+    head, _, latencies = snapshot.read_bytes().partition(b"\n")
+    fields = orjson.loads(head)
+    assert load_fold(path) is not None
+    for bad in ({"labels": []}, {"verdicts": []}):
+        snapshot.write_bytes(orjson.dumps({**fields, **bad}) + b"\n" + latencies)
+        assert load_fold(path) is None  # a summary of it would fail on an index
 
 
 def test_folds_of_several_ledgers_or_torn_ones_are_not_saved(tmp_path: Path) -> None:
