@@ -391,13 +391,17 @@ class History:
         (whose `last_intent_t` is 0.0), so a million jobs make a few hundred
         records, not a million. The order is not meaningful.
         """
+        for packed, count in self.state_counts().items():
+            yield self.decode(packed), count
+
+    def state_counts(self) -> Counter[int]:
+        """How many jobs are in each packed state (kept and counted ones alike); cached."""
         counts = self._counts
         if counts is None:  # one C-level pass over the table (0: an empty slot)
             counts = self._counts = Counter(filter(None, self._states.values))
             if self._counted:
                 counts.update(self._counted)
-        for packed, count in counts.items():
-            yield self.decode(packed), count
+        return counts
 
     def items(self) -> Iterator[tuple[str, JobRecord]]:
         """(job id, record) for every job, in order of first mention.
@@ -570,10 +574,8 @@ class LiveFold:
         if end is None:
             return None
         history = self._history
-        counts = Counter(filter(None, history._states.values))
-        return CountedPart(
-            size=end[0], lines=end[1], counts=list(counts.items()), **_totals_of(history, 0)
-        )
+        counts = list(history.state_counts().items())
+        return CountedPart(size=end[0], lines=end[1], counts=counts, **_totals_of(history, 0))
 
     def _written_tail(self) -> tuple[int, int, bytes, tuple[int, int]] | None:
         """(bytes, lines, last bytes, file identity) of the ledger, if it is exactly what
@@ -633,13 +635,11 @@ def save_fold(history: History) -> bool:
     source = history._sources[0]
     if source.offset < 0 or source.torn:
         return False
-    counts = Counter(filter(None, history._states.values))
-    counts.update(history._counted or {})
     head = {
         "snapshot": _SNAPSHOT_VERSION,
         "byteorder": sys.byteorder,  # of the latencies' bytes
         "source": [source.jobs, source.offset, source.lines, source.identity, source.tail.hex()],
-        "counts": list(counts.items()),
+        "counts": list(history.state_counts().items()),
         "labels": history._labels,
         "verdicts": history._verdicts,
         "latencies": len(history.latencies_us),

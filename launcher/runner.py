@@ -248,8 +248,9 @@ async def launch(
         if workers > 1:
             return await run_fleet(plan, options, segment, ledger_path, workers, env, stdout)
     async with connect(options, env) as connection:
-        # A new ledger is folded as it is written, for the summary (see LiveFold).
-        fresh = segment.history is None and not _has_content(ledger_path)
+        # A new ledger (plan_segment refused one with content) is folded as it is
+        # written, for the summary (see LiveFold).
+        fresh = segment.history is None
         ledger = Ledger(ledger_path, fsync=options.fsync, mirror=fresh)  # type: ignore[arg-type]
         live = LiveFold(ledger, plan.jobs) if fresh else None
         try:
