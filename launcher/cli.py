@@ -12,7 +12,6 @@ import sys
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
-import anyio
 import click
 import orjson
 
@@ -23,7 +22,6 @@ from launcher.ledger import read_ledger
 from launcher.logs import configure_logging
 from launcher.manifest import Defaults, validate
 from launcher.report import format_text
-from launcher.transport import backend_options
 
 __all__ = ["cli", "main"]
 
@@ -221,9 +219,7 @@ def run(manifest: str, config_path: str | None, **flags: Any) -> None:
         file_values = load_config_file(config_path) if config_path else {}
         options = resolve_options(flags, file_values, os.environ, config_path=config_path)
         configure_logging(options.log_format, options.log_level)  # type: ignore[arg-type]
-        result = anyio.run(
-            launch, manifest, options, dict(os.environ), backend_options=backend_options()
-        )
+        result = launch(manifest, options, dict(os.environ))
     except LauncherError as error:
         _fail(error)
         return
@@ -356,13 +352,7 @@ def replay(
         )
         click.echo(f"replay: {plan.jobs} job(s) from {source} -> {plan.manifest}", err=True)
         options = replace(options, ledger=str(plan.ledger))
-        result = anyio.run(
-            launch,
-            str(plan.manifest),
-            options,
-            dict(os.environ),
-            backend_options=backend_options(),
-        )
+        result = launch(str(plan.manifest), options, dict(os.environ))
     except LauncherError as error:
         _fail(error)
         return

@@ -15,39 +15,43 @@ Shape:
   worker sends a job does not matter to resume, since every worker folds
   the whole ledger), with its share of every limit, and writes
   its part like a ledger; it holds a lock on the part while it runs;
-- worker 0 is the parent itself (one interpreter fewer); the others start
-  while it connects and wait until its canary has been answered, so bad
-  credentials cost one rejected request, not one per worker;
-- the parent shows the fleet's progress (children report their tallies on
-  stdout), forwards SIGINT/SIGTERM once per signal it receives (children run
-  in their own sessions, so a terminal's Ctrl-C reaches them once, through
-  the parent), and stops every worker when one halts (exit 3);
+- worker 0 is the parent itself (one process fewer); the others are forked
+  from it before its event loop starts, with the plan (and a resume's fold of
+  the ledger) in hand and every module imported: a worker costs a fork, not
+  an interpreter's start-up. They wait until worker 0's canary has been
+  answered, so bad credentials cost one rejected request, not one per worker;
+- each child has two pipes to the parent: orders (`go`, `stop`) and reports
+  (its tallies, then its counts); the parent shows the fleet's progress,
+  forwards SIGINT/SIGTERM once per signal it receives (children run in their
+  own sessions, so a terminal's Ctrl-C reaches them once, through the
+  parent), and stops every worker when one halts (exit 3);
 - when all have exited, the parent copies the parts into the ledger
   (`ledger.finish_merge`) and prints the summary read from it.
 
-If the parent dies, the workers see their stdin close and stop as on SIGTERM.
+If the parent dies, the workers see their orders pipe close and stop as on SIGTERM.
 `report` and `--resume` read unmerged parts; a resume merges them first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
+import random
 import signal
-import subprocess
 import sys
 import time
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import anyio
 import orjson
-from anyio.abc import Process
 
 from launcher.config import RunOptions
 from launcher.connect import connect
@@ -58,21 +62,11 @@ from launcher.history import (
     FoldedPart,
     LiveFold,
     catch_up,
-    fold,
     fold_fleet,
     save_fold,
 )
-from launcher.ledger import (
-    Ledger,
-    finish_merge,
-    lock_part,
-    open_fleet,
-    part_name,
-    read_ledger,
-)
-from launcher.logs import bind_log_context, configure_logging, get_logger
-from launcher.manifest import Defaults, Validation
-from launcher.plan import parse_shard
+from launcher.ledger import Ledger, finish_merge, lock_part, open_fleet, part_name
+from launcher.logs import bind_log_context, get_logger
 from launcher.policy import parse_halt
 from launcher.report import format_text, summary_of
 from launcher.runner import (
@@ -81,7 +75,6 @@ from launcher.runner import (
     RunResult,
     Segment,
     WorkerRole,
-    plan_segment,
 )
 from launcher.runner import _dispatch as dispatch
 from launcher.runner import _progress as show_fleet_progress
@@ -90,36 +83,23 @@ from launcher.transport import backend_options
 __all__ = [
     "AUTO_RATE_PER_WORKER",
     "MIN_JOBS_PER_WORKER",
-    "ParentPipe",
+    "Fleet",
     "choose_workers",
     "fleet_exit_code",
-    "run_fleet",
-    "serve_worker",
     "share",
+    "start_fleet",
     "worker_options",
 ]
 
 # Starts a second one worker sustains with room to spare on one core
 # (benchmarks/RESULTS.md): a rate above it gets another worker under `auto`.
 AUTO_RATE_PER_WORKER = 2000.0
-# Below this many jobs per worker, another interpreter's start-up (~0.3 s of
-# imports, and a second pass over the manifest) costs more than it saves.
+# Below this many jobs per worker, another worker (a fork, its connections, and a
+# second pass over the manifest) costs more than it saves.
 MIN_JOBS_PER_WORKER = 5000
 TALLY_PERIOD = 0.25  # seconds between a worker's progress reports
 
 log = get_logger("launcher.fleet")
-
-# A child imports this very package, wherever it was imported from: `-P` keeps the
-# working directory off its path, and the folder holding `launcher/` goes first
-# unless the path already has it (an install, PYTHONPATH).
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-# It starts at `worker_main`, not the CLI: click and the CLI's modules are ~20 ms of
-# imports each child would pay for nothing.
-_CHILD_BOOT = (
-    "import sys; root = sys.argv.pop(1); "
-    "sys.path.insert(0, root) if root not in sys.path else None; "
-    "from launcher.fleet import worker_main; worker_main()"
-)
 
 
 def usable_cpus() -> int:
@@ -219,17 +199,18 @@ def fleet_exit_code(codes: list[int], interrupted: bool, all_started: bool) -> i
 @dataclass(slots=True)
 class _Child:
     index: int
-    process: Process
+    pid: int
+    orders: int  # our end of the pipe it reads its orders from
+    reports: int  # our end of the pipe it writes its tallies, then its counts, to
     tally: list[int]
     failures: Counter[str]
     code: int | None = None
     counts: CountedPart | None = None  # its fold of its part, sent when it is done
 
 
-class _Fleet:
-    """The parent's side of a run over `count` workers: worker 0 runs in this
-    process (one interpreter fewer: its memory and start-up), the others are
-    children that wait for worker 0's canary."""
+class Fleet:
+    """One run over `count` workers: worker 0 runs in this process, the others
+    are children forked from it by `start_fleet`; `run` is the parent's side."""
 
     def __init__(
         self,
@@ -260,6 +241,76 @@ class _Fleet:
             and plan.validation.given_ids == 0
         )
 
+    # -- forking (before the event loop) --
+
+    def fork_children(self) -> None:
+        """Fork workers 1 to count-1; each waits for its `go` (see `serve`)."""
+        sys.stdout.flush()  # else what their buffers hold would be written twice
+        sys.stderr.flush()
+        # What this process holds now stays out of the children's collections: a
+        # collection would touch, and so copy, every page of it.
+        gc.freeze()
+        try:
+            for index in range(1, self.count):
+                orders_in, orders_out = os.pipe()
+                reports_in, reports_out = os.pipe()
+                pid = os.fork()
+                if pid == 0:
+                    siblings = [
+                        fd for child in self.children for fd in (child.orders, child.reports)
+                    ]
+                    for fd in (orders_out, reports_in, *siblings):
+                        os.close(fd)
+                    self.be_worker(index, orders_in, reports_out)
+                os.close(orders_in)
+                os.close(reports_out)
+                os.set_blocking(orders_out, False)  # an order never waits on a child
+                os.set_blocking(reports_in, False)
+                tally = [0] * len(_TALLY_FIELDS)
+                self.children.append(_Child(index, pid, orders_out, reports_in, tally, Counter()))
+        except BaseException:
+            self.end_children()
+            raise
+        finally:
+            gc.unfreeze()
+
+    def be_worker(self, index: int, orders: int, reports: int) -> NoReturn:
+        """A forked child: run worker `index`, then exit without the parent's clean-up."""
+        code = 1
+        try:
+            # Its own session: a terminal's Ctrl-C reaches it once, through the parent.
+            os.setsid()
+            random.seed()  # not the parent's sequence
+            code = anyio.run(
+                self.serve, index, _PipeLines(orders), reports, backend_options=backend_options()
+            )
+        except LauncherError as error:
+            sys.stderr.write(f"launcher: error: {error}\n")
+            code = error.exit_code
+        except KeyboardInterrupt:
+            code = EXIT_INTERRUPTED
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(BaseException):
+                sys.stderr.flush()
+                sys.stdout.flush()
+            os._exit(code)
+
+    def end_children(self) -> None:
+        """Stop the children still running (this process is failing) and reap every one."""
+        for child in self.children:
+            if child.code is None:
+                with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                    os.kill(child.pid, signal.SIGKILL)
+                child.code = _wait(child.pid)
+            for fd in (child.orders, child.reports):
+                with contextlib.suppress(OSError):  # closed already
+                    os.close(fd)
+            child.orders = child.reports = -1
+
+    # -- the parent's side, in the event loop --
+
     def sum_tallies(self) -> None:
         rows = [child.tally for child in self.children]
         failures: Counter[str] = Counter()
@@ -273,122 +324,91 @@ class _Fleet:
             setattr(tally, name, sum(column))
         tally.failures = failures
 
-    async def tell(self, word: bytes) -> None:
+    def tell(self, word: bytes) -> None:
         for child in self.children:
             if child.code is None:
-                with contextlib.suppress(
-                    anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
-                ):  # it exited meanwhile
-                    await child.process.stdin.send(word + b"\n")  # type: ignore[union-attr]
+                with contextlib.suppress(OSError):  # it exited meanwhile
+                    os.write(child.orders, word + b"\n")
 
-    async def release(self, go: bool) -> None:
+    def release(self, go: bool) -> None:
         """Let the children start (worker 0's canary was answered), or tell them not to."""
         if not self.released:
             self.released = True
-            await self.tell(b"go" if go else b"stop")
+            self.tell(b"go" if go else b"stop")
 
-    async def halted(self, index: int) -> None:
+    def halted(self, index: int) -> None:
         log.warning("a worker halted: stopping the others", worker=index)
         if self.dispatcher is not None:
             self.dispatcher.stop("another worker halted")
-        await self.tell(b"stop")
+        self.tell(b"stop")
 
     def forward(self, signum: int) -> None:
         """Worker 0 got SIGINT/SIGTERM: pass it on, once, to every child."""
         self.interrupted = True
         for child in self.children:
             if child.code is None:
-                child.process.send_signal(signal.Signals(signum))
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signum)
 
     async def accompany(self, dispatcher: Dispatcher, tally: Tally) -> None:
         """Worker 0's companion: release the children after the canary; keep the sum."""
         self.dispatcher, self.local = dispatcher, tally
         try:
             await dispatcher.canary_answered()
-            await self.release(not dispatcher.stopping)
+            self.release(not dispatcher.stopping)
             while True:
                 self.sum_tallies()
                 await anyio.sleep(TALLY_PERIOD)
         finally:
             self.sum_tallies()
 
-    async def spawn(self, index: int, history_end: int | None) -> _Child:
-        spec = {
-            "manifest": self.plan.manifest,
-            "options": _options_to_json(worker_options(self.options, index, self.count)),
-            "validation": [self.plan.validation.jobs, self.plan.validation.sha256],
-            "jobs": self.plan.jobs,
-            "index": index,
-            "count": self.count,
-            "fleet": self.fleet,
-            "ledger": self.ledger_path,
-            "part": str(self.folder / self.names[index]),
-            "history_end": history_end,
-            "fold": self.count_parts,
-        }
-        process = await anyio.open_process(
-            [sys.executable, "-P", "-c", _CHILD_BOOT, _PACKAGE_ROOT],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None,  # its logs go where ours go
-            # Its own session: a terminal's Ctrl-C reaches it once, through us.
-            start_new_session=True,
-        )
-        assert process.stdin is not None
-        await process.stdin.send(orjson.dumps(spec) + b"\n")
-        child = _Child(index, process, [0] * len(_TALLY_FIELDS), Counter())
-        self.children.append(child)
-        return child
-
     async def watch(self, child: _Child) -> None:
-        stdout = child.process.stdout
-        assert stdout is not None
-        buffer = b""
-        async for chunk in stdout:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                if line.startswith(_COUNTS_PREFIX):
-                    child.counts = _read_counts(line, child.index)
-                    continue
-                try:
-                    message = orjson.loads(line)
-                    child.tally = list(message["tally"])
-                    child.failures = Counter(message.get("failures") or {})
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    log.warning("unreadable line from a worker", worker=child.index)
-        child.code = await child.process.wait()
+        """Read a child's reports until it exits; then reap it."""
+        reports = _PipeLines(child.reports)
+        while (line := await reports.next_line()) is not None:
+            if line.startswith(_COUNTS_PREFIX):
+                child.counts = _read_counts(line, child.index)
+                continue
+            try:
+                message = orjson.loads(line)
+                child.tally = list(message["tally"])
+                child.failures = Counter(message.get("failures") or {})
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                log.warning("unreadable line from a worker", worker=child.index)
+        child.code = await anyio.to_thread.run_sync(_wait, child.pid)
         if child.code == 3:
-            await self.halted(child.index)
+            self.halted(child.index)
 
     async def run(self, out: TextIO) -> RunResult:
+        """Worker 0's share beside the children's; then the merge, and the summary."""
         options, plan = self.options, self.plan
         local_options = worker_options(options, 0, self.count)
         local_part = str(self.folder / self.names[0])
-        history_end = _size(self.ledger_path) if self.segment.history is not None else None
         local_code: int | None = None
-        # Connect first: if the credentials or the endpoint are refused, the
-        # ledger is left as it was, as a single process would leave it.
-        async with connect(local_options, self.env) as connection:
-            pending = open_fleet(
-                self.ledger_path,
-                {
-                    "fleet": self.fleet,
-                    "t": time.time(),
-                    "count": self.count,
-                    "parts": self.names,
-                    "manifest": {"sha256": plan.validation.sha256, "jobs": plan.jobs},
-                    "pid": os.getpid(),
-                },
-            )
-            log.info("run starting in worker processes", workers=self.count, fleet=self.fleet)
-            try:
+        pending = None
+        bounds: list[int] = []
+        try:
+            # Connect first: if the credentials or the endpoint are refused, the
+            # ledger is left as it was, as a single process would leave it.
+            async with connect(local_options, self.env) as connection:
+                pending = open_fleet(
+                    self.ledger_path,
+                    {
+                        "fleet": self.fleet,
+                        "t": time.time(),
+                        "count": self.count,
+                        "parts": self.names,
+                        "manifest": {"sha256": plan.validation.sha256, "jobs": plan.jobs},
+                        "pid": os.getpid(),
+                    },
+                )
+                log.info("run starting in worker processes", workers=self.count, fleet=self.fleet)
                 async with anyio.create_task_group() as tg:
                     if options.progress != "off":
                         tg.start_soon(show_fleet_progress, self.tally, options)
                     async with anyio.create_task_group() as crew:
-                        for index in range(1, self.count):
-                            crew.start_soon(self.watch, await self.spawn(index, history_end))
+                        for child in self.children:
+                            crew.start_soon(self.watch, child)
                         role = WorkerRole(
                             0, self.count, self.fleet, self.accompany, on_signal=self.forward
                         )
@@ -407,17 +427,14 @@ class _Fleet:
                         if live is not None:
                             self.local_fold = live.part()
                             del live  # its table: the part holds what the merge needs
-                        await self.release(local_code in (0, 1))
+                        self.release(local_code in (0, 1))
                         if local_code == 3:
-                            await self.halted(0)
+                            self.halted(0)
                     tg.cancel_scope.cancel()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    for child in self.children:
-                        if child.code is None:  # only when this process is failing
-                            child.process.kill()
-                            child.code = await child.process.wait()
-                        await child.process.aclose()
+        finally:
+            with anyio.CancelScope(shield=True):
+                self.end_children()  # all reaped already, unless this process is failing
+                if pending is not None:
                     bounds = await anyio.to_thread.run_sync(finish_merge, self.ledger_path, pending)
         # A resume folded the ledger before the workers record: read only what follows.
         history = self.segment.history
@@ -438,6 +455,56 @@ class _Fleet:
         log.info("workers finished", exit_codes=codes, exit_code=exit_code)
         return RunResult(exit_code, summary, self.ledger_path)
 
+    # -- a child's side, in its own event loop --
+
+    async def serve(self, index: int, orders: _PipeLines, reports: int) -> int:
+        """Be worker `index`: wait for `go`, send its share, report; return its exit code."""
+        bind_log_context(worker=f"{index}/{self.count}")  # on every log line
+        options = worker_options(self.options, index, self.count)
+        word = await orders.next_line()
+        if word != b"go":  # worker 0 failed, or the parent went away: send nothing
+            return EXIT_INTERRUPTED if word is None else 0
+        part = str(self.folder / self.names[index])
+        lock = lock_part(part)  # held while it writes: a merge waits for it
+        try:
+            async with connect(options, self.env) as connection:
+                folds = self.count_parts
+                ledger = Ledger(part, fsync=options.fsync, mirror=folds)  # type: ignore[arg-type]
+                live = LiveFold(ledger, share(self.plan.jobs, index, self.count)) if folds else None
+                try:
+                    role = WorkerRole(index, self.count, self.fleet, _companion(orders, reports))
+                    code = await dispatch(
+                        self.plan, options, connection, ledger, self.segment, role, live=live
+                    )
+                finally:
+                    ledger.close()
+        finally:
+            os.close(lock)
+        counts = live.counts() if live is not None else None
+        if counts is not None:
+            _send_counts(reports, counts)
+        return code
+
+
+def start_fleet(
+    plan: Plan,
+    options: RunOptions,
+    segment: Segment,
+    ledger_path: str,
+    count: int,
+    env: Mapping[str, str],
+) -> Fleet:
+    """Fork the workers of a run of `plan` over `count` processes (this one and
+    count-1 children); `await fleet.run(out)` then runs it, merges the workers'
+    ledgers into `ledger_path` and prints the summary.
+
+    Call it before the event loop starts, from a process with one thread: a
+    fork then copies nothing that could be half-way through a change.
+    """
+    fleet = Fleet(plan, options, segment, ledger_path, count, env)
+    fleet.fork_children()
+    return fleet
+
 
 # The counters a child reports and the parent sums, in this order.
 _TALLY_FIELDS = ("done", "started", "failed", "unknown", "attempts", "in_flight", "throttled")
@@ -447,68 +514,26 @@ def _tally_row(tally: Tally) -> list[int]:
     return [getattr(tally, name) for name in _TALLY_FIELDS]
 
 
-async def run_fleet(
-    plan: Plan,
-    options: RunOptions,
-    segment: Segment,
-    ledger_path: str,
-    count: int,
-    env: Mapping[str, str],
-    out: TextIO,
-) -> RunResult:
-    """Run `plan` over `count` workers (this process and count-1 children); merge
-    their ledgers into `ledger_path`; print the summary."""
-    return await _Fleet(plan, options, segment, ledger_path, count, env).run(out)
+def _wait(pid: int) -> int:
+    """Reap child `pid`: its exit code (minus the signal's number when one killed it)."""
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
+class _PipeLines:
+    """The lines of a pipe, read in the event loop; None once its writer closed it."""
 
-
-def _options_to_json(options: RunOptions) -> dict[str, Any]:
-    # The whole options, the Redis password included: they travel over a pipe
-    # to a child, never through its command line or environment.
-    return {f.name: getattr(options, f.name) for f in fields(options)}
-
-
-def _options_from_json(values: Mapping[str, Any]) -> RunOptions:
-    workspaces = {
-        workspace: (int(limits[0]), float(limits[1]), int(limits[2]))
-        for workspace, limits in (values.get("workspaces") or {}).items()
-    }
-    return RunOptions(**{**values, "workspaces": workspaces})
-
-
-# -- a worker --------------------------------------------------------------------
-
-
-class ParentPipe:
-    """Lines from the parent on stdin (`go`, `stop`); None once it closed (the parent died)."""
-
-    def __init__(self, fd: int = 0) -> None:
+    def __init__(self, fd: int) -> None:
         self._fd = fd
         self._buffer = b""
-
-    def first_line(self) -> bytes:
-        """The spec, read before the event loop starts (blocking; what follows stays here)."""
-        while b"\n" not in self._buffer:
-            chunk = os.read(self._fd, 65536)
-            if not chunk:
-                break
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        os.set_blocking(self._fd, False)
-        return line
+        os.set_blocking(fd, False)
 
     async def next_line(self) -> bytes | None:
         """The next line without its newline, or None at end of file."""
         while b"\n" not in self._buffer:
             await anyio.wait_readable(self._fd)
             try:
-                chunk = os.read(self._fd, 4096)
+                chunk = os.read(self._fd, 65536)
             except BlockingIOError:
                 continue
             if not chunk:
@@ -516,11 +541,6 @@ class ParentPipe:
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line.strip()
-
-
-def _tell_parent(message: Mapping[str, Any]) -> None:
-    with contextlib.suppress(OSError):  # the parent is gone; the pipe watcher stops us
-        os.write(1, orjson.dumps(message, option=orjson.OPT_APPEND_NEWLINE))
 
 
 def _local_part_ledger(
@@ -536,15 +556,19 @@ def _local_part_ledger(
     return ledger, LiveFold(ledger, jobs) if fresh else None
 
 
-# A child's last line to its parent: the counts of its part (`CountedPart`), as JSON.
+# A child's last report: the counts of its part (`CountedPart`), as JSON.
 _COUNTS_PREFIX = b"C"
 
 
-def _send_counts(counts: CountedPart) -> None:
-    view = memoryview(_COUNTS_PREFIX + counts.to_json() + b"\n")
-    with contextlib.suppress(OSError):  # the parent is gone: it needs no counts
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    with contextlib.suppress(OSError):  # the parent is gone: the orders pipe tells us
         while view:
-            view = view[os.write(1, view) :]
+            view = view[os.write(fd, view) :]
+
+
+def _send_counts(reports: int, counts: CountedPart) -> None:
+    _write_all(reports, _COUNTS_PREFIX + counts.to_json() + b"\n")
 
 
 def _read_counts(line: bytes, index: int) -> CountedPart | None:
@@ -555,22 +579,25 @@ def _read_counts(line: bytes, index: int) -> CountedPart | None:
         return None
 
 
-def _tally_message(tally: Tally) -> dict[str, Any]:
-    return {"tally": _tally_row(tally), "failures": dict(tally.failures.most_common(5))}
+def _tally_message(tally: Tally) -> bytes:
+    message = {"tally": _tally_row(tally), "failures": dict(tally.failures.most_common(5))}
+    return orjson.dumps(message, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def _companion(pipe: ParentPipe) -> Callable[[Dispatcher, Tally], Coroutine[Any, Any, None]]:
+def _companion(
+    orders: _PipeLines, reports: int
+) -> Callable[[Dispatcher, Tally], Coroutine[Any, Any, None]]:
     async def accompany(dispatcher: Dispatcher, tally: Tally) -> None:
         """Report the tally to the parent; obey its orders."""
 
         async def report() -> None:
             while True:
-                _tell_parent(_tally_message(tally))
+                _write_all(reports, _tally_message(tally))
                 await anyio.sleep(TALLY_PERIOD)
 
         async def obey() -> None:
             while True:
-                line = await pipe.next_line()
+                line = await orders.next_line()
                 if line is None:  # the parent died: stop as a SIGTERM would
                     os.kill(os.getpid(), signal.SIGTERM)
                     return
@@ -582,65 +609,6 @@ def _companion(pipe: ParentPipe) -> Callable[[Dispatcher, Tally], Coroutine[Any,
                 tg.start_soon(report)
                 tg.start_soon(obey)
         finally:
-            _tell_parent(_tally_message(tally))
+            _write_all(reports, _tally_message(tally))
 
     return accompany
-
-
-def worker_main() -> None:
-    """A child's entry point: be the worker its spec (the first line on stdin) describes."""
-    try:
-        pipe = ParentPipe(sys.stdin.fileno())
-        spec = orjson.loads(pipe.first_line())
-        options = spec["options"]
-        configure_logging(options["log_format"], options["log_level"])
-        exit_code = anyio.run(
-            serve_worker, spec, dict(os.environ), pipe, backend_options=backend_options()
-        )
-    except LauncherError as error:
-        sys.stderr.write(f"launcher: error: {error}\n")
-        sys.exit(error.exit_code)
-    sys.exit(exit_code)
-
-
-async def serve_worker(spec: Mapping[str, Any], env: Mapping[str, str], pipe: ParentPipe) -> int:
-    """Be worker `spec["index"]` of a fleet (see the module docstring); return the exit code."""
-    options = _options_from_json(spec["options"])
-    manifest = str(spec["manifest"])
-    index, count = int(spec["index"]), int(spec["count"])
-    bind_log_context(worker=f"{index}/{count}")  # on every log line
-    total, digest = spec["validation"]
-    shard = parse_shard(options.shard) if options.shard else None
-    plan = Plan(
-        manifest,
-        Validation(manifest, int(total), (), 0, str(digest)),
-        Defaults(project_id=options.project_id, workspace=options.workspace),
-        options.manifest_format,
-        shard,
-        int(spec["jobs"]),
-    )
-    ledger_path = str(spec["ledger"])
-    segment = Segment()
-    if spec.get("history_end") is not None:
-        history = fold([read_ledger(ledger_path, end=int(spec["history_end"]))])
-        segment = plan_segment(ledger_path, plan, options, history)
-    lock = lock_part(spec["part"])
-    try:
-        word = await pipe.next_line()
-        if word != b"go":  # worker 0 failed, or the parent went away: send nothing
-            return EXIT_INTERRUPTED if word is None else 0
-        async with connect(options, env) as connection:
-            folds = bool(spec.get("fold"))
-            ledger = Ledger(spec["part"], fsync=options.fsync, mirror=folds)  # type: ignore[arg-type]
-            live = LiveFold(ledger, share(plan.jobs, index, count)) if folds else None
-            try:
-                role = WorkerRole(index, count, str(spec["fleet"]), _companion(pipe))
-                code = await dispatch(plan, options, connection, ledger, segment, role, live=live)
-            finally:
-                ledger.close()
-        counts = live.counts() if live is not None else None
-        if counts is not None:
-            _send_counts(counts)
-        return code
-    finally:
-        os.close(lock)

@@ -69,6 +69,7 @@ from launcher.plan import (
 from launcher.policy import RetryBudget, RetryPolicy, parse_halt
 from launcher.progress import show_progress
 from launcher.report import Summary, format_text, summary_of
+from launcher.transport import backend_options
 
 __all__ = ["EXIT_INTERRUPTED", "RunResult", "WorkerRole", "launch", "plan_manifest"]
 
@@ -213,14 +214,20 @@ def print_dry_run(plan: Plan, options: RunOptions, endpoint: str, out: TextIO) -
     )
 
 
-async def launch(
+def launch(
     manifest: str,
     options: RunOptions,
     env: Mapping[str, str],
     *,
     out: TextIO | None = None,
 ) -> RunResult:
-    """Run a manifest end to end and return the exit code (see interface.md)."""
+    """Run a manifest end to end and return the exit code (see interface.md).
+
+    Everything before the first request happens before the event loop starts:
+    the resume fold, validation, the plan and, for a run over several workers,
+    forking them (with no loop and one thread, a fork is safe, and a worker
+    then needs no start-up of its own).
+    """
     stdout = out if out is not None else sys.stdout
     endpoint = resolve_endpoint(options)
     ledger_path = options.ledger or str(default_ledger_path(manifest))
@@ -241,12 +248,34 @@ async def launch(
             ledger_path, plan, options, _resume_history(ledger_path, saved=False)
         )
     if not segment.nothing_left and options.workers != 1:
-        from launcher.fleet import choose_workers, run_fleet, usable_cpus
+        from launcher.fleet import choose_workers, start_fleet, usable_cpus
 
         unsettled = plan.jobs - segment.already_settled
         workers = choose_workers(options, unsettled, usable_cpus())
         if workers > 1:
-            return await run_fleet(plan, options, segment, ledger_path, workers, env, stdout)
+            fleet = start_fleet(plan, options, segment, ledger_path, workers, env)
+            return anyio.run(fleet.run, stdout, backend_options=backend_options())
+    return anyio.run(
+        _launch_here,
+        plan,
+        options,
+        segment,
+        ledger_path,
+        env,
+        stdout,
+        backend_options=backend_options(),
+    )
+
+
+async def _launch_here(
+    plan: Plan,
+    options: RunOptions,
+    segment: Segment,
+    ledger_path: str,
+    env: Mapping[str, str],
+    stdout: TextIO,
+) -> RunResult:
+    """The run in this one process: dispatch, then the summary."""
     async with connect(options, env) as connection:
         # A new ledger (plan_segment refused one with content) is folded as it is
         # written, for the summary (see LiveFold).
