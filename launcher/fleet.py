@@ -35,7 +35,6 @@ If the parent dies, the workers see their orders pipe close and stop as on SIGTE
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import os
 import random
@@ -247,19 +246,14 @@ class Fleet:
         """Fork workers 1 to count-1; each waits for its `go` (see `serve`)."""
         sys.stdout.flush()  # else what their buffers hold would be written twice
         sys.stderr.flush()
-        # What this process holds now stays out of the children's collections: a
-        # collection would touch, and so copy, every page of it.
-        gc.freeze()
         try:
             for index in range(1, self.count):
                 orders_in, orders_out = os.pipe()
                 reports_in, reports_out = os.pipe()
                 pid = os.fork()
                 if pid == 0:
-                    siblings = [
-                        fd for child in self.children for fd in (child.orders, child.reports)
-                    ]
-                    for fd in (orders_out, reports_in, *siblings):
+                    # Not its business: our ends of its pipes, and of its elder siblings'.
+                    for fd in (orders_out, reports_in, *self.parent_ends()):
                         os.close(fd)
                     self.be_worker(index, orders_in, reports_out)
                 os.close(orders_in)
@@ -271,8 +265,9 @@ class Fleet:
         except BaseException:
             self.end_children()
             raise
-        finally:
-            gc.unfreeze()
+
+    def parent_ends(self) -> list[int]:
+        return [fd for child in self.children for fd in (child.orders, child.reports)]
 
     def be_worker(self, index: int, orders: int, reports: int) -> NoReturn:
         """A forked child: run worker `index`, then exit without the parent's clean-up."""

@@ -22,6 +22,7 @@ A resume (`--resume`) folds its ledger first, and takes two shortcuts from it:
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import signal
@@ -247,6 +248,7 @@ def launch(
         segment = plan_segment(
             ledger_path, plan, options, _resume_history(ledger_path, saved=False)
         )
+    _quiet_collector()
     if not segment.nothing_left and options.workers != 1:
         from launcher.fleet import choose_workers, start_fleet, usable_cpus
 
@@ -265,6 +267,20 @@ def launch(
         stdout,
         backend_options=backend_options(),
     )
+
+
+def _quiet_collector() -> None:
+    """Set the cyclic garbage collector for sending: rarely, and not over what exists now.
+
+    What this process holds before it sends (modules, the plan, a resume's
+    fold of the ledger) is frozen out of every collection, which also keeps
+    forked workers from copying its pages by touching them; and the youngest
+    generation is collected every 10,000 net allocations instead of 700: a
+    run's objects rarely outlive their request, so the default's ~300
+    collections per 50,000 starts found little and cost ~1.5 µs a start.
+    """
+    gc.freeze()
+    gc.set_threshold(10_000)
 
 
 async def _launch_here(
