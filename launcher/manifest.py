@@ -79,8 +79,9 @@ fields; `manifest_rules` checks one job's fields and words every message;
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Final, Literal
 
@@ -146,6 +147,9 @@ class Validation:
     # Jobs that give their own `id` (None: not counted). With none, and without
     # duplicates allowed, no two jobs share an id (see `launcher.fleet`).
     given_ids: int | None = None
+    # The jobs themselves, in manifest order, when `validate` was asked to keep them
+    # and they fit (see `keep`); None: stream them from the file again.
+    kept: Sequence[Job] | None = field(default=None, repr=False)
 
     def raise_if_invalid(self) -> None:
         """Raise `ManifestInvalid` listing the first problems, if there are any."""
@@ -191,11 +195,14 @@ def validate(
     allow_duplicates: bool = False,
     max_listed: int = 20,
     fmt: str | None = None,
+    keep: int = 0,
 ) -> Validation:
     """Check every rule, plus duplicate jobs and ids, in one streaming pass.
 
     The SHA-256 covers the file's raw bytes and is computed in the same pass, so
-    it describes exactly the bytes that were checked.
+    it describes exactly the bytes that were checked. `keep`: up to this many
+    jobs are kept (`Validation.kept`, as `iter_jobs` would give them), so that
+    sending them needs no second pass; a manifest with more keeps none.
     """
     kind = _resolve_format(path, fmt)
     _check_defaults(defaults)
@@ -211,6 +218,8 @@ def validate(
     dumps = orjson.dumps
     from_bytes = int.from_bytes  # (big-endian: its default)
     add_job = seen_jobs.add
+    kept: list[Job] | None = [] if keep > 0 else None
+    digest = b""
     with _open(path) as f:
         for item in _scan(f, name, kind, defaults, hasher):
             if isinstance(item, tuple):
@@ -222,11 +231,12 @@ def validate(
                     if first:
                         message = f"duplicate id {_quote(jid)}, first used on line {first}"
                         problems = [Problem(name, line, "id", message)]
+                if not allow_duplicates or kept is not None:
+                    # The canonical form `job_identity` hashes: the duplicate key is
+                    # the identity's first 64 bits, without building Job objects.
+                    digest = sha256(dumps((project_id, workspace, job_name, params))).digest()
                 if not allow_duplicates:
-                    # The canonical form `job_identity` hashes, so this key is the
-                    # identity's first 64 bits, without building Job objects.
-                    canonical = dumps((project_id, workspace, job_name, params))
-                    first = add_job(from_bytes(sha256(canonical).digest()[:8]), line)
+                    first = add_job(from_bytes(digest[:8]), line)
                     if first:
                         message = (
                             f"duplicate of the job on line {first} "
@@ -235,6 +245,10 @@ def validate(
                         problems = [*(problems or ()), Problem(name, line, "job", message)]
                 if problems is None:
                     jobs += 1
+                    if kept is not None:
+                        kept.append(_job(item, digest))
+                        if jobs > keep:
+                            kept = None  # too many to hold: they will be streamed again
                     continue
             else:
                 problems = [item]
@@ -242,7 +256,9 @@ def validate(
                 count += 1
                 if len(listed) < max_listed:
                     listed.append(problem)
-    return Validation(name, jobs, tuple(listed), count, hasher.hexdigest(), given_ids)
+    if count:
+        kept = None
+    return Validation(name, jobs, tuple(listed), count, hasher.hexdigest(), given_ids, kept)
 
 
 def iter_jobs(
@@ -334,18 +350,24 @@ def _share_of(
         yield item
 
 
-def _job(record: _Record) -> Job:
+def _job(record: _Record, digest: bytes | None = None) -> Job:
+    """The Job of a checked record; `digest`: the SHA-256 of its canonical form, if at hand."""
     name, raw_params, workspace, project_id, jid, action, line = record
     if jid is None:
-        # `job_identity`, from the checker's (name, value, type) tuples: the same JSON
-        # as its canonical form, without making the JobParams first.
-        jid = _sha256(_dumps((project_id, workspace, name, raw_params))).hexdigest()[:32]
-    return Job(jid, name, tuple(map(_make_param, raw_params)), workspace, project_id, line, action)
+        if digest is None:
+            # `job_identity`, from the checker's (name, value, type) tuples: the same
+            # JSON as its canonical form, without making the JobParams first.
+            digest = _sha256(_dumps((project_id, workspace, name, raw_params))).digest()
+        jid = digest[:16].hex()  # its first 32 hex digits
+    params = tuple(map(_make_param, raw_params))
+    return _new_job((jid, name, params, workspace, project_id, line, action))
 
 
 _sha256 = hashlib.sha256
 _dumps = orjson.dumps
-_make_param = JobParam._make
+_make_param = partial(tuple.__new__, JobParam)
+# Job(...) and JobParam._make without NamedTuple's Python-level __new__ (half the time).
+_new_job = partial(tuple.__new__, Job)
 
 
 def _scan(

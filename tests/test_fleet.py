@@ -43,6 +43,7 @@ from launcher.ledger import (
 )
 from launcher.manifest import Defaults, iter_jobs
 from launcher.models import Job, Reply
+from launcher.runner import plan_manifest
 from launcher.simulator import SimConfig, Simulator, running
 
 # -- how many workers, and each one's share ------------------------------------------
@@ -136,12 +137,14 @@ def test_line_shares_are_disjoint_and_cover_the_manifest(
     else:
         path.write_text("jobs:\n" + "".join(f"  - name: {n}\n" for n in names))
     defaults = Defaults(project_id="p1")
-    shares = [
-        [job.name for job in iter_jobs(path, defaults, lines=(i, count))] for i in range(count)
-    ]
-    assert sorted(name for share in shares for name in share) == sorted(names)
-    assert sum(len(share) for share in shares) == len(names)
+    shares = [list(iter_jobs(path, defaults, lines=(i, count))) for i in range(count)]
+    names_sent = [job.name for share in shares for job in share]
+    assert sorted(names_sent) == sorted(names)
     assert max(map(len, shares)) - min(map(len, shares)) <= 1  # blank lines or not
+    # A plan whose validation kept the jobs gives each worker the same share from memory.
+    plan = plan_manifest(str(path), RunOptions(project_id="p1"))
+    assert plan.validation.kept is not None
+    assert [list(plan.iter_jobs((i, count))) for i in range(count)] == shares
 
 
 # -- the part ledgers ------------------------------------------------------------------

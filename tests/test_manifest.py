@@ -1063,6 +1063,9 @@ def test_many_jobs_keep_their_lines(
         expected.append(job_of(spec, Defaults(), len(lines)))
     path = write(workdir, "many.jsonl", "\n".join(lines))
     assert only_jobs(path) == expected
+    v = validate(path, allow_duplicates=True, keep=len(expected) or 1)
+    if not v.problem_count:  # (two specs may give the same id)
+        assert v.kept == expected
 
 
 _json_scalars = (
@@ -1108,6 +1111,29 @@ def test_arbitrary_bytes_never_crash_the_scanner(
     v = validate(path, fmt=fmt)
     assert v.sha256 == hashlib.sha256(content).hexdigest()
     assert v.jobs + v.problem_count >= 0
+
+
+@_settings
+@given(
+    lines=_lines,
+    fmt=st.sampled_from(["jsonl", "csv", "yaml"]),
+    allow_duplicates=st.booleans(),
+    keep=st.integers(1, 12),
+)
+def test_kept_jobs_are_the_jobs_a_second_pass_reads(
+    workdir: Path, lines: list[bytes], fmt: str, allow_duplicates: bool, keep: int
+) -> None:
+    content = b"\n".join(lines)
+    if fmt == "csv":
+        content = b"name,workspace,params,param:d\n" + content
+    path = write(workdir, "kept.m", content)
+    v = validate(path, fmt=fmt, allow_duplicates=allow_duplicates, keep=keep)
+    if v.problem_count or v.jobs > keep:
+        assert v.kept is None  # nothing to send, or too many to hold: streamed again
+    else:
+        assert v.kept is not None
+        assert list(v.kept) == list(iter_jobs(path, fmt=fmt))
+    assert validate(path, fmt=fmt, allow_duplicates=allow_duplicates).kept is None
 
 
 @_settings
