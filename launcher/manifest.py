@@ -79,6 +79,8 @@ fields; `manifest_rules` checks one job's fields and words every message;
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -221,6 +223,9 @@ def validate(
     kept: list[Job] | None = [] if keep > 0 else None
     digest = b""
     with _open(path) as f:
+        if not allow_duplicates and kind != "yaml":  # (a YAML job spans several lines)
+            # Sized up front: growing the table re-adds every key (and peaks in memory).
+            seen_jobs.reserve(min(_expected_lines(f), _RESERVE_MAX))
         for item in _scan(f, name, kind, defaults, hasher):
             if isinstance(item, tuple):
                 job_name, params, workspace, project_id, jid, _, line = item
@@ -259,6 +264,22 @@ def validate(
     if count:
         kept = None
     return Validation(name, jobs, tuple(listed), count, hasher.hexdigest(), given_ids, kept)
+
+
+# The most keys `validate` reserves room for on an estimate: 24 MB of table.
+_RESERVE_MAX: Final = 1 << 20
+
+
+def _expected_lines(f: IO[bytes]) -> int:
+    """About how many lines `f` holds, from the size and its first 64 KiB; 0 if unknown."""
+    try:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return 0
+        sample = os.pread(f.fileno(), 1 << 16, 0)
+    except OSError:
+        return 0  # the scan reports what is wrong with the file
+    return info.st_size * (sample.count(b"\n") + 1) // max(len(sample), 1)
 
 
 def iter_jobs(

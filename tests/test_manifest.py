@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 import random
 import re
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from launcher import manifest_csv, manifest_dupes, manifest_lines, manifest_rules
+from launcher import manifest, manifest_csv, manifest_dupes, manifest_lines, manifest_rules
 from launcher.errors import ManifestInvalid, UsageError
 from launcher.manifest import (
     Defaults,
@@ -1212,6 +1213,18 @@ def test_dedupe_memory_stays_small() -> None:
         if n % 20_000 == 0:
             size = table.keys.itemsize * len(table.keys) + table.lines.itemsize * len(table.lines)
             assert size <= 48 * n
+
+
+def test_the_duplicate_table_is_sized_from_the_file(tmp_path: Path) -> None:
+    lines = "".join(f'{{"name": "job-{n}"}}\n' for n in range(30_000))
+    path = write(tmp_path, "m.jsonl", lines)
+    with path.open("rb") as f:
+        assert 27_000 <= manifest._expected_lines(f) <= 33_000
+    read, written = os.pipe()
+    with os.fdopen(read, "rb") as f:
+        os.close(written)
+        assert manifest._expected_lines(f) == 0  # no size to go by: the table grows
+    assert validate(path).jobs == 30_000
 
 
 TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
