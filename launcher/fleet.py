@@ -3,7 +3,7 @@
 One Python process tops out at a few thousand signed starts a second, on one
 core. At `--rate 0`, or a rate one process cannot reach, the run is split over
 worker processes, one per core; at low rates it stays one process, because
-then a second interpreter only costs memory and start-up time.
+then a second process only costs memory and its connections.
 
 Shape:
 
