@@ -55,7 +55,7 @@ import orjson
 from launcher.config import RunOptions
 from launcher.connect import connect
 from launcher.dispatch import Dispatcher, Tally
-from launcher.errors import LauncherError
+from launcher.errors import LauncherError, UsageError
 from launcher.history import (
     CountedPart,
     FoldedPart,
@@ -248,9 +248,16 @@ class Fleet:
         sys.stderr.flush()
         try:
             for index in range(1, self.count):
-                orders_in, orders_out = os.pipe()
-                reports_in, reports_out = os.pipe()
-                pid = os.fork()
+                ends: list[int] = []
+                try:
+                    ends += os.pipe()  # its orders: in (its end), out (ours)
+                    ends += os.pipe()  # its reports: in (ours), out (its end)
+                    pid = os.fork()
+                except OSError:
+                    for fd in ends:
+                        os.close(fd)
+                    raise
+                orders_in, orders_out, reports_in, reports_out = ends
                 if pid == 0:
                     # Not its business: our ends of its pipes, and of its elder siblings'.
                     for fd in (orders_out, reports_in, *self.parent_ends()):
@@ -262,6 +269,12 @@ class Fleet:
                 os.set_blocking(reports_in, False)
                 tally = [0] * len(_TALLY_FIELDS)
                 self.children.append(_Child(index, pid, orders_out, reports_in, tally, Counter()))
+        except OSError as error:  # out of processes or descriptors: nothing was sent
+            self.end_children()
+            raise UsageError(
+                f"cannot start worker processes: {error.strerror or error}; nothing was sent "
+                "(--workers 1 runs in one process)"
+            ) from None
         except BaseException:
             self.end_children()
             raise

@@ -7,6 +7,7 @@ fleet itself end to end, in subprocesses against the simulator.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -31,7 +32,13 @@ from launch_helpers import (
 
 from launcher.config import RunOptions, resolve_options
 from launcher.errors import UsageError
-from launcher.fleet import choose_workers, fleet_exit_code, share, worker_options
+from launcher.fleet import (
+    choose_workers,
+    fleet_exit_code,
+    share,
+    start_fleet,
+    worker_options,
+)
 from launcher.history import fold
 from launcher.ledger import (
     Ledger,
@@ -43,7 +50,7 @@ from launcher.ledger import (
 )
 from launcher.manifest import Defaults, iter_jobs
 from launcher.models import Job, Reply
-from launcher.runner import plan_manifest
+from launcher.runner import Segment, plan_manifest
 from launcher.simulator import SimConfig, Simulator, running
 
 # -- how many workers, and each one's share ------------------------------------------
@@ -145,6 +152,25 @@ def test_line_shares_are_disjoint_and_cover_the_manifest(
     plan = plan_manifest(str(path), RunOptions(project_id="p1"))
     assert plan.validation.kept is not None
     assert [list(plan.iter_jobs((i, count))) for i in range(count)] == shares
+
+
+def test_workers_that_cannot_be_forked_are_a_clear_error_and_nothing_leaks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"name": "a"}\n{"name": "b"}\n')
+    options = RunOptions(project_id="p1")
+    plan = plan_manifest(str(manifest), options)
+
+    def no_fork() -> int:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    open_before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(UsageError, match="cannot start worker processes: Resource temp"):
+        start_fleet(plan, options, Segment(), str(tmp_path / "l.jsonl"), 2, {})
+    assert sorted(os.listdir("/proc/self/fd")) == open_before  # its pipes were closed
+    assert not (tmp_path / "l.jsonl").exists()  # nothing was written, nor sent
 
 
 # -- the part ledgers ------------------------------------------------------------------
