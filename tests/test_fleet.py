@@ -351,6 +351,31 @@ async def test_killing_the_parent_stops_its_workers_and_resume_finishes(tmp_path
 
 
 @pytest_anyio
+async def test_a_worker_killed_mid_run_leaves_its_jobs_to_resume(tmp_path: Path) -> None:
+    count = 4000
+    manifest = write_manifest(tmp_path / "m.jsonl", job_lines(count))
+    ledger = tmp_path / "l.jsonl"
+    async with running(SimConfig()) as (sim, url):
+        args = _run_args(manifest, url, ledger, "--rate", "800/s", "--workers", "2")
+        parent = await anyio.open_process([sys.executable, "-m", "launcher", *args], env=sim_env())
+        async with parent:
+            await _until_started(sim, 600)
+            part = next(path for path in _parts(tmp_path) if path.name.endswith(".w1.jsonl"))
+            header = orjson.loads(part.read_bytes().split(b"\n", 1)[0])
+            assert header["worker"] == "1/2"
+            assert header["pid"] != parent.pid  # a process of its own: forked
+            os.kill(header["pid"], signal.SIGKILL)
+            code = await parent.wait()
+        assert code == 1  # worker 0 finished its share; the run did not start every job
+        assert not _parts(tmp_path)  # the dead worker's part was merged all the same
+        assert 0 < report_json(ledger)["outcomes"]["pending"] < count // 2 + 1
+        done = await launcher(*args, "--resume")
+    assert done.code == 0, done.stderr
+    for n in range(count):
+        assert sim.stats.took_effect("start", "p1", f"job-{n:04d}") == 1
+
+
+@pytest_anyio
 async def test_an_interrupted_fleet_exits_130_and_resumes(tmp_path: Path) -> None:
     count = 3000
     manifest = write_manifest(tmp_path / "m.jsonl", job_lines(count))
