@@ -16,6 +16,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -40,6 +41,9 @@ USER_AGENT = f"launcher/{__version__}"
 # The body cache's bounds: this many bodies, of at most this many bytes each.
 _MAX_BODIES = 256
 _MAX_CACHED_BODY = 4096
+# Reply((status, latency, error_code, error_msg, request_id, failure, retry_after,
+# instance_id)), all fields in order, without NamedTuple's Python-level __new__.
+_new_reply = partial(tuple.__new__, Reply)
 # What quote(safe="~") leaves alone: ASCII letters, digits and "_.-~".
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_.~-]+")
 
@@ -372,8 +376,8 @@ def _reply_from_answer(
     """A `Reply` (and the JSON payload, if any) from an answer; `headers` keys lower-cased."""
     request_id = headers.get("x-request-id")
     retry_after = _retry_after(headers.get("retry-after")) if status in (429, 503) else None
-    if status == 204 or not raw:
-        return Reply(status, latency, request_id=request_id, retry_after=retry_after), None
+    if status == 204 or not raw:  # (the common answer: made without NamedTuple's __new__)
+        return _new_reply((status, latency, None, None, request_id, None, retry_after, None)), None
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -21,6 +21,7 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import NamedTuple, cast
 
 import anyio
@@ -71,6 +72,10 @@ class Answer(NamedTuple):
     status: int
     headers: dict[str, str]
     body: bytes
+
+
+# Answer((status, headers, body)) without NamedTuple's Python-level __new__.
+_new_answer = partial(tuple.__new__, Answer)
 
 
 class _Connection(asyncio.Protocol):
@@ -139,7 +144,7 @@ class _Connection(asyncio.Protocol):
             return
         self.reusable = self._parser.should_keep_alive()
         waiter.set_result(
-            Answer(self._parser.get_status_code(), self._headers, b"".join(self._body))
+            _new_answer((self._parser.get_status_code(), self._headers, b"".join(self._body)))
         )
 
     # -- use -------------------------------------------------------------------

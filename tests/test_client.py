@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from launcher.auth import AkSkAuth
-from launcher.client import DlfClient, _request_head, job_body, path_segment
-from launcher.models import Job, JobParam
+from launcher.client import DlfClient, _reply_from_answer, _request_head, job_body, path_segment
+from launcher.models import Job, JobParam, Reply
 from launcher.signing import AkSk, Signer, canonical_query
 from launcher.transport import Answer
 
@@ -112,3 +112,24 @@ async def test_signed_requests_are_the_bytes_of_a_signed_headers_dict(
             target = f"{path}?{canonical_query(params)}" if params else path
             expected.append(_request_head(method, target, headers, body) + body)
     assert pool.sent == expected
+
+
+@given(
+    status=st.sampled_from([200, 204, 429, 503]),
+    request_id=st.none() | st.text(max_size=8),
+    retry_after=st.none() | st.sampled_from(["0", "2", "1.5"]),
+    latency=st.floats(0.0, 10.0),
+)
+def test_an_empty_answer_makes_the_reply_the_keyword_constructor_makes(
+    status: int, request_id: str | None, retry_after: str | None, latency: float
+) -> None:
+    headers = {"x-request-id": request_id} if request_id is not None else {}
+    if retry_after is not None:
+        headers["retry-after"] = retry_after
+    reply, payload = _reply_from_answer(status, headers, b"", latency)
+    expected_wait = float(retry_after) if retry_after is not None and status in (429, 503) else None
+    assert payload is None
+    assert reply == Reply(status, latency, request_id=request_id, retry_after=expected_wait)
+    assert type(reply) is Reply
+    assert reply.request_id == request_id  # (fields in their places, not just equal tuples)
+    assert reply.retry_after == expected_wait
