@@ -61,6 +61,10 @@ class _Checker:
         self, obj: dict[str, Any], line: int, at: Mapping[str, int] | None = None
     ) -> _Record | list[Problem]:
         """A JSON or YAML job mapping: `at` gives YAML's line per field."""
+        if at is None:
+            record = self._plain_job(obj, line)
+            if record is not None:
+                return record
         errs: list[tuple[str, str]] = []
         if not (obj.keys() <= _FIELD_SET):
             errs.extend(
@@ -71,6 +75,51 @@ class _Checker:
         if value is not None:
             self.json_params(value, "params", errs, params, None)
         return self.finish(obj, params, errs, line, at)
+
+    def _plain_job(self, obj: dict[str, Any], line: int) -> _Record | None:
+        """The common JSON job in one pass, or None to apply the rules in full.
+
+        Known fields, a printable name, params absent or an object of short
+        strings, workspace and project clean or absent, id and action absent or
+        plainly valid: exactly what `finish` accepts on its first test of each
+        field, and the same record; anything else (a fault, or a doubt) returns
+        None, and the full rules say what is wrong.
+        """
+        if not (obj.keys() <= _FIELD_SET):
+            return None
+        name = obj.get("name")
+        if not (type(name) is str and name and name.isprintable()):
+            return None
+        params: list[_Param] = []
+        value = obj.get("params")
+        if value is not None:
+            if type(value) is not dict:
+                return None
+            for pname, pvalue in value.items():
+                if not (
+                    type(pvalue) is str
+                    and 0 < len(pname) <= MAX_PARAM_NAME
+                    and len(pvalue) <= MAX_PARAM_VALUE
+                ):
+                    return None
+                params.append((pname, pvalue, None))
+        workspace = obj.get("workspace")
+        if workspace is None:
+            workspace = self.defaults.workspace
+        elif not (type(workspace) is str and _plain_header(workspace)):
+            return None
+        project_id = obj.get("project_id")
+        if project_id is None:
+            project_id = self.defaults.project_id
+        elif not (type(project_id) is str and _plain_header(project_id)):
+            return None
+        jid = obj.get("id")
+        if jid is not None and not (type(jid) is str and jid and jid.isprintable()):
+            return None
+        action = obj.get("action")
+        if action is not None and not (type(action) is str and action in ACTIONS):
+            return None
+        return (name, params, workspace, project_id, jid, action, line)
 
     def csv_row(self, row: list[str], layout: list[_Column], line: int) -> _Record | list[Problem]:
         """One CSV data row under the header's `layout`."""
@@ -308,6 +357,11 @@ def _not_string(value: Any) -> str:
     return f"must be a string, got {_describe(value)}; quote it: {_quote(text)}"
 
 
+def _plain_header(value: str) -> bool:
+    """`_header_field`'s first test: a clean value for an HTTP header."""
+    return bool(value) and value.isprintable() and " " not in value
+
+
 def _header_field(errs: list[tuple[str, str]], field: str, value: Any, default: Any) -> Any:
     """`workspace`/`project_id`: the value, or the run's default when absent or null.
 
@@ -316,7 +370,7 @@ def _header_field(errs: list[tuple[str, str]], field: str, value: Any, default: 
     """
     if value is None:
         return default
-    if type(value) is str and value and value.isprintable() and " " not in value:
+    if type(value) is str and _plain_header(value):
         return value
     if _is_null(value):
         return default

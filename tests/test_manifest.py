@@ -1091,6 +1091,58 @@ _lines = st.lists(
 )
 
 
+# One fault at a time, each near the edge of a rule the plain path tests itself.
+_HEADER_FAULTS = (" a", "a b", "a\tb", "", 5)
+_PARAMS_FAULTS = (5, "s", {"k": "x" * 1025}, {"k": 1}, {"": "v"}, {"k" * 65: "v"})
+_FAULTS: list[tuple[str, Any]] = [
+    *(("workspace", value) for value in _HEADER_FAULTS),
+    *(("project_id", value) for value in _HEADER_FAULTS),
+    *(("name", value) for value in ("", "a\x00", "a\x85", 5, None)),
+    *(("id", value) for value in ("", "a\x00", 5)),
+    *(("action", value) for value in ("bogus", 5, "")),
+    *(("params", value) for value in _PARAMS_FAULTS),
+    ("x", 1),
+]
+
+
+@st.composite
+def _job_objects(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid job, its params often in object form, with at most one field gone wrong."""
+    spec = draw(job_specs())
+    if draw(st.integers(0, 3)):  # mostly the object form, the plain path's
+        spec["params"] = draw(st.dictionaries(_param_names, _param_values, max_size=3))
+    fault = draw(st.none() | st.sampled_from(_FAULTS))
+    if fault is not None:
+        field, value = fault
+        spec[field] = value
+    return spec
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(obj=_job_objects(), defaults=_defaults)
+def test_the_plain_job_path_agrees_with_the_full_rules(
+    obj: dict[str, Any], defaults: Defaults
+) -> None:
+    check = manifest_rules._Checker("m.jsonl", defaults)
+    full = check.job(obj, 1, at={})  # with `at` (YAML's), only the full rules apply
+    plain = check._plain_job(obj, 1)
+    if plain is not None:
+        assert plain == full
+    assert check.job(obj, 1) == full
+
+
+@pytest.mark.parametrize(("field", "value"), _FAULTS)
+def test_every_fault_leaves_the_plain_path_for_the_full_rules(field: str, value: Any) -> None:
+    obj = {"name": "job-1", "params": {"d": "2026-11-28"}, "workspace": "ws", field: value}
+    check = manifest_rules._Checker("m.jsonl", Defaults(project_id="p1"))
+    assert check._plain_job(obj, 1) is None
+    assert isinstance(check.job(obj, 1), list)  # and they name it
+    fixed = {**obj, field: {"params": {}, "action": "start"}.get(field, "ok")}
+    if field == "x":
+        del fixed["x"]
+    assert check._plain_job(fixed, 1) == check.job(fixed, 1, at={})  # the same job, plainly
+
+
 def _check_items(items: Iterator[Job | Problem], n_lines: int) -> None:
     for item in items:
         assert isinstance(item, Job | Problem)
