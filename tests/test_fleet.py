@@ -12,12 +12,15 @@ import os
 import signal
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import anyio
 import orjson
 import pytest
+from anyio.abc import Process
 from hypothesis import given
 from hypothesis import strategies as st
 from launch_helpers import (
@@ -297,6 +300,21 @@ async def _until_started(sim: Simulator, count: int) -> None:
             await anyio.sleep(0.02)
 
 
+@asynccontextmanager
+async def _fleet_under_way(
+    tmp_path: Path, count: int, started: int, *flags: str, sim: SimConfig | None = None
+) -> AsyncIterator[tuple[Simulator, Process, tuple[str, ...]]]:
+    """A two-worker run of `count` jobs in a process of its own, once `started` have
+    started: (the simulator, the parent process, its arguments, to resume with)."""
+    manifest = write_manifest(tmp_path / "m.jsonl", job_lines(count))
+    async with running(sim or SimConfig()) as (simulator, url):
+        args = _run_args(manifest, url, tmp_path / "l.jsonl", "--workers", "2", *flags)
+        parent = await anyio.open_process([sys.executable, "-m", "launcher", *args], env=sim_env())
+        async with parent:
+            await _until_started(simulator, started)
+            yield simulator, parent, args
+
+
 @pytest_anyio
 async def test_two_workers_start_every_job_once_into_one_ledger(tmp_path: Path) -> None:
     count = 6000
@@ -323,19 +341,12 @@ async def test_two_workers_start_every_job_once_into_one_ledger(tmp_path: Path) 
 @pytest_anyio
 async def test_killing_the_parent_stops_its_workers_and_resume_finishes(tmp_path: Path) -> None:
     count = 4000
-    manifest = write_manifest(tmp_path / "m.jsonl", job_lines(count))
     ledger = tmp_path / "l.jsonl"
+    flags = ("--rate", "800/s", "--timeout", "0.5", "--no-adaptive", "--backoff-base", "0.01")
     faults = SimConfig(reset_after=0.02, slow_fraction=0.01, slow_seconds=1.0, seed=11)
-    async with running(faults) as (sim, url):
-        args = _run_args(
-            manifest, url, ledger, "--rate", "800/s", "--timeout", "0.5", "--workers", "2",
-            "--no-adaptive", "--backoff-base", "0.01",
-        )  # fmt: skip
-        parent = await anyio.open_process([sys.executable, "-m", "launcher", *args], env=sim_env())
-        async with parent:
-            await _until_started(sim, 600)
-            parent.send_signal(signal.SIGKILL)
-            await parent.wait()
+    async with _fleet_under_way(tmp_path, count, 600, *flags, sim=faults) as (sim, parent, args):
+        parent.send_signal(signal.SIGKILL)
+        await parent.wait()
         cut = sum(sim.stats.starts.values())
         assert len(_parts(tmp_path)) == 2  # left behind, unmerged
         midway = report_json(ledger)  # report reads the parts meanwhile
@@ -353,19 +364,14 @@ async def test_killing_the_parent_stops_its_workers_and_resume_finishes(tmp_path
 @pytest_anyio
 async def test_a_worker_killed_mid_run_leaves_its_jobs_to_resume(tmp_path: Path) -> None:
     count = 4000
-    manifest = write_manifest(tmp_path / "m.jsonl", job_lines(count))
     ledger = tmp_path / "l.jsonl"
-    async with running(SimConfig()) as (sim, url):
-        args = _run_args(manifest, url, ledger, "--rate", "800/s", "--workers", "2")
-        parent = await anyio.open_process([sys.executable, "-m", "launcher", *args], env=sim_env())
-        async with parent:
-            await _until_started(sim, 600)
-            part = next(path for path in _parts(tmp_path) if path.name.endswith(".w1.jsonl"))
-            header = orjson.loads(part.read_bytes().split(b"\n", 1)[0])
-            assert header["worker"] == "1/2"
-            assert header["pid"] != parent.pid  # a process of its own: forked
-            os.kill(header["pid"], signal.SIGKILL)
-            code = await parent.wait()
+    async with _fleet_under_way(tmp_path, count, 600, "--rate", "800/s") as (sim, parent, args):
+        part = next(path for path in _parts(tmp_path) if path.name.endswith(".w1.jsonl"))
+        header = orjson.loads(part.read_bytes().split(b"\n", 1)[0])
+        assert header["worker"] == "1/2"
+        assert header["pid"] != parent.pid  # a process of its own: forked
+        os.kill(header["pid"], signal.SIGKILL)
+        code = await parent.wait()
         assert code == 1  # worker 0 finished its share; the run did not start every job
         assert not _parts(tmp_path)  # the dead worker's part was merged all the same
         assert 0 < report_json(ledger)["outcomes"]["pending"] < count // 2 + 1
@@ -378,15 +384,10 @@ async def test_a_worker_killed_mid_run_leaves_its_jobs_to_resume(tmp_path: Path)
 @pytest_anyio
 async def test_an_interrupted_fleet_exits_130_and_resumes(tmp_path: Path) -> None:
     count = 3000
-    manifest = write_manifest(tmp_path / "m.jsonl", job_lines(count))
     ledger = tmp_path / "l.jsonl"
-    async with running(SimConfig()) as (sim, url):
-        args = _run_args(manifest, url, ledger, "--rate", "600/s", "--workers", "2")
-        parent = await anyio.open_process([sys.executable, "-m", "launcher", *args], env=sim_env())
-        async with parent:
-            await _until_started(sim, 300)
-            parent.send_signal(signal.SIGINT)
-            code = await parent.wait()
+    async with _fleet_under_way(tmp_path, count, 300, "--rate", "600/s") as (sim, parent, args):
+        parent.send_signal(signal.SIGINT)
+        code = await parent.wait()
         assert code == 130
         assert not _parts(tmp_path)  # merged on the way out
         assert report_json(ledger)["outcomes"]["pending"] > 0
