@@ -56,10 +56,10 @@ import zlib
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import compress
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple, TypedDict
+from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 
@@ -809,7 +809,8 @@ class _Tail:
     last: bytes | None  # the last complete line folded, if any
 
 
-class _Totals(TypedDict):
+@dataclass
+class _Totals:
     """What every kind of part carries besides its jobs: the fold's totals."""
 
     labels: list[tuple[str | None, str | None]]
@@ -818,27 +819,28 @@ class _Totals(TypedDict):
     attempts: int
     first_t: float
     last_t: float
-    jobs: int
+    jobs: int  # the most jobs its `run` headers announce
     headers: list[dict[str, Any]]
     footers: list[dict[str, Any]]
 
 
-def _totals_of(history: History, ordinal: int) -> _Totals:
-    return _Totals(
-        labels=history._labels,
-        verdicts=history._verdicts,
-        latencies=history.latencies_us,
-        attempts=history.attempts,
-        first_t=history.first_t,
-        last_t=history.last_t,
-        jobs=history._sources[ordinal].jobs,
-        headers=history.headers,
-        footers=history.footers,
-    )
+def _totals_of(history: History, ordinal: int) -> dict[str, Any]:
+    """`_Totals`' fields as `history` (of ledger `ordinal`) has them, to make a part with."""
+    return {
+        "labels": history._labels,
+        "verdicts": history._verdicts,
+        "latencies": history.latencies_us,
+        "attempts": history.attempts,
+        "first_t": history.first_t,
+        "last_t": history.last_t,
+        "jobs": history._sources[ordinal].jobs,
+        "headers": history.headers,
+        "footers": history.footers,
+    }
 
 
 @dataclass
-class FoldedPart:
+class FoldedPart(_Totals):
     """A fold of one part of a ledger, to merge: a forked child's (see `_Folder.parallel`),
     or a fleet worker's of its part file (see `fold_fleet`)."""
 
@@ -849,20 +851,11 @@ class FoldedPart:
     orphans: list[bytes]  # lines of jobs not new in the part, for the parent to fold
     keys: array[int]  # the part's jobs (new ones only) and their states
     states: array[int]
-    labels: list[tuple[str | None, str | None]]
-    verdicts: list[str]
     times: dict[int, float]
-    latencies: array[int]
-    attempts: int
-    first_t: float
-    last_t: float
-    jobs: int
-    headers: list[dict[str, Any]] = field(default_factory=list)
-    footers: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
-class CountedPart:
+class CountedPart(_Totals):
     """A part of a ledger folded to counts: its jobs' states by count, not the jobs.
 
     What a fleet worker hands its parent (see `fold_fleet`), as JSON: a
@@ -874,15 +867,6 @@ class CountedPart:
     size: int  # bytes of the part file folded: all of it
     lines: int
     counts: list[tuple[int, int]]  # (packed state, jobs in it)
-    labels: list[tuple[str | None, str | None]]
-    verdicts: list[str]
-    latencies: array[int]
-    attempts: int
-    first_t: float
-    last_t: float
-    jobs: int  # the most jobs its `run` headers announce
-    headers: list[dict[str, Any]]
-    footers: list[dict[str, Any]]
 
     def to_json(self) -> bytes:
         """One line of JSON (the latencies as base64 of their bytes, deflated: a
