@@ -266,7 +266,6 @@ class Fleet:
                 os.close(orders_in)
                 os.close(reports_out)
                 os.set_blocking(orders_out, False)  # an order never waits on a child
-                os.set_blocking(reports_in, False)
                 tally = [0] * len(_TALLY_FIELDS)
                 self.children.append(_Child(index, pid, orders_out, reports_in, tally, Counter()))
         except OSError as error:  # out of processes or descriptors: nothing was sent

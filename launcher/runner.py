@@ -679,15 +679,12 @@ async def _run_dispatcher(dispatcher: Dispatcher, jobs: Any) -> None:
 def _size(path: str) -> int:
     try:
         return os.path.getsize(path)
-    except OSError:  # validate() says why, naming the file
+    except OSError:  # (validate, or the ledger's open, says why, naming the file)
         return 0
 
 
 def _has_content(path: str) -> bool:
-    try:
-        return os.path.getsize(path) > 0
-    except OSError:
-        return False
+    return _size(path) > 0
 
 
 def _progress_wanted(options: RunOptions) -> bool:
