@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import timeit
 
-from launcher.signing import AkSk, Signer
+from launcher.dlf.signing import AkSk, Signer
 
 __all__ = ["main"]
 

@@ -49,7 +49,7 @@ STAGES: tuple[tuple[str, bool, tuple[tuple[str, str], ...]], ...] = (
     ("  ledger intent (format + write-through)", False, (("Ledger.intent", "ledger.py"),)),
     ("  client: build, sign, send, read the reply", False,
      (("DlfClient._request", "client.py"),)),
-    ("    HTTP exchange (launcher.transport)", False, (("HttpPool.request", "transport.py"),)),
+    ("    HTTP exchange (launcher.dlf.transport)", False, (("HttpPool.request", "transport.py"),)),
     ("    AK/SK signing", False,
      (("Signer.signature", "signing.py"), ("AkSkAuth.apply", "auth.py"))),
     ("    request path + body (path_segment, job_body)", False,

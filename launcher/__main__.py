@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from launcher.cli import main
+from launcher.cli.main import main
 
 if __name__ == "__main__":
     main()

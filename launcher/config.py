@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import UsageError
+from launcher.flow.pacing import parse_rate
+from launcher.flow.policy import parse_duration, parse_halt
 from launcher.models import ACTIONS, Action
-from launcher.pacing import parse_rate
-from launcher.plan import parse_shard
-from launcher.policy import parse_duration, parse_halt
-from launcher.shared_url import redact_url
+from launcher.run.plan import parse_shard
+from launcher.scale.url import redact_url
 
 __all__ = ["DEFAULT_RATE", "RunOptions", "load_config_file", "resolve_options"]
 
@@ -63,12 +63,12 @@ class RunOptions:
     log_format: str = "auto"
     log_level: str = "info"
     progress: str = "auto"
-    # Scale-out (launcher.shared): one rate limit for every launcher on the same key.
+    # Scale-out (launcher.scale.limits): one rate limit for every launcher on the same key.
     redis: str | None = None
     limit_key: str | None = None
     redis_optional: bool = False
     shared_concurrency: int = 0
-    # Dispatch processes (launcher.fleet): 0 = auto (every core at --rate 0 or a
+    # Dispatch processes (launcher.run.fleet): 0 = auto (every core at --rate 0 or a
     # high rate, one process otherwise).
     workers: int = 0
     sim: Mapping[str, Any] = field(default_factory=dict)
@@ -271,7 +271,7 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             values["sim"] = value
             continue
         if name == "loadtest":
-            # `launcher loadtest`'s own table, checked by launcher.cli_loadtest.
+            # `launcher loadtest`'s own table, checked by launcher.cli.loadtest.
             if not isinstance(value, dict):
                 raise UsageError(f"{path}: [loadtest] must be a table")
             values["loadtest"] = value

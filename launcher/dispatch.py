@@ -2,7 +2,7 @@
 
 It knows nothing of HTTP. It drives a `Service` (send an action, check a job's
 state, refresh credentials) and a `Recorder` (the ledger), and decides what to
-do with each reply through the pure functions of `launcher.policy`.
+do with each reply through the pure functions of `launcher.flow.policy`.
 
 Shape: `concurrency` workers pull jobs lazily, one at a time, straight from
 the manifest iterator, each running one job's whole attempt loop before it
@@ -27,11 +27,11 @@ from typing import Any, Protocol
 
 import anyio
 
-from launcher.adaptive import AdaptiveRate
 from launcher.errors import AuthFailed, HaltError
+from launcher.flow.adaptive import AdaptiveRate
+from launcher.flow.pacing import Pacer, RateGate, TokenBucket
+from launcher.flow.policy import HaltRule, RetryBudget, RetryPolicy, Verdict, classify, retry_delay
 from launcher.models import Action, Job, JobStatus, Reply
-from launcher.pacing import Pacer, RateGate, TokenBucket
-from launcher.policy import HaltRule, RetryBudget, RetryPolicy, Verdict, classify, retry_delay
 
 __all__ = [
     "DispatchSettings",

@@ -17,7 +17,7 @@ import orjson
 # pretty-print exceptions and their locals: we print exceptions plainly and never show
 # locals, and rich costs ~60 ms of CPU at the start of every process, every --workers
 # child included. Hidden while structlog is imported, it makes structlog take its plain
-# fallbacks; `launcher.progress` still imports rich when it draws the bar.
+# fallbacks; `launcher.run.progress` still imports rich when it draws the bar.
 _HIDE_RICH = "rich" not in sys.modules and "structlog" not in sys.modules
 if _HIDE_RICH:
     sys.modules["rich"] = None  # type: ignore[assignment]  # None: `import rich` fails

@@ -15,11 +15,11 @@ import pytest
 
 from launcher.dispatch import Dispatcher, DispatchSettings
 from launcher.errors import AuthFailed
-from launcher.ledger import Ledger, read_ledger
+from launcher.flow.pacing import Pacer, TokenBucket
+from launcher.flow.policy import RetryPolicy
+from launcher.ledger.report import Summary, summarize
+from launcher.ledger.writer import Ledger, read_ledger
 from launcher.models import Action, Failure, Job, JobStatus, Reply
-from launcher.pacing import Pacer, TokenBucket
-from launcher.policy import RetryPolicy
-from launcher.report import Summary, summarize
 
 pytestmark = pytest.mark.anyio
 

@@ -1,0 +1,610 @@
+"""Request authentication strategies behind one narrow interface, :class:`Auth`.
+
+* :class:`NoAuth`: nothing (the simulator without checks).
+* :class:`AkSkAuth`: ``SDK-HMAC-SHA256`` AK/SK signing (see :mod:`launcher.dlf.signing`).
+* :class:`StaticTokenAuth`: a ready IAM token sent as ``X-Auth-Token``.
+* :class:`IamPasswordAuth`: IAM password login, token cached and renewed before it expires.
+
+:func:`auth_from_env` picks one from the environment, with the official SDK's variable names.
+No secret (SK, security token, IAM token, password) appears in a ``repr``, ``describe()``,
+log event or exception message made here.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import anyio
+import orjson
+
+from launcher.dlf.signing import AkSk, Signer
+from launcher.errors import AuthFailed, UsageError
+from launcher.logs import get_logger
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = [
+    "ENV_AK",
+    "ENV_IAM_DOMAIN",
+    "ENV_IAM_ENDPOINT",
+    "ENV_IAM_PASSWORD",
+    "ENV_IAM_TOKEN",
+    "ENV_IAM_USERNAME",
+    "ENV_PROJECT_ID",
+    "ENV_REGION",
+    "ENV_SECURITY_TOKEN",
+    "ENV_SK",
+    "AkSkAuth",
+    "Auth",
+    "IamPasswordAuth",
+    "NoAuth",
+    "StaticTokenAuth",
+    "auth_from_env",
+    "iam_endpoint_for_region",
+]
+
+ENV_AK = "HUAWEICLOUD_SDK_AK"
+ENV_SK = "HUAWEICLOUD_SDK_SK"
+ENV_SECURITY_TOKEN = "HUAWEICLOUD_SDK_SECURITY_TOKEN"
+ENV_PROJECT_ID = "HUAWEICLOUD_SDK_PROJECT_ID"
+ENV_REGION = "HUAWEICLOUD_SDK_REGION"
+ENV_IAM_ENDPOINT = "HUAWEICLOUD_SDK_IAM_ENDPOINT"  # the official SDK's override, honoured too
+ENV_IAM_TOKEN = "HUAWEICLOUD_IAM_TOKEN"
+ENV_IAM_USERNAME = "HUAWEICLOUD_IAM_USERNAME"
+ENV_IAM_PASSWORD = "HUAWEICLOUD_IAM_PASSWORD"
+ENV_IAM_DOMAIN = "HUAWEICLOUD_IAM_DOMAIN"
+
+_log = get_logger("launcher.dlf.auth")
+
+# A token whose expiry IAM did not state (never seen in practice) is assumed to live this
+# long: short enough to be renewed well before IAM's documented 24 h.
+_FALLBACK_LIFETIME = 3600.0
+# Error texts from IAM are quoted in AuthFailed messages, cut to this length.
+_MAX_QUOTE = 200
+_REGION = re.compile(r"[a-z]+(?:-[a-z0-9]+)+")
+# EU regions served from the European site (myhuaweicloud.eu) are eu-*, except Paris
+# (eu-west-0), which belongs to the international site: the official SDK's IAM endpoint
+# table lists https://iam.eu-west-0.myhuaweicloud.com but https://iam.eu-west-101.myhuaweicloud.eu.
+_EU_ON_INTERNATIONAL_SITE = frozenset({"eu-west-0"})
+
+
+@runtime_checkable
+class Auth(Protocol):
+    """How requests are authenticated; one instance serves a whole run, concurrently."""
+
+    async def apply(
+        self,
+        method: str,
+        host: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: dict[str, str],
+        body: bytes,
+    ) -> None:
+        """Add the authentication headers to `headers`, in place (fresh dict per attempt).
+
+        `path` is the path exactly as sent (percent-encoded). May raise AuthFailed when
+        credentials cannot be obtained (e.g. the IAM login is refused).
+        """
+        ...
+
+    async def refresh(self) -> bool:
+        """The service said the credentials must be renewed (APIGW.0307, expired token).
+
+        Get new ones; True when a retry may succeed, False when nothing can change (static
+        credentials). May raise AuthFailed when renewing fails.
+        """
+        ...
+
+    def describe(self) -> str:
+        """A one-line description for logs and the ledger, e.g. ``aksk AK=ABCD…``; no secret."""
+        ...
+
+
+class NoAuth:
+    """No authentication: for the simulator running without checks."""
+
+    __slots__ = ()
+
+    async def apply(
+        self,
+        method: str,
+        host: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: dict[str, str],
+        body: bytes,
+    ) -> None:
+        """Add nothing."""
+
+    async def refresh(self) -> bool:
+        """Nothing to renew: a retry cannot change the outcome."""
+        return False
+
+    def describe(self) -> str:
+        """``none``."""
+        return "none"
+
+    def __repr__(self) -> str:
+        return "NoAuth()"
+
+
+def _mask(identifier: str) -> str:
+    # AKs are identifiers, not secrets, but a prefix is enough to tell keys apart in logs.
+    return identifier[:4] + "…" if len(identifier) > 4 else identifier
+
+
+class AkSkAuth:
+    """AK/SK signing; the signature covers method, path, query, headers and body."""
+
+    __slots__ = ("_signer",)
+
+    def __init__(self, signer: Signer) -> None:
+        """Sign every request with `signer`."""
+        self._signer = signer
+
+    async def apply(
+        self,
+        method: str,
+        host: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: dict[str, str],
+        body: bytes,
+    ) -> None:
+        """Sign the request (adds X-Sdk-Date, Host, Authorization, maybe X-Security-Token)."""
+        self._signer.sign(method, host, path, query, headers, body)
+
+    @property
+    def signer(self) -> Signer:
+        """The signer: signing never waits, so the client's hot path signs without a coroutine."""
+        return self._signer
+
+    async def refresh(self) -> bool:
+        """A key pair cannot be renewed here; a rejected signature will not get better."""
+        return False
+
+    @property
+    def access_key(self) -> str:
+        """The AK: an identifier, not a secret (shared limits key on it)."""
+        return self._signer.access_key
+
+    def describe(self) -> str:
+        """``aksk AK=ABCD…`` (``aksk-temporary`` with a security token)."""
+        kind = "aksk-temporary" if self._signer.temporary else "aksk"
+        return f"{kind} AK={_mask(self._signer.access_key)}"
+
+    def __repr__(self) -> str:
+        return f"AkSkAuth({self.describe()!r})"
+
+
+class StaticTokenAuth:
+    """A ready IAM token (``X-Auth-Token``); it cannot be renewed from here."""
+
+    __slots__ = ("_token",)
+
+    def __init__(self, token: str) -> None:
+        """Send `token` with every request."""
+        if not token:
+            raise ValueError("IAM token is empty")
+        self._token = token
+
+    async def apply(
+        self,
+        method: str,
+        host: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: dict[str, str],
+        body: bytes,
+    ) -> None:
+        """Add ``X-Auth-Token``."""
+        headers["X-Auth-Token"] = self._token
+
+    async def refresh(self) -> bool:
+        """No way to get a new token: the user must supply one."""
+        return False
+
+    def describe(self) -> str:
+        """``iam-token (static)``."""
+        return "iam-token (static)"
+
+    def __repr__(self) -> str:
+        return "StaticTokenAuth(<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """Why one login attempt failed; `transient` failures are worth another attempt."""
+
+    message: str
+    transient: bool
+
+
+class IamPasswordAuth:
+    """IAM password login, project scoped; the token is sent as ``X-Auth-Token``.
+
+    Token life cycle (all times on the monotonic `clock`, so wall-clock jumps and skew
+    between us and IAM do not matter):
+
+    * The token is fetched lazily by the first :meth:`apply`; concurrent first calls wait
+      for one login (single flight, under an ``anyio.Lock``).
+    * Its lifetime is ``expires_at - issued_at`` from IAM's answer (``expires_at`` minus
+      our wall clock when ``issued_at`` is missing), counted from when we received it.
+    * It is renewed early, when ``ahead = min(refresh_margin, 10 % of lifetime)`` remains:
+      for IAM's 24 h tokens and the default margin, 30 min before expiry; a 60 s test
+      token, 6 s before.
+    * While one task renews, the others keep using the current token (it is still valid)
+      instead of queueing behind the login. If the early renewal fails, the current token
+      stays in use until ``min(30 s, ahead / 2)`` before expiry, with new attempts every
+      so often; only then does :meth:`apply` raise AuthFailed.
+    * :meth:`refresh` (the service rejected the token) forces a new login, once: calls that
+      wait while another refresh logs in, or that arrive less than `min_relogin_interval`
+      seconds (at most ``ahead``) after a login, reuse that login (their requests most
+      likely carried the older token; if not, the caller's single retry fails and it stops).
+
+    Each login makes up to `attempts` tries, backing off from `retry_delay` seconds, but only
+    after transient failures (network, HTTP 429 or 5xx): a wrong password is never retried,
+    since repeated failures lock IAM accounts. Failures raise AuthFailed naming the HTTP
+    status and IAM error code, never the password.
+    """
+
+    __slots__ = (
+        "_attempts",
+        "_clock",
+        "_domain",
+        "_expires_at",
+        "_generation",
+        "_lock",
+        "_min_relogin_interval",
+        "_password",
+        "_project_id",
+        "_quiet_until",
+        "_refresh_at",
+        "_refresh_margin",
+        "_retry_delay",
+        "_session",
+        "_timeout",
+        "_token",
+        "_url",
+        "_username",
+    )
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession | Callable[[], aiohttp.ClientSession],
+        iam_endpoint: str,
+        username: str,
+        password: str,
+        domain: str,
+        project_id: str,
+        refresh_margin: float = 1800.0,
+        *,
+        attempts: int = 3,
+        retry_delay: float = 1.0,
+        min_relogin_interval: float = 10.0,
+        timeout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Prepare a login to `iam_endpoint` (``https://iam.{region}.myhuaweicloud.com``)."""
+        for label, value in (
+            ("username", username),
+            ("password", password),
+            ("domain", domain),
+            ("project id", project_id),
+        ):
+            if not value:
+                raise ValueError(f"IAM {label} is empty")
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        self._session = session
+        self._url = iam_endpoint.rstrip("/") + "/v3/auth/tokens"
+        self._username = username
+        self._password = password
+        self._domain = domain
+        self._project_id = project_id
+        self._refresh_margin = refresh_margin
+        self._attempts = attempts
+        self._retry_delay = retry_delay
+        self._min_relogin_interval = min_relogin_interval
+        self._timeout = timeout
+        self._clock = clock
+        self._lock = anyio.Lock()
+        self._token: str | None = None
+        self._generation = 0  # number of successful logins
+        self._refresh_at = 0.0  # renew from then on
+        self._expires_at = 0.0  # stop using the token from then on
+        self._quiet_until = 0.0  # refresh() reuses the token until then
+
+    def __repr__(self) -> str:
+        return f"IamPasswordAuth({self.describe()!r}, url={self._url!r})"
+
+    def describe(self) -> str:
+        """``iam-password user=… domain=… project=…``."""
+        return (
+            f"iam-password user={self._username} domain={self._domain} project={self._project_id}"
+        )
+
+    @property
+    def logins(self) -> int:
+        """How many logins succeeded so far."""
+        return self._generation
+
+    async def apply(
+        self,
+        method: str,
+        host: str,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        headers: dict[str, str],
+        body: bytes,
+    ) -> None:
+        """Add ``X-Auth-Token``, logging in first when there is no fresh token."""
+        if self._token is None or self._clock() >= self._refresh_at:
+            await self._renew_if_due()
+        if self._token is None:  # unreachable: _renew_if_due installs a token or raises
+            raise AuthFailed("no IAM token")
+        headers["X-Auth-Token"] = self._token
+
+    async def refresh(self) -> bool:
+        """Force a new login (single flight); True when done. Raises AuthFailed on failure."""
+        generation = self._generation
+        async with self._lock:
+            if self._generation != generation:
+                return True  # another caller logged in while we waited
+            if self._token is not None and self._clock() < self._quiet_until:
+                # The rejected request most likely carried the token before this one.
+                return True
+            await self._login()
+            return True
+
+    async def _renew_if_due(self) -> None:
+        if self._token is not None and self._clock() < self._expires_at and self._lock.locked():
+            return  # someone is renewing; the current token is still good meanwhile
+        async with self._lock:
+            now = self._clock()
+            if self._token is not None and now < self._refresh_at:
+                return  # renewed while we waited for the lock
+            try:
+                await self._login()
+            except AuthFailed as failure:
+                now = self._clock()
+                if self._token is None or now >= self._expires_at:
+                    raise
+                # Keep the still-valid token, try again later (not on every request).
+                self._refresh_at = now + min(60.0, max(1.0, (self._expires_at - now) / 4))
+                _log.warning(
+                    "iam.renewal_failed",
+                    auth=self.describe(),
+                    cause=str(failure),
+                    token_valid_for_s=round(self._expires_at - now, 1),
+                )
+
+    def _login_body(self) -> bytes:
+        return orjson.dumps(
+            {
+                "auth": {
+                    "identity": {
+                        "methods": ["password"],
+                        "password": {
+                            "user": {
+                                "name": self._username,
+                                "password": self._password,
+                                "domain": {"name": self._domain},
+                            }
+                        },
+                    },
+                    "scope": {"project": {"id": self._project_id}},
+                }
+            }
+        )
+
+    def _scrub(self, text: str) -> str:
+        # IAM's messages do not echo passwords, but a proxy's error page might: be sure.
+        text = text.replace(self._password, "***")
+        return text if len(text) <= _MAX_QUOTE else text[:_MAX_QUOTE] + "…"
+
+    async def _login(self) -> None:
+        """Log in (with retries for transient failures); install the token or raise."""
+        failure = _Failure("no attempt made", transient=False)
+        for attempt in range(self._attempts):
+            if attempt:
+                await anyio.sleep(self._retry_delay * 2 ** (attempt - 1))
+            outcome = await self._attempt_login()
+            if outcome is None:
+                return
+            failure = outcome
+            if not failure.transient:
+                break
+            _log.warning("iam.login_retry", auth=self.describe(), cause=failure.message)
+        # Raised here, outside any `except`, so no aiohttp exception (whose frames hold
+        # the request body) is chained to it.
+        raise AuthFailed(
+            f"IAM login as {self._username!r} (domain {self._domain!r}) at {self._url} failed: "
+            f"{failure.message}"
+        )
+
+    async def _attempt_login(self) -> _Failure | None:
+        """One POST /v3/auth/tokens; None when a token was installed, else why not."""
+        import aiohttp
+
+        wall_now = time.time()
+        session = self._session() if callable(self._session) else self._session
+        try:
+            async with session.post(
+                self._url,
+                data=self._login_body(),
+                headers={"Content-Type": "application/json;charset=utf8"},
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                raw = await response.read()
+                subject = response.headers.get("X-Subject-Token")
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            detail = str(error) or type(error).__name__
+            return _Failure(f"cannot reach IAM ({self._scrub(detail)})", transient=True)
+        received = self._clock()
+        if not 200 <= status < 300:
+            code, message = _iam_error(raw)
+            text = f"HTTP {status}" + (f" {code}" if code else "")
+            if message:
+                text += f": {self._scrub(message)}"
+            return _Failure(text, transient=status == 429 or status >= 500)
+        if not subject:
+            return _Failure(f"HTTP {status} without an X-Subject-Token header", transient=False)
+        lifetime = _token_lifetime(raw, wall_now)
+        ahead = min(self._refresh_margin, 0.1 * lifetime)
+        self._token = subject
+        self._generation += 1
+        self._quiet_until = received + min(self._min_relogin_interval, ahead)
+        self._refresh_at = received + lifetime - ahead
+        self._expires_at = received + lifetime - min(30.0, ahead / 2)
+        _log.info(
+            "iam.login",
+            auth=self.describe(),
+            logins=self._generation,
+            lifetime_s=round(lifetime),
+            renew_in_s=round(lifetime - ahead),
+        )
+        return None
+
+
+def _iam_error(raw: bytes) -> tuple[str, str]:
+    """(error code, message) from an IAM error body, either shape; empty when unknown."""
+    try:
+        document: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return "", ""
+    if not isinstance(document, dict):
+        return "", ""
+    code = document.get("error_code")
+    message = document.get("error_msg")
+    nested = document.get("error")
+    if isinstance(nested, dict):
+        # Keystone shape: {"error": {"code": 401, "message": ..., "title": ...}}
+        message = message or nested.get("message")
+        if not code and isinstance(nested.get("code"), str):
+            code = nested["code"]
+    return (
+        code if isinstance(code, str) else "",
+        message if isinstance(message, str) else "",
+    )
+
+
+def _parse_iso(value: object) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None  # IAM always says Z; a naive time would be a guess
+    return moment.timestamp()
+
+
+def _token_lifetime(raw: bytes, wall_now: float) -> float:
+    """Seconds the token is valid, from ``token.issued_at`` / ``token.expires_at``."""
+    try:
+        document: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        document = None
+    token = document.get("token") if isinstance(document, dict) else None
+    if not isinstance(token, dict):
+        return _FALLBACK_LIFETIME
+    expires = _parse_iso(token.get("expires_at"))
+    if expires is None:
+        return _FALLBACK_LIFETIME
+    issued = _parse_iso(token.get("issued_at"))
+    # issued_at and expires_at both come from IAM's clock: their difference is immune to
+    # skew between IAM and us, which `expires - wall_now` is not.
+    lifetime = expires - (issued if issued is not None else wall_now)
+    return lifetime if lifetime > 0 else _FALLBACK_LIFETIME
+
+
+def iam_endpoint_for_region(region: str) -> str:
+    """The IAM endpoint of a region: ``https://iam.{region}.myhuaweicloud.com``.
+
+    European-site regions (``eu-*``, e.g. eu-west-101) use ``.myhuaweicloud.eu``; eu-west-0
+    (Paris) is on the international site, ``.com``, as in the official SDK's table.
+    """
+    if not _REGION.fullmatch(region):
+        raise UsageError(f"region {region!r} does not look like a region id (e.g. cn-north-4)")
+    european = region.startswith("eu-") and region not in _EU_ON_INTERNATIONAL_SITE
+    return f"https://iam.{region}.myhuaweicloud.{'eu' if european else 'com'}"
+
+
+def auth_from_env(
+    env: Mapping[str, str],
+    *,
+    session: aiohttp.ClientSession | Callable[[], aiohttp.ClientSession],
+    iam_endpoint: str | None,
+    project_id: str | None,
+) -> Auth:
+    """Choose the authentication from environment variables (empty values count as unset).
+
+    Precedence: ``HUAWEICLOUD_SDK_AK`` + ``HUAWEICLOUD_SDK_SK`` (+ optional
+    ``HUAWEICLOUD_SDK_SECURITY_TOKEN``) → AK/SK signing; else ``HUAWEICLOUD_IAM_TOKEN`` →
+    static token; else ``HUAWEICLOUD_IAM_USERNAME`` + ``HUAWEICLOUD_IAM_PASSWORD`` +
+    ``HUAWEICLOUD_IAM_DOMAIN`` → password login, which also needs an IAM endpoint
+    (`iam_endpoint`, else ``HUAWEICLOUD_SDK_IAM_ENDPOINT``, else derived from
+    ``HUAWEICLOUD_SDK_REGION``) and a project id (`project_id`, else
+    ``HUAWEICLOUD_SDK_PROJECT_ID``). Raises UsageError naming what to set; never echoes a value.
+    """
+
+    def get(name: str) -> str | None:
+        return env.get(name) or None
+
+    ak, sk = get(ENV_AK), get(ENV_SK)
+    if ak is not None or sk is not None:
+        if ak is None or sk is None:
+            have, lack = (ENV_AK, ENV_SK) if ak is not None else (ENV_SK, ENV_AK)
+            raise UsageError(f"{have} is set but {lack} is not: set both, or neither")
+        return AkSkAuth(Signer(AkSk(ak, sk, get(ENV_SECURITY_TOKEN))))
+    if get(ENV_SECURITY_TOKEN) is not None:
+        raise UsageError(f"{ENV_SECURITY_TOKEN} is set but {ENV_AK} and {ENV_SK} are not")
+
+    token = get(ENV_IAM_TOKEN)
+    if token is not None:
+        return StaticTokenAuth(token)
+
+    names = (ENV_IAM_USERNAME, ENV_IAM_PASSWORD, ENV_IAM_DOMAIN)
+    present = [name for name in names if get(name) is not None]
+    if not present:
+        raise UsageError(
+            "no credentials: set "
+            f"{ENV_AK} and {ENV_SK} (and {ENV_SECURITY_TOKEN} for temporary keys), "
+            f"or {ENV_IAM_TOKEN}, "
+            f"or {ENV_IAM_USERNAME}, {ENV_IAM_PASSWORD} and {ENV_IAM_DOMAIN}"
+        )
+    missing = [name for name in names if name not in present]
+    if missing:
+        raise UsageError(f"IAM password login needs {', '.join(missing)} too")
+    endpoint = iam_endpoint or get(ENV_IAM_ENDPOINT)
+    if endpoint is None and get(ENV_REGION) is not None:
+        endpoint = iam_endpoint_for_region(env[ENV_REGION])
+    if endpoint is None:
+        raise UsageError(
+            f"IAM password login needs an IAM endpoint: give the region "
+            f"(or {ENV_REGION}), or set {ENV_IAM_ENDPOINT}"
+        )
+    if not endpoint.startswith(("https://", "http://")):
+        raise UsageError(f"IAM endpoint must be an http(s) URL, got {endpoint!r}")
+    project = project_id or get(ENV_PROJECT_ID)
+    if project is None:
+        raise UsageError(f"IAM password login needs a project id (or {ENV_PROJECT_ID})")
+    return IamPasswordAuth(
+        session,
+        endpoint,
+        env[ENV_IAM_USERNAME],
+        env[ENV_IAM_PASSWORD],
+        env[ENV_IAM_DOMAIN],
+        project,
+    )

@@ -1,0 +1,360 @@
+"""Reports: one final outcome per job, counts, breakdowns, latency; text, JSON or CSV.
+
+The ledger is the single source of truth: `launcher run` prints its summary by
+reading back the ledger it just wrote (a resumed run: the history it folded to
+resume, caught up with what it appended), so the run's summary and a later
+`launcher report` cannot disagree. Folding rules live in `launcher.ledger.history`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import repeat
+from operator import rshift
+from typing import Any, TextIO
+
+import orjson
+
+from launcher.ledger.history import History, fold
+from launcher.ledger.writer import LedgerRead
+
+__all__ = [
+    "CSV_COLUMNS",
+    "OUTCOMES",
+    "Summary",
+    "format_rows",
+    "format_text",
+    "job_rows",
+    "latency_summary",
+    "percentile",
+    "ranked",
+    "summarize",
+    "summary_of",
+    "to_json",
+    "write_csv",
+]
+
+OUTCOMES = ("started", "failed", "unknown", "pending")
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of already sorted values (0.0 for none)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+@dataclass(slots=True)
+class Summary:
+    """One run (or several ledgers merged) folded into counts."""
+
+    ledgers: list[str]
+    run_ids: list[str]
+    jobs: int
+    outcomes: dict[str, int]
+    failed_by_code: dict[str, int]
+    by_workspace: dict[str, dict[str, int]]
+    attempts: int
+    reconciled: int
+    elapsed_s: float
+    latency_ms: dict[str, float]  # p50, p90, p99, max of answered attempts
+    torn_tail: list[str]
+    exit_codes: list[int]
+    stop_reasons: list[str]
+    overlaps: int  # jobs present in more than one ledger (shards that overlap)
+    overlap_examples: list[str]  # a few of them, to name
+    missing_shards: list[str]  # `I/N` shards of a sharded run with no ledger given
+
+    @property
+    def request_rate(self) -> float:
+        """Attempts per second over the run's elapsed time."""
+        return self.attempts / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def latency(self) -> dict[str, float]:
+        """Latency of answered attempts: p50, p90, p99 and max, in milliseconds."""
+        return dict(self.latency_ms)
+
+
+def summarize(reads: Iterable[LedgerRead]) -> Summary:
+    """Merge one or more ledgers into a `Summary` (one final outcome per job)."""
+    return summary_of(fold(reads))
+
+
+def summary_of(history: History) -> Summary:
+    """The `Summary` of an already folded history.
+
+    Counts go by distinct job state (`History.groups`), so summarizing a
+    million jobs makes no per-job object.
+    """
+    outcomes = dict.fromkeys(OUTCOMES, 0)
+    failed_by_code: Counter[str] = Counter()
+    by_workspace: dict[str, dict[str, int]] = {}
+    reconciled = 0
+    overlaps = 0
+    for record, count in history.groups():
+        outcome = record.final
+        outcomes[outcome] += count
+        workspace = by_workspace.get(record.workspace or "(default)")
+        if workspace is None:
+            workspace = by_workspace[record.workspace or "(default)"] = dict.fromkeys(OUTCOMES, 0)
+        workspace[outcome] += count
+        if outcome == "failed":
+            failed_by_code[record.failure or "error"] += count
+        elif outcome == "started" and record.reconciled:
+            reconciled += count
+        if record.sources > 1:
+            overlaps += count
+    total, missing_shards = _shards(history)
+    seen = history.job_count
+    jobs = max(history.declared_jobs, seen, total)
+    outcomes["pending"] += jobs - seen
+    run_ids: list[str] = []
+    for header in history.headers:
+        run_id = header.get("run_id")
+        if isinstance(run_id, str) and run_id not in run_ids:
+            run_ids.append(run_id)
+    elapsed = history.last_t - history.first_t if history.last_t > history.first_t else 0.0
+    return Summary(
+        ledgers=history.ledgers,
+        run_ids=run_ids,
+        jobs=jobs,
+        outcomes=outcomes,
+        # Most frequent first; ties by code, since groups come in no meaningful order.
+        failed_by_code=dict(sorted(failed_by_code.items(), key=lambda item: (-item[1], item[0]))),
+        by_workspace=dict(sorted(by_workspace.items())),
+        attempts=history.attempts,
+        reconciled=reconciled,
+        elapsed_s=elapsed,
+        latency_ms=latency_summary(history.latencies_us),
+        torn_tail=history.torn_tail,
+        exit_codes=[f["exit_code"] for f in history.footers if isinstance(f.get("exit_code"), int)],
+        stop_reasons=[f["reason"] for f in history.footers if isinstance(f.get("reason"), str)],
+        overlaps=overlaps,
+        overlap_examples=history.overlap_examples,
+        missing_shards=missing_shards,
+    )
+
+
+def latency_summary(latencies_us: array[int]) -> dict[str, float]:
+    """p50, p90, p99 (nearest rank, as `percentile`) and max, in ms, of whole microseconds."""
+    n = len(latencies_us)
+    fractions = {"p50": 0.50, "p90": 0.90, "p99": 0.99, "max": 1.0}
+    ranks = {name: min(max(1, math.ceil(f * n)), n) for name, f in fractions.items()}
+    values = ranked(latencies_us, ranks.values())
+    return {name: round(values[rank] / 1000, 3) if n else 0.0 for name, rank in ranks.items()}
+
+
+_BUCKET_BITS = 16  # a counting pass keeps at most 2^16 buckets
+
+
+def ranked(values: array[int], ranks: Iterable[int]) -> dict[int, int]:
+    """The value at each 1-based `rank` of `values` in sorted order, without sorting them.
+
+    Sorting a million latencies makes a million float objects (32 MB). This
+    counts instead: one C-level pass counts values by their top 16 bits;
+    only the buckets holding a wanted rank are counted again, by their next
+    16 bits, and so on until a bucket is a single value. Memory is a few
+    bucket counts, whatever the values; with latencies under 65 ms one pass
+    is exact, under 71 minutes two passes are.
+    """
+    wanted = sorted({r for r in ranks if 1 <= r <= len(values)})
+    found: dict[int, int] = {}
+    if not wanted:
+        return found
+    top = max(values)
+    # Windows to count: (lowest value, width in bits, values below the window, ranks in it).
+    windows = [(0, max(top.bit_length(), 1), 0, wanted)]
+    first = True
+    while windows:
+        low, width, below, window_ranks = windows.pop()
+        shift = max(0, width - _BUCKET_BITS)
+        if first:  # the whole range: C-level counting (min(values) may be below 0)
+            counts = Counter(map(rshift, values, repeat(shift))) if shift else Counter(values)
+            first = False
+        else:
+            high = low + (1 << width)
+            counts = Counter((v - low) >> shift for v in values if low <= v < high)
+        pending = iter(window_ranks)
+        rank = next(pending, None)
+        narrower: dict[int, tuple[int, list[int]]] = {}
+        cumulative = below
+        for bucket in sorted(counts):
+            count = counts[bucket]
+            while rank is not None and rank <= cumulative + count:
+                if shift == 0:
+                    found[rank] = low + bucket
+                else:
+                    narrower.setdefault(bucket, (cumulative, []))[1].append(rank)
+                rank = next(pending, None)
+            cumulative += count
+            if rank is None:
+                break
+        for bucket, (before, bucket_ranks) in narrower.items():
+            windows.append((low + (bucket << shift), shift, before, bucket_ranks))
+    return found
+
+
+def _shards(history: History) -> tuple[int, list[str]]:
+    """For sharded runs: the whole manifest's job count, and the shards with no ledger.
+
+    The jobs of a missing shard were never sent by anyone: they count as
+    pending, so a merged report still counts every job of the manifest once.
+    """
+    seen: dict[tuple[str, int], set[int]] = {}
+    totals: dict[tuple[str, int], int] = {}
+    for header in history.headers:
+        shard = header.get("shard")
+        manifest = header.get("manifest") or {}
+        if not isinstance(shard, str):
+            continue
+        index, _, count = shard.partition("/")
+        key = (str(manifest.get("sha256")), int(count))
+        seen.setdefault(key, set()).add(int(index))
+        totals[key] = int(manifest.get("total_jobs") or 0)
+    missing = [
+        f"{index}/{count}"
+        for (digest, count), present in sorted(seen.items())
+        for index in range(count)
+        if index not in present
+    ]
+    return sum(totals.values()), missing
+
+
+def to_json(summary: Summary) -> dict[str, Any]:
+    """The report as the JSON object of the interface contract (plus extra fields)."""
+    return {
+        "jobs": summary.jobs,
+        "outcomes": summary.outcomes,
+        "failed_by_code": summary.failed_by_code,
+        "by_workspace": summary.by_workspace,
+        "attempts": summary.attempts,
+        "retries": max(0, summary.attempts - (summary.jobs - summary.outcomes["pending"])),
+        "reconciled": summary.reconciled,
+        "elapsed_s": round(summary.elapsed_s, 3),
+        "request_rate": round(summary.request_rate, 2),
+        "latency_ms": summary.latency(),
+        "run_ids": summary.run_ids,
+        "ledgers": summary.ledgers,
+        "torn_tail": summary.torn_tail,
+        "stop_reasons": summary.stop_reasons,
+        "overlaps": summary.overlaps,
+        "missing_shards": summary.missing_shards,
+    }
+
+
+def dumps_json(summary: Summary) -> str:
+    """`to_json` as indented text."""
+    return orjson.dumps(to_json(summary), option=orjson.OPT_INDENT_2).decode()
+
+
+def format_text(summary: Summary) -> str:
+    """A summary for people: counts, failures by code, attempts, rate and latency."""
+    o = summary.outcomes
+    lat = summary.latency()
+    width = len(str(summary.jobs))
+    lines = [f"ledger    {', '.join(summary.ledgers)}"]
+    lines.append(f"jobs      {summary.jobs:>{width}}")
+    started = f"started   {o['started']:>{width}}"
+    if summary.reconciled:
+        started += f"  ({summary.reconciled} confirmed by a status check after a lost answer)"
+    lines.append(started)
+    lines.append(f"failed    {o['failed']:>{width}}")
+    lines.extend(
+        f"            {count:>{width}}  {code}" for code, count in summary.failed_by_code.items()
+    )
+    lines.append(f"unknown   {o['unknown']:>{width}}")
+    if o["pending"]:
+        lines.append(f"pending   {o['pending']:>{width}}  (never sent; resumable)")
+    lines.append(
+        f"attempts  {summary.attempts:>{width}}  in {summary.elapsed_s:.2f} s, "
+        f"{summary.request_rate:.1f} requests/s"
+    )
+    lines.append(
+        f"latency   p50 {lat['p50']:.1f} ms  p90 {lat['p90']:.1f} ms  "
+        f"p99 {lat['p99']:.1f} ms  max {lat['max']:.1f} ms"
+    )
+    if len(summary.by_workspace) > 1:
+        name_width = max(12, *(len(name) for name in summary.by_workspace))
+        lines.append(f"{'by workspace':<{name_width + 2}}" + "".join(f"{k:>9}" for k in OUTCOMES))
+        for workspace, counts in summary.by_workspace.items():
+            cells = "".join(f"{counts[k]:>9}" for k in OUTCOMES)
+            lines.append(f"  {workspace:<{name_width}}{cells}")
+    if summary.overlaps:
+        example = f", e.g. {summary.overlap_examples[0]}" if summary.overlap_examples else ""
+        lines.append(f"overlap   {summary.overlaps} job(s) appear in more than one ledger{example}")
+    if summary.missing_shards:
+        lines.append(
+            f"missing   shard(s) {', '.join(summary.missing_shards)} have no ledger here; "
+            "their jobs count as pending"
+        )
+    stops = [reason for reason in summary.stop_reasons if reason != "complete"]
+    if stops:
+        lines.append(f"stopped   {', '.join(stops)}")
+    if summary.torn_tail:
+        lines.append(f"note      torn last line skipped in {', '.join(summary.torn_tail)}")
+    return "\n".join(lines)
+
+
+CSV_COLUMNS = (
+    "job",
+    "name",
+    "project_id",
+    "workspace",
+    "outcome",
+    "attempts",
+    "status",
+    "error_code",
+    "error_msg",
+    "request_id",
+    "instance_id",
+    "reconciled",
+)
+
+
+def job_rows(history: History, outcomes: frozenset[str] | None = None) -> Iterator[dict[str, Any]]:
+    """One row per job (needs `fold(..., keep={"details"})`), optionally only some outcomes."""
+    for job_id, record in history.items():
+        outcome = record.final
+        if outcomes is not None and outcome not in outcomes:
+            continue
+        status, code, message, request_id, instance_id = record.detail or (None,) * 5
+        yield {
+            "job": job_id,
+            "name": record.name,
+            "project_id": record.project_id,
+            "workspace": record.workspace,
+            "outcome": outcome,
+            "attempts": record.attempts,
+            "status": status,
+            "error_code": code,
+            "error_msg": message,
+            "request_id": request_id,
+            "instance_id": instance_id,
+            "reconciled": record.reconciled,
+        }
+
+
+def write_csv(rows: Iterable[dict[str, Any]], out: TextIO) -> None:
+    """Per-job rows as CSV with a header (empty cells for absent values)."""
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+
+
+def format_rows(rows: Iterable[dict[str, Any]]) -> str:
+    """Per-job lines for people: outcome, name, workspace, and why."""
+    lines = []
+    for row in rows:
+        why = row["error_code"] or (f"HTTP {row['status']}" if row["status"] else "")
+        if row["error_msg"]:
+            why = f"{why} {row['error_msg']}".strip()
+        where = f" [{row['workspace']}]" if row["workspace"] else ""
+        lines.append(f"{row['outcome']:<8} {row['name']}{where}  {why}".rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,74 @@
+"""JSONL, the contract: one JSON object per line, each checked by `_Checker.job`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+
+from launcher.manifest.lines import _BOM, _too_long, _utf8_problem
+from launcher.manifest.records import Problem, _Record
+from launcher.manifest.rules import _Checker, _kind
+
+__all__ = ["_scan_jsonl"]
+
+
+def _scan_jsonl(
+    lines: Iterator[bytes | None],
+    path: str,
+    check: _Checker,
+    share: tuple[int, int] | None = None,
+) -> Iterator[_Record | Problem]:
+    loads = orjson.loads
+    job = check.job
+    lineno = 0
+    index, count = share or (0, 1)
+    ordinal = -1  # jobs seen, for `share`: blank and comment lines are not jobs
+    for raw in lines:
+        lineno += 1
+        if count > 1 and raw is not None:
+            head = raw.lstrip()
+            if not head or head[0] == 0x23:  # '#'
+                continue
+            ordinal += 1
+            if ordinal % count != index:
+                continue  # another worker's job: not even parsed
+        if raw is None:
+            yield _too_long(path, lineno)
+            continue
+        # Parse first and look at blank/comment/BOM lines only on failure: the
+        # common line is a job, and this keeps its path to a single call.
+        try:
+            obj = loads(raw)
+        except orjson.JSONDecodeError as exc:
+            stripped = raw.strip()
+            if not stripped or stripped[0] == 0x23:  # '#'
+                continue
+            if lineno == 1 and raw.startswith(_BOM):
+                try:
+                    obj = loads(raw[3:])
+                except orjson.JSONDecodeError:
+                    yield _json_problem(path, lineno, raw, exc)
+                    continue
+            else:
+                yield _json_problem(path, lineno, raw, exc)
+                continue
+        if type(obj) is not dict:
+            yield Problem(
+                path, lineno, "json", f"expected a JSON object (one per line), got {_kind(obj)}"
+            )
+            continue
+        result = job(obj, lineno)
+        if isinstance(result, list):
+            yield from result
+        else:
+            yield result
+
+
+def _json_problem(path: str, line: int, raw: bytes, exc: orjson.JSONDecodeError) -> Problem:
+    # orjson reports bad UTF-8 as a JSON error without a position; find it.
+    try:
+        raw.decode()
+    except UnicodeDecodeError as bad:
+        return _utf8_problem(path, line, raw, bad)
+    return Problem(path, line, "json", f"invalid JSON: {exc.msg} (column {exc.colno})")

@@ -1,0 +1,98 @@
+"""From options and environment to an authenticated `DlfClient`.
+
+Shared by every command that talks to the service (`run`, `replay`,
+`loadtest`): resolve the endpoint (a URL, a region, or `sim` for the embedded
+simulator), pick the credentials from the environment, log in if that is the
+method, and hand back a client whose connection pool matches the concurrency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from launcher.config import RunOptions
+from launcher.dlf.auth import Auth, NoAuth, auth_from_env, iam_endpoint_for_region
+from launcher.dlf.client import DlfClient, endpoint_for_region
+from launcher.errors import UsageError
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["Connection", "connect", "resolve_endpoint"]
+
+
+def resolve_endpoint(options: RunOptions) -> str:
+    """`--endpoint` as given, else derived from `--region`; UsageError when neither is set."""
+    if options.endpoint:
+        return options.endpoint
+    if options.region:
+        return endpoint_for_region(options.region)
+    raise UsageError(
+        "no endpoint: give --endpoint URL, --region ID, or --endpoint sim for the simulator"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """An authenticated client, the URL it calls, and what the user asked for."""
+
+    client: DlfClient
+    url: str  # the base URL requests go to (the embedded simulator's own, for `sim`)
+    endpoint: str  # as given: a URL or `sim`
+
+    @property
+    def simulated(self) -> bool:
+        """True when the embedded simulator answers."""
+        return self.endpoint == "sim"
+
+
+@asynccontextmanager
+async def connect(
+    options: RunOptions, env: Mapping[str, str], *, concurrency: int | None = None
+) -> AsyncIterator[Connection]:
+    """Yield a `Connection`; credentials are obtained (and checked) before it is yielded.
+
+    Raises UsageError for a missing endpoint or credentials and AuthFailed
+    when a login is refused; nothing has been sent to DLF in either case.
+    """
+    endpoint = resolve_endpoint(options)
+    async with _base_url(endpoint, options) as (url, simulated):
+
+        def make_auth(session: Callable[[], aiohttp.ClientSession]) -> Auth:
+            if simulated:
+                return NoAuth()
+            iam = options.iam_endpoint
+            if iam is None and options.region:
+                iam = iam_endpoint_for_region(options.region)
+            return auth_from_env(
+                env, session=session, iam_endpoint=iam, project_id=options.project_id
+            )
+
+        client = DlfClient(
+            url,
+            make_auth,
+            concurrency=concurrency if concurrency is not None else options.concurrency,
+            timeout=options.timeout,
+            ca_bundle=options.ca_bundle,
+        )
+        async with client:
+            await client.authenticate()
+            yield Connection(client, url, endpoint)
+
+
+@asynccontextmanager
+async def _base_url(endpoint: str, options: RunOptions) -> AsyncIterator[tuple[str, bool]]:
+    if endpoint != "sim":
+        yield endpoint, False
+        return
+    from launcher.simulator.app import SimConfig, running
+
+    try:
+        config = SimConfig.from_mapping(options.sim)
+    except ValueError as error:
+        raise UsageError(f"[sim]: {error}") from None
+    async with running(config) as (_sim, url):
+        yield url, True

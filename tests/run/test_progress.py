@@ -1,0 +1,34 @@
+"""Progress display: plain periodic lines off a TTY, a bar on one; both end on the final count."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import anyio
+import pytest
+
+from launcher.dispatch import Tally
+from launcher.run.progress import show_progress, status_line
+
+
+def test_status_line_says_done_rate_eta_and_failures() -> None:
+    tally = Tally(total=100, done=40, started=38, failed=2, failures=Counter({"DLF.0100": 2}))
+    line = status_line(tally, elapsed=4.0)
+    assert line.startswith("40/100 done, 38 started, 2 failed")
+    assert "10.0 jobs/s" in line
+    assert "ETA 6s" in line
+    assert "DLF.0100×2" in line
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("tty", [False, True])
+async def test_progress_ends_on_the_final_count(tty: bool) -> None:
+    tally = Tally(total=10)
+    out = io.StringIO()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: show_progress(tally, stream=out, interval=0.01, tty=tty))
+        await anyio.sleep(0.05)
+        tally.done = tally.started = 10
+        tg.cancel_scope.cancel()
+    assert "10/10" in out.getvalue()
