@@ -17,9 +17,9 @@ from typing import Any
 from launcher.errors import UsageError
 from launcher.flow.pacing import parse_rate
 from launcher.flow.policy import parse_duration, parse_halt
+from launcher.flow.shard import parse_shard
+from launcher.logs import redact_url
 from launcher.models import ACTIONS, Action
-from launcher.run.plan import parse_shard
-from launcher.scale.url import redact_url
 
 __all__ = ["DEFAULT_RATE", "RunOptions", "load_config_file", "resolve_options"]
 

@@ -7,6 +7,9 @@
         ├── AuthFailed      the service rejected our credentials
         └── LedgerFailed    the ledger cannot be written
 
+An interrupted run (SIGINT/SIGTERM) is not an error: it exits `EXIT_INTERRUPTED`
+(130, as a shell reports a process killed by SIGINT) and is resumable.
+
 Outcomes of individual requests are data (`models.Reply`), never exceptions:
 one failed start does not stop a run.
 """
@@ -14,6 +17,7 @@ one failed start does not stop a run.
 from __future__ import annotations
 
 __all__ = [
+    "EXIT_INTERRUPTED",
     "AuthFailed",
     "HaltError",
     "LauncherError",
@@ -21,6 +25,8 @@ __all__ = [
     "ManifestInvalid",
     "UsageError",
 ]
+
+EXIT_INTERRUPTED = 130
 
 
 class LauncherError(Exception):

@@ -24,11 +24,12 @@ import anyio
 import click
 
 from launcher.config import RunOptions, load_config_file, resolve_options
-from launcher.errors import LauncherError, UsageError
+from launcher.errors import EXIT_INTERRUPTED, LauncherError, UsageError
 from launcher.flow.pacing import parse_rate
 from launcher.flow.policy import parse_duration
-from launcher.loadtest.runner import EXIT_INTERRUPTED, LoadSettings, run_loadtest
+from launcher.loadtest.runner import run_loadtest
 from launcher.loadtest.schedule import (
+    LoadSettings,
     Schedule,
     Threshold,
     constant_stages,

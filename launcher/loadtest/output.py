@@ -19,7 +19,7 @@ import io
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import anyio
 import orjson
@@ -29,11 +29,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from launcher.errors import UsageError
-from launcher.loadtest.schedule import ThresholdResult
+from launcher.loadtest.schedule import LoadSettings, ThresholdResult
 from launcher.loadtest.stats import SUMMARY_PERCENTILES, LatencyHistogram, Recorder, SecondRow
-
-if TYPE_CHECKING:
-    from launcher.loadtest.runner import LoadSettings
 
 __all__ = [
     "TIMESERIES_COLUMNS",

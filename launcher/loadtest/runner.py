@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, TextIO
@@ -42,8 +42,8 @@ import anyio.abc
 
 from launcher.config import RunOptions
 from launcher.dispatch import auth_failure_message
-from launcher.errors import AuthFailed, UsageError
-from launcher.flow.policy import RetryPolicy, Verdict, classify, retry_delay
+from launcher.errors import EXIT_INTERRUPTED, AuthFailed, UsageError
+from launcher.flow.policy import Verdict, classify, retry_delay
 from launcher.loadtest.output import (
     TimeseriesWriter,
     build_summary,
@@ -53,14 +53,19 @@ from launcher.loadtest.output import (
     write_report,
     write_summary_json,
 )
-from launcher.loadtest.schedule import Schedule, Threshold, error_key, evaluate_thresholds, measure
+from launcher.loadtest.schedule import (
+    LoadSettings,
+    Schedule,
+    error_key,
+    evaluate_thresholds,
+    measure,
+)
 from launcher.loadtest.stats import Recorder, SecondRow
 from launcher.logs import get_logger
 from launcher.models import Action, Job, Reply
 from launcher.run.connect import connect
 
 __all__ = [
-    "EXIT_INTERRUPTED",
     "EXIT_THRESHOLDS",
     "LoadResult",
     "LoadSettings",
@@ -73,7 +78,6 @@ __all__ = [
 ]
 
 EXIT_THRESHOLDS = 99  # a --threshold was breached (k6's exit code for the same)
-EXIT_INTERRUPTED = 130
 # Manifests up to this many jobs are cycled from memory; longer ones are streamed
 # from the file again at each end, so memory never grows with the manifest.
 CACHE_JOBS = 100_000
@@ -100,30 +104,6 @@ class Service(Protocol):
     async def refresh_auth(self) -> bool:
         """Renew credentials after APIGW.0307; True when a retry may succeed."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class LoadSettings:
-    """Everything a load test needs besides the client and the jobs."""
-
-    schedule: Schedule
-    action: Action = "start"
-    once: bool = False
-    max_in_flight: int = 1024
-    max_attempts: int = 1
-    thresholds: tuple[Threshold, ...] = ()
-    abort_on_fail: bool = False
-    canary: bool = True
-    live: bool = True
-    live_json: bool = False  # live view as JSON log events instead of text lines
-    summary_json: str | None = None
-    timeseries: str | None = None
-    report: str | None = None
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int | None = None
-    handle_signals: bool = True
-    # The backoff between attempts (only with max_attempts > 1); its own max_attempts is unused.
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,7 +457,7 @@ async def run_loadtest(
     Raises UsageError (exit 2) for bad input, before anything is sent, and
     AuthFailed (exit 3) when the canary's credentials are refused.
     """
-    from launcher.run.runner import plan_manifest
+    from launcher.run.plan import plan_manifest
 
     stdout = out if out is not None else sys.stdout
     stderr = err if err is not None else sys.stderr

@@ -26,13 +26,14 @@ import operator
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from launcher.flow.pacing import parse_rate
-from launcher.flow.policy import Verdict, parse_duration
-from launcher.models import Reply
+from launcher.flow.policy import RetryPolicy, Verdict, parse_duration
+from launcher.models import Action, Reply
 
 __all__ = [
+    "LoadSettings",
     "Sample",
     "Schedule",
     "Stage",
@@ -391,3 +392,27 @@ def evaluate_thresholds(
         else:
             results.append(ThresholdResult(threshold, value, threshold.passes(value)))
     return results
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSettings:
+    """Everything a load test needs besides the client and the jobs."""
+
+    schedule: Schedule
+    action: Action = "start"
+    once: bool = False
+    max_in_flight: int = 1024
+    max_attempts: int = 1
+    thresholds: tuple[Threshold, ...] = ()
+    abort_on_fail: bool = False
+    canary: bool = True
+    live: bool = True
+    live_json: bool = False  # live view as JSON log events instead of text lines
+    summary_json: str | None = None
+    timeseries: str | None = None
+    report: str | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    handle_signals: bool = True
+    # The backoff between attempts (only with max_attempts > 1); its own max_attempts is unused.
+    retry: RetryPolicy = field(default_factory=RetryPolicy)

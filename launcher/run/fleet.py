@@ -55,7 +55,7 @@ import orjson
 from launcher.config import RunOptions
 from launcher.dispatch import Dispatcher, Tally
 from launcher.dlf.transport import backend_options
-from launcher.errors import LauncherError, UsageError
+from launcher.errors import EXIT_INTERRUPTED, LauncherError, UsageError
 from launcher.flow.policy import parse_halt
 from launcher.ledger.history import (
     CountedPart,
@@ -69,15 +69,9 @@ from launcher.ledger.report import format_text, summary_of
 from launcher.ledger.writer import Ledger, finish_merge, lock_part, open_fleet, part_name
 from launcher.logs import bind_log_context, get_logger
 from launcher.run.connect import connect
-from launcher.run.runner import (
-    EXIT_INTERRUPTED,
-    Plan,
-    RunResult,
-    Segment,
-    WorkerRole,
-)
-from launcher.run.runner import _dispatch as dispatch
-from launcher.run.runner import _progress as show_fleet_progress
+from launcher.run.plan import Plan
+from launcher.run.resume import Segment
+from launcher.run.segment import RunResult, WorkerRole, run_segment, show_run_progress
 
 __all__ = [
     "AUTO_RATE_PER_WORKER",
@@ -412,7 +406,7 @@ class Fleet:
                 log.info("run starting in worker processes", workers=self.count, fleet=self.fleet)
                 async with anyio.create_task_group() as tg:
                     if options.progress != "off":
-                        tg.start_soon(show_fleet_progress, self.tally, options)
+                        tg.start_soon(show_run_progress, self.tally, options)
                     async with anyio.create_task_group() as crew:
                         for child in self.children:
                             crew.start_soon(self.watch, child)
@@ -424,7 +418,7 @@ class Fleet:
                             local_part, local_options, self.segment, share(plan.jobs, 0, self.count)
                         )
                         try:
-                            local_code = await dispatch(
+                            local_code = await run_segment(
                                 plan, local_options, connection, ledger, self.segment, role,
                                 live=live,
                             )  # fmt: skip
@@ -480,7 +474,7 @@ class Fleet:
                 live = LiveFold(ledger, share(self.plan.jobs, index, self.count)) if folds else None
                 try:
                     role = WorkerRole(index, self.count, self.fleet, _companion(orders, reports))
-                    code = await dispatch(
+                    code = await run_segment(
                         self.plan, options, connection, ledger, self.segment, role, live=live
                     )
                 finally:

@@ -29,9 +29,15 @@ from launcher.ledger.report import OUTCOMES
 from launcher.ledger.writer import read_ledger
 from launcher.logs import get_logger
 from launcher.manifest.validate import Defaults, file_sha256, iter_jobs
-from launcher.run.plan import replay_jobs, replay_line
 
-__all__ = ["ReplayPlan", "parse_only", "parse_workspace_map", "plan_replay"]
+__all__ = [
+    "ReplayPlan",
+    "parse_only",
+    "parse_workspace_map",
+    "plan_replay",
+    "replay_jobs",
+    "replay_line",
+]
 
 log = get_logger("launcher.run.replay")
 
@@ -146,3 +152,57 @@ def _never_sent(
             "action": job.action,
         }
         yield replay_line(job.id, description, project_id, workspace_map)
+
+
+def replay_jobs(
+    history: History,
+    *,
+    only: frozenset[str],
+    project_id: str | None,
+    workspace_map: Mapping[str, str],
+) -> Iterator[dict[str, Any]]:
+    """Manifest lines for the jobs whose final outcome is in `only`.
+
+    Needs `fold(..., keep=frozenset({"descriptions"}))`. `project_id` replaces
+    every job's project; `workspace_map` renames workspaces (OLD=NEW). Each
+    line keeps the job's original identity as its `id`, so the replay's
+    ledger can be matched against the source ledger.
+    """
+    for job_id, record in history.items():
+        if record.final not in only:
+            continue
+        description = record.description
+        if description is None:
+            raise UsageError(
+                f"job {job_id}: the ledger lacks its description (its first attempt's intent)"
+            )
+        yield replay_line(job_id, description, project_id, workspace_map)
+
+
+def replay_line(
+    job_id: str,
+    description: Mapping[str, Any],
+    project_id: str | None,
+    workspace_map: Mapping[str, str],
+) -> dict[str, Any]:
+    """One manifest line for a job described by an intent (or a manifest `Job`'s fields)."""
+    workspace = description.get("workspace")
+    if workspace is not None:
+        workspace = workspace_map.get(workspace, workspace)
+    line: dict[str, Any] = {
+        "id": job_id,
+        "name": description["name"],
+        "params": [
+            {"name": name, "value": value, **({"paramType": kind} if kind else {})}
+            for name, value, kind in description.get("params") or ()
+        ],
+    }
+    if workspace is not None:
+        line["workspace"] = workspace
+    project = project_id or description.get("project_id")
+    if project is not None:
+        line["project_id"] = project
+    action = description.get("action")
+    if action not in (None, "start"):
+        line["action"] = action
+    return line

@@ -34,8 +34,7 @@ import anyio
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from launcher.logs import get_logger
-from launcher.scale.url import redact_url, scrub
+from launcher.logs import get_logger, redact_url, scrub
 
 if TYPE_CHECKING:
     from launcher.dispatch import Service

@@ -78,7 +78,7 @@ from launcher.dlf.auth import AkSkAuth, Auth
 from launcher.errors import UsageError
 from launcher.flow.adaptive import BUCKET, MIN_RATE, SCALE, SMOOTH, RateMeter
 from launcher.flow.pacing import STALL, Pacer, TokenBucket, format_rate
-from launcher.logs import get_logger
+from launcher.logs import get_logger, redact_url, scrub
 from launcher.scale.adaptive import FleetMeter, SharedAdaptiveRate, SharedCut, SharedState
 from launcher.scale.concurrency import (
     ACQUIRE,
@@ -87,12 +87,10 @@ from launcher.scale.concurrency import (
     SharedSemaphore,
 )
 from launcher.scale.lua import RESERVE, RESERVE_SHA1
-from launcher.scale.url import redact_url, scrub
 
 if TYPE_CHECKING:
     from launcher.config import RunOptions
     from launcher.dispatch import Service
-    from launcher.run.connect import Connection
 
 __all__ = [
     "FleetMeter",
@@ -465,8 +463,13 @@ async def connect_shared(
     return SharedLimits(redis, pacer, flow, shown, semaphore)
 
 
-async def open_shared_limits(options: RunOptions, connection: Connection) -> SharedLimits | None:
+async def open_shared_limits(
+    options: RunOptions, *, endpoint: str, auth: Auth, simulated: bool
+) -> SharedLimits | None:
     """The shared limits `launcher run --redis` asks for; None: use local limits.
+
+    `endpoint`, `auth` and `simulated` describe where this launcher sends: by
+    default launchers that send to the same place with the same account share.
 
     Raises UsageError when Redis cannot be used, unless `--redis-optional`:
     then it logs a warning and returns None.
@@ -476,9 +479,7 @@ async def open_shared_limits(options: RunOptions, connection: Connection) -> Sha
         if options.shared_concurrency:
             raise UsageError("--shared-concurrency needs --redis (or LAUNCHER_REDIS_URL)")
         return None
-    key = options.limit_key or default_limit_key(
-        connection.url, connection.client.auth, simulated=connection.simulated
-    )
+    key = options.limit_key or default_limit_key(endpoint, auth, simulated=simulated)
     try:
         limits = await connect_shared(
             url,

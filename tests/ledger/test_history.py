@@ -38,7 +38,7 @@ from launcher.ledger.report import (
     summary_of,
 )
 from launcher.ledger.writer import LedgerRead, part_name, read_ledger
-from launcher.run.plan import Next, next_step, step_lookup
+from launcher.run.resume import Next, next_step, step_lookup
 
 STATES = st.builds(
     JobState,

@@ -36,8 +36,9 @@ from launcher.dlf.auth import NoAuth
 from launcher.dlf.client import DlfClient
 from launcher.errors import UsageError
 from launcher.flow.policy import Verdict
-from launcher.loadtest.runner import LoadSettings, LoadTest, drive, job_cycle
+from launcher.loadtest.runner import LoadTest, drive, job_cycle
 from launcher.loadtest.schedule import (
+    LoadSettings,
     Schedule,
     Stage,
     Threshold,

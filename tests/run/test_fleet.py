@@ -53,7 +53,8 @@ from launcher.run.fleet import (
     start_fleet,
     worker_options,
 )
-from launcher.run.runner import Segment, plan_manifest
+from launcher.run.plan import plan_manifest
+from launcher.run.resume import Segment
 from launcher.simulator.app import SimConfig, Simulator, running
 
 # -- how many workers, and each one's share ------------------------------------------

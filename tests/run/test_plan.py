@@ -9,7 +9,8 @@ import pytest
 from launcher.ledger.history import JobRecord, fold
 from launcher.ledger.writer import Ledger, read_ledger
 from launcher.models import Failure, Job, JobParam, Reply
-from launcher.run.plan import Next, next_step, replay_jobs, step_lookup
+from launcher.run.replay import replay_jobs
+from launcher.run.resume import Next, next_step, step_lookup
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,8 @@ from launcher.ledger.history import fold
 from launcher.ledger.writer import Ledger, read_ledger
 from launcher.manifest.validate import Defaults, file_sha256, iter_jobs
 from launcher.models import Reply
-from launcher.run import runner
+from launcher.run import plan as planning
+from launcher.run import resume
 
 OPTIONS = RunOptions(project_id="p1", resume=True)
 
@@ -53,15 +54,15 @@ def write_run(
 
 @pytest.fixture
 def validations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Paths `runner.validate` was called on (it still validates)."""
+    """Paths `planning.validate` was called on (it still validates)."""
     calls: list[str] = []
-    real = runner.validate
+    real = planning.validate
 
     def counting(path: Any, *args: Any, **kwargs: Any) -> Any:
         calls.append(str(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "validate", counting)
+    monkeypatch.setattr(planning, "validate", counting)
     return calls
 
 
@@ -75,7 +76,7 @@ def test_an_unchanged_manifest_is_hashed_not_validated(
     manifest = write_manifest(tmp_path / "m.jsonl", job_lines(30))
     write_run(tmp_path / "l.jsonl", manifest, OPTIONS, settle=10)
     recorded = latest_header(tmp_path / "l.jsonl")
-    plan = runner.plan_manifest(str(manifest), OPTIONS, recorded=recorded)
+    plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=recorded)
     assert validations == []
     assert (plan.jobs, plan.validation.jobs, plan.validation.problem_count) == (30, 30, 0)
     assert plan.validation.sha256 == file_sha256(manifest)
@@ -96,7 +97,7 @@ def test_other_identity_options_mean_a_full_validation(
     manifest = write_manifest(tmp_path / "m.jsonl", job_lines(30))
     write_run(tmp_path / "l.jsonl", manifest, OPTIONS, settle=30)
     now = replace(OPTIONS, **change)
-    plan = runner.plan_manifest(str(manifest), now, recorded=latest_header(tmp_path / "l.jsonl"))
+    plan = planning.plan_manifest(str(manifest), now, recorded=latest_header(tmp_path / "l.jsonl"))
     assert validations == [str(manifest)]
     assert plan.jobs == 30
 
@@ -107,10 +108,10 @@ def test_changed_bytes_or_another_version_mean_a_full_validation(
     manifest = write_manifest(tmp_path / "m.jsonl", job_lines(30))
     write_run(tmp_path / "l.jsonl", manifest, OPTIONS, settle=30)
     write_run(tmp_path / "old.jsonl", manifest, OPTIONS, settle=30, version="0.0.1")
-    runner.plan_manifest(str(manifest), OPTIONS, recorded=latest_header(tmp_path / "old.jsonl"))
+    planning.plan_manifest(str(manifest), OPTIONS, recorded=latest_header(tmp_path / "old.jsonl"))
     assert len(validations) == 1
     write_manifest(manifest, job_lines(31))
-    plan = runner.plan_manifest(
+    plan = planning.plan_manifest(
         str(manifest), OPTIONS, recorded=latest_header(tmp_path / "l.jsonl")
     )
     assert len(validations) == 2
@@ -122,11 +123,11 @@ def test_a_shard_takes_its_size_from_the_header_of_the_same_shard(
 ) -> None:
     manifest = write_manifest(tmp_path / "m.jsonl", job_lines(60))
     sharded = replace(OPTIONS, shard="1/3")
-    first = runner.plan_manifest(str(manifest), sharded)  # validates, counts the shard
+    first = planning.plan_manifest(str(manifest), sharded)  # validates, counts the shard
     write_run(tmp_path / "l.jsonl", manifest, sharded, settle=0)
     header = latest_header(tmp_path / "l.jsonl")
     header["manifest"]["jobs"] = first.jobs
-    again = runner.plan_manifest(str(manifest), sharded, recorded=header)
+    again = planning.plan_manifest(str(manifest), sharded, recorded=header)
     assert validations == [str(manifest)]  # only the first time
     assert again.jobs == first.jobs < 60
 
@@ -135,8 +136,8 @@ def test_nothing_left_skips_the_manifest_pass(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "m.jsonl", job_lines(40))
     ledger = tmp_path / "l.jsonl"
     write_run(ledger, manifest, OPTIONS, settle=40)
-    plan = runner.plan_manifest(str(manifest), OPTIONS, recorded=latest_header(ledger))
-    segment = runner.plan_segment(str(ledger), plan, OPTIONS)
+    plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=latest_header(ledger))
+    segment = resume.plan_segment(str(ledger), plan, OPTIONS)
     assert segment.nothing_left
     assert (segment.already_started, segment.already_settled) == (40, 40)
     assert list(segment.to_send(plan.iter_jobs(), retry_failed=False)) == []
@@ -147,8 +148,8 @@ def test_an_unsettled_job_means_a_manifest_pass(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "m.jsonl", job_lines(40))
     ledger = tmp_path / "l.jsonl"
     write_run(ledger, manifest, OPTIONS, settle=39)
-    plan = runner.plan_manifest(str(manifest), OPTIONS, recorded=latest_header(ledger))
-    segment = runner.plan_segment(str(ledger), plan, OPTIONS)
+    plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=latest_header(ledger))
+    segment = resume.plan_segment(str(ledger), plan, OPTIONS)
     assert not segment.nothing_left
     assert [job.name for job in segment.to_send(plan.iter_jobs(), retry_failed=False)] == [
         "job-0039"
@@ -169,7 +170,7 @@ def test_a_ledger_of_another_manifest_is_never_taken_as_settling_this_one(
     write_run(tmp_path / "forced.jsonl", manifest, OPTIONS, settle=0)
     with open(ledger, "ab") as out:  # then a segment forced onto `manifest`
         out.write((tmp_path / "forced.jsonl").read_bytes())
-    plan = runner.plan_manifest(str(manifest), OPTIONS, recorded=latest_header(ledger))
-    segment = runner.plan_segment(str(ledger), plan, OPTIONS)
+    plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=latest_header(ledger))
+    segment = resume.plan_segment(str(ledger), plan, OPTIONS)
     assert not segment.nothing_left
     assert len(list(segment.to_send(plan.iter_jobs(), retry_failed=False))) == 40

@@ -17,7 +17,6 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
 import anyio
 import pytest
@@ -29,7 +28,7 @@ from launcher.dlf.auth import AkSkAuth, NoAuth
 from launcher.dlf.signing import AkSk, Signer
 from launcher.errors import UsageError
 from launcher.flow.adaptive import MIN_RATE, MIN_SAMPLE, SCALE
-from launcher.run.connect import Connection
+from launcher.logs import redact_url, scrub
 from launcher.scale.limits import (
     SharedCut,
     SharedLimits,
@@ -38,7 +37,6 @@ from launcher.scale.limits import (
     default_limit_key,
     open_shared_limits,
 )
-from launcher.scale.url import redact_url, scrub
 from launcher.simulator.app import SimConfig, running
 
 pytestmark = pytest.mark.anyio
@@ -343,13 +341,13 @@ async def test_unreachable_redis_is_a_usage_error_that_hides_the_password() -> N
 
 async def test_redis_optional_falls_back_to_local_limits_with_a_warning() -> None:
     url = f"redis://:hunter2@127.0.0.1:{_free_port()}/0"
-    no_connection = cast(Connection, None)  # not consulted: the key is given
+    target = {"endpoint": "http://127.0.0.1:1", "auth": NoAuth(), "simulated": True}
     required = RunOptions(redis=url, limit_key="k")
     with pytest.raises(UsageError):
-        await open_shared_limits(required, no_connection)
+        await open_shared_limits(required, **target)
     optional = RunOptions(redis=url, limit_key="k", redis_optional=True)
     with structlog.testing.capture_logs() as logs:
-        assert await open_shared_limits(optional, no_connection) is None
+        assert await open_shared_limits(optional, **target) is None
     assert [entry["log_level"] for entry in logs] == ["warning"]
     assert "hunter2" not in str(logs)
 

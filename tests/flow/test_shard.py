@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from launch_helpers import job_lines, launcher, write_manifest
 
 from launcher.errors import UsageError
-from launcher.run.plan import parse_shard, shard_of
+from launcher.flow.shard import parse_shard, shard_of
 
 
 @given(ids=st.sets(st.text(min_size=1, max_size=40), max_size=200), count=st.integers(1, 16))
