@@ -1,1 +1,28 @@
-"""dlf"""
+"""The DataArts Factory service: the client, its HTTP transport, signing and auth.
+
+`DlfClient` sends `start`/`stop`/`run-immediate` and the status queries that
+reconcile a lost answer; `transport.HttpPool` is the lean HTTP/1.1 pool under
+it (with the write-ahead hook that puts the ledger's intent on disk before a
+request leaves); `signing` is SDK-HMAC-SHA256; `auth` picks AK/SK, an IAM
+token or an IAM password login from the environment. Nothing here knows the
+ledger or the dispatcher.
+"""
+
+from __future__ import annotations
+
+from launcher.dlf.auth import AkSkAuth, Auth, NoAuth, auth_from_env, iam_endpoint_for_region
+from launcher.dlf.client import DlfClient, endpoint_for_region, job_body, path_segment
+from launcher.dlf.transport import backend_options
+
+__all__ = [
+    "AkSkAuth",
+    "Auth",
+    "DlfClient",
+    "NoAuth",
+    "auth_from_env",
+    "backend_options",
+    "endpoint_for_region",
+    "iam_endpoint_for_region",
+    "job_body",
+    "path_segment",
+]
