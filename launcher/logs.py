@@ -18,9 +18,10 @@ import orjson
 
 # structlog imports rich, when it is installed (the progress bar uses it), only to
 # pretty-print exceptions and their locals: we print exceptions plainly and never show
-# locals, and rich costs ~60 ms of CPU at the start of every process, every --workers
-# child included. Hidden while structlog is imported, it makes structlog take its plain
-# fallbacks; `launcher.run.progress` still imports rich when it draws the bar.
+# locals, and rich's import is most of structlog's (see benchmarks/RESULTS.md, "Start-up
+# tricks"). Hidden while structlog is imported, it makes structlog take its plain
+# fallbacks; `launcher.run.progress` still imports rich when it draws the bar. The trick
+# lives here only; tests/test_logs.py checks that it holds and that it is harmless.
 _HIDE_RICH = "rich" not in sys.modules and "structlog" not in sys.modules
 if _HIDE_RICH:
     sys.modules["rich"] = None  # type: ignore[assignment]  # None: `import rich` fails
