@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import click
 
-from launcher.simulator.app import SimConfig, Simulator
+from launcher.simulator import SimConfig, Simulator
 
 __all__ = ["load_known_jobs", "sim_command"]
 

@@ -88,7 +88,7 @@ async def _base_url(endpoint: str, options: RunOptions) -> AsyncIterator[tuple[s
     if endpoint != "sim":
         yield endpoint, False
         return
-    from launcher.simulator.app import SimConfig, running
+    from launcher.simulator import SimConfig, running
 
     try:
         config = SimConfig.from_mapping(options.sim)
