@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from launcher.errors import AuthFailed, HaltError
+from launcher.errors import AuthFailed, HaltError, TlsFailed
 from launcher.flow.adaptive import AdaptiveRate
 from launcher.flow.pacing import Pacer, RateGate, TokenBucket
 from launcher.flow.policy import HaltRule, RetryBudget, RetryPolicy, Verdict, classify, retry_delay
@@ -42,6 +42,7 @@ __all__ = [
     "WorkspaceLimits",
     "auth_failure_message",
     "failure_key",
+    "tls_failure_message",
 ]
 
 
@@ -119,12 +120,14 @@ class Tally:
 
 
 def failure_key(reply: Reply) -> str:
-    """How a failed reply is counted in reports: its error code, else `HTTP 503`, else `timeout`."""
+    """How a failed reply is counted in reports: its error code, else `HTTP 503`, else
+    the transport failure with its reason (`connect: cannot connect to ...`)."""
     if reply.error_code:
         return reply.error_code
     if reply.status is not None:
         return f"HTTP {reply.status}"
-    return reply.failure.value if reply.failure is not None else "error"
+    failure = reply.failure.value if reply.failure is not None else "error"
+    return f"{failure}: {reply.detail}" if reply.detail else failure
 
 
 # What a status check says about an ambiguous `start`/`stop`.
@@ -340,6 +343,12 @@ class Dispatcher:
                 return None  # stopped while waiting for a slot: the job stays pending
             reply, intent_t = sent
             verdict = classify(reply)
+            if verdict is Verdict.TLS_FAILED:
+                # Nothing was sent, and nothing will be: every request would meet the
+                # same certificate. The job stays pending; the run stops (exit 3).
+                self._recorder.result(job, attempt, reply, "not_sent", None)
+                self.stop("tls", TlsFailed(tls_failure_message(reply)))
+                return None
             if not self._released and reply.status is not None and verdict not in _AUTH:
                 self._release()
             last_try = tries >= policy.max_attempts
@@ -486,6 +495,15 @@ class _Gate:
 
     limiter: anyio.CapacityLimiter | None
     pacer: Pacer | None
+
+
+def tls_failure_message(reply: Reply) -> str:
+    """Why the run stopped on a certificate that did not verify, and the way out."""
+    return (
+        f"{reply.detail or 'TLS certificate verification failed'}. Nothing was sent. If the "
+        "endpoint uses a private CA, give its certificates with --ca-bundle PEM (it replaces "
+        "the system trust store); check that the endpoint's host name is the certificate's."
+    )
 
 
 def auth_failure_message(reply: Reply) -> str:

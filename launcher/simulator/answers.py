@@ -6,7 +6,7 @@ from typing import Final
 
 import orjson
 
-__all__ = ["JSON", "Answer", "error", "iam_error"]
+__all__ = ["JSON", "Answer", "error", "iam_error", "reshape"]
 
 JSON: Final = "application/json;charset=UTF-8"
 
@@ -26,7 +26,7 @@ MSG_INVALID: Final = "The request parameter is invalid"
 class Answer:
     """A decided answer, built into an aiohttp response only when it is sent."""
 
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("body", "error", "headers", "status")
 
     def __init__(
         self, status: int, body: bytes | None = None, headers: dict[str, str] | None = None
@@ -34,13 +34,31 @@ class Answer:
         self.status = status
         self.body = body
         self.headers = headers
+        self.error: tuple[str, str, str] | None = None  # (code, message, request id)
 
 
 def error(status: int, code: str, message: str, rid: str) -> Answer:
     """The DLF / API gateway error body: top-level `error_code`, `error_msg`, `request_id`."""
-    return Answer(
+    answer = Answer(
         status, orjson.dumps({"error_code": code, "error_msg": message, "request_id": rid})
     )
+    answer.error = (code, message, rid)
+    return answer
+
+
+def reshape(answer: Answer, shape: str) -> None:
+    """Render an error answer's body in another of the shapes the SDK reads (in place)."""
+    if answer.error is None or shape == "flat":
+        return
+    code, message, rid = answer.error
+    if shape == "camel":
+        document: dict[str, object] = {"errorCode": code, "errorMsg": message}
+    elif shape == "code":
+        document = {"code": code, "message": message}
+    else:  # nested, as some gateways and IAM wrap it
+        document = {"error": {"code": code, "message": message}}
+    document["request_id"] = rid
+    answer.body = orjson.dumps(document)
 
 
 def iam_error(status: int, code: str, message: str, rid: str) -> Answer:

@@ -31,9 +31,11 @@ and no work beyond what its configuration asks for.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import random
 import secrets
 import socket
+import ssl
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -45,7 +47,7 @@ import anyio.abc
 import orjson
 from aiohttp import web
 
-from launcher.simulator.answers import JSON, MSG_NO_API, MSG_THROTTLED, Answer, error
+from launcher.simulator.answers import JSON, MSG_NO_API, MSG_THROTTLED, Answer, error, reshape
 from launcher.simulator.config import DEFAULT_CONFIG, SimConfig
 from launcher.simulator.gateway import Gateway
 from launcher.simulator.service import ACTIONS, JobService
@@ -53,7 +55,17 @@ from launcher.simulator.stats import SimStats
 
 __all__ = ["Simulator", "running"]
 
-_FAULT_KINDS: Final = ("503", "500", "429", "reset_before", "reset_after", "slow")
+_FAULT_KINDS: Final = (
+    "503",
+    "500",
+    "429",
+    "reset_before",
+    "reset_after",
+    "slow",
+    "504_after",
+    "refused",
+)
+_REASONS: Final = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request"}
 # SO_LINGER on, timeout 0: closing the socket sends RST instead of FIN, like a
 # middlebox dropping the connection.
 _LINGER_RST: Final = struct.pack("ii", 1, 0)
@@ -61,13 +73,13 @@ _LINGER_RST: Final = struct.pack("ii", 1, 0)
 _SHUTDOWN_GRACE: Final = 0.25
 
 
-def _base_url(host: str, port: int) -> str:
+def _base_url(host: str, port: int, scheme: str = "http") -> str:
     # A wildcard bind is reachable on loopback; report an address a client can use.
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 class Simulator:
@@ -93,6 +105,8 @@ class Simulator:
                 config.reset_before,
                 config.reset_after,
                 config.slow_fraction,
+                config.fail_504_after,
+                config.refused_5xx,
             ),
             strict=True,
         ):
@@ -106,6 +120,17 @@ class Simulator:
         self._rid_counter = 0
         self.gateway = Gateway(config, self.stats)
         self.service = JobService(config, self.stats)
+        # Answers that need more than aiohttp's plain response (rare, test-only modes).
+        self._special = (
+            config.continue_100
+            or config.close_delimited
+            or config.error_shape != "flat"
+            or config.clock_skew != 0.0
+        )
+        self._ssl: ssl.SSLContext | None = None
+        if config.tls_cert is not None:
+            self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._ssl.load_cert_chain(config.tls_cert, config.tls_key)
 
     async def serve(
         self,
@@ -135,9 +160,10 @@ class Simulator:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port, backlog=1024)
+            site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=self._ssl)
             await site.start()
-            yield _base_url(host, int(runner.addresses[0][1]))
+            scheme = "https" if self._ssl is not None else "http"
+            yield _base_url(host, int(runner.addresses[0][1]), scheme)
         finally:
             with anyio.CancelScope(shield=True):
                 await runner.cleanup()
@@ -166,7 +192,9 @@ class Simulator:
         # parts of /v1/{project}/jobs/{name}/{action}: "", "v1", project, "jobs", name, action
         route = "unknown"
         if len(parts) >= 4 and parts[1] == "v1" and parts[2] and parts[3] == "jobs":
-            if len(parts) == 6 and parts[4]:
+            if len(parts) == 7 and parts[4] and parts[5] == "instances" and method == "GET":
+                route = "instance"
+            elif len(parts) == 6 and parts[4]:
                 if method == "POST" and parts[5] in ACTIONS:
                     route = parts[5]
                 elif method == "GET" and parts[4] == "instances" and parts[5] == "detail":
@@ -200,6 +228,8 @@ class Simulator:
                         return await self._reset(request, delay)
                     if fault == "slow":
                         delay += config.slow_seconds
+                    elif fault == "504_after" and answer.status < 300:
+                        answer = error(504, "APIGW.0203", "Backend timeout.", rid)
 
         stats.by_status[answer.status] += 1
         if delay > 0:
@@ -209,6 +239,32 @@ class Simulator:
             headers["Content-Type"] = JSON
         if answer.headers:
             headers.update(answer.headers)
+        if self._special:
+            return self._special_answer(request, answer, headers)
+        return web.Response(status=answer.status, body=answer.body, headers=headers)
+
+    def _special_answer(
+        self, request: web.Request, answer: Answer, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """The test-only ways of answering: error shapes, a skewed clock, 100 Continue,
+        close-delimited answers."""
+        config = self.config
+        reshape(answer, config.error_shape)
+        if config.clock_skew:
+            headers["Date"] = email.utils.formatdate(time.time() + config.clock_skew, usegmt=True)
+        transport = request.transport
+        if config.continue_100 and transport is not None:
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if config.close_delimited and transport is not None:
+            # HTTP/1.0, no Content-Length: the answer ends where the connection does.
+            reason = _REASONS.get(answer.status, "Error")
+            lines = [f"HTTP/1.0 {answer.status} {reason}"]
+            lines += [f"{name}: {value}" for name, value in headers.items()]
+            transport.write(("\r\n".join(lines) + "\r\n\r\n").encode() + (answer.body or b""))
+            transport.close()
+            # aiohttp fails to write this response to the closed transport and drops it
+            # silently, as for a client that went away.
+            return web.Response(status=204)
         return web.Response(status=answer.status, body=answer.body, headers=headers)
 
     def _draw_fault(self) -> str | None:
@@ -228,6 +284,8 @@ class Simulator:
             answer = error(500, "DLF.0000", "Internal server error.", rid)
         elif fault == "429":
             answer = error(429, "APIGW.0308", MSG_THROTTLED, rid)
+        elif fault == "refused":
+            return error(500, "APIGW.0103", "The backend does not exist.", rid)
         else:
             return None
         if fault != "500":

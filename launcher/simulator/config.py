@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
-__all__ = ["DEFAULT_CONFIG", "IamUser", "SimConfig"]
+__all__ = ["DEFAULT_CONFIG", "ERROR_SHAPES", "IamUser", "SimConfig"]
+
+ERROR_SHAPES: Final = ("flat", "camel", "code", "nested")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,11 @@ class SimConfig:
     """Fraction of job calls that take effect on arrival but are answered `slow_seconds` late."""
     slow_seconds: float = 2.0
     """Extra delay of a slow answer."""
+    fail_504_after: float = 0.0
+    """Fraction of job calls that TAKE EFFECT, then are answered 504 APIGW.0203 (Backend
+    timeout), as a gateway answers when DLF did the work too slowly."""
+    refused_5xx: float = 0.0
+    """Fraction of job calls the gateway refuses before forwarding: 500 APIGW.0103, no effect."""
     faults_on_queries: bool = False
     """Whether job-list and instance-list calls get the faults above too."""
     rate_limit: float | None = None
@@ -84,6 +91,24 @@ class SimConfig:
     """Tokens that are valid without a login and never expire."""
     token_ttl: float = 86400.0
     """Lifetime, in seconds, of a token issued by `/v3/auth/tokens`."""
+    real_time_jobs: frozenset[str] = frozenset()
+    """Job names that are REAL_TIME jobs in the job list (the others are BATCH)."""
+    continue_100: bool = False
+    """Precede every answer with an interim `100 Continue`."""
+    close_delimited: bool = False
+    """Send every answer as HTTP/1.0 without Content-Length, then close the connection."""
+    error_shape: str = "flat"
+    """Error bodies: `flat` {error_code, error_msg}, `camel` {errorCode, errorMsg},
+    `code` {code, message}, `nested` {"error": {"code", "message"}}."""
+    instance_id_string: bool = False
+    """run-immediate answers `{"instanceId": "123"}` (a string) instead of a number."""
+    clock_skew: float = 0.0
+    """Seconds the service's clock is ahead of ours (negative: behind): its `Date` header
+    and the plan times of new instances."""
+    tls_cert: str | None = None
+    """PEM certificate (chain) file: serve https with it (needs `tls_key`)."""
+    tls_key: str | None = None
+    """PEM private key file of `tls_cert`."""
     seed: int | None = None
     """Seed of the fault and jitter draws; the same seed and arrival order give the same faults."""
 
@@ -95,6 +120,13 @@ class SimConfig:
             object.__setattr__(self, "aksk", MappingProxyType(dict(self.aksk)))
         object.__setattr__(self, "iam_users", tuple(self.iam_users))
         object.__setattr__(self, "tokens", frozenset(self.tokens))
+        object.__setattr__(self, "real_time_jobs", frozenset(self.real_time_jobs))
+        if self.error_shape not in ERROR_SHAPES:
+            raise ValueError(f"error_shape must be one of {', '.join(ERROR_SHAPES)}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if not math.isfinite(self.clock_skew):
+            raise ValueError("clock_skew must be a finite number")
         fractions = {
             "fail_503": self.fail_503,
             "fail_500": self.fail_500,
@@ -102,6 +134,8 @@ class SimConfig:
             "reset_before": self.reset_before,
             "reset_after": self.reset_after,
             "slow_fraction": self.slow_fraction,
+            "fail_504_after": self.fail_504_after,
+            "refused_5xx": self.refused_5xx,
         }
         for name, value in fractions.items():
             if not 0.0 <= value <= 1.0:
@@ -250,6 +284,16 @@ _CONVERTERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "reset_after": _as_float,
     "slow_fraction": _as_float,
     "slow_seconds": _as_float,
+    "fail_504_after": _as_float,
+    "refused_5xx": _as_float,
+    "real_time_jobs": _as_str_set,
+    "continue_100": _as_bool,
+    "close_delimited": _as_bool,
+    "error_shape": _as_opt_str,
+    "instance_id_string": _as_bool,
+    "clock_skew": _as_float,
+    "tls_cert": _as_opt_str,
+    "tls_key": _as_opt_str,
     "faults_on_queries": _as_bool,
     "rate_limit": _as_opt_float,
     "rate_burst": _as_opt_float,

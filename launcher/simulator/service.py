@@ -43,7 +43,8 @@ class JobService:
         try:
             project = unquote(parts[2], errors="strict")
             # The name is one raw segment: `%2F` inside it is part of the name.
-            name = unquote(parts[4], errors="strict") if route in ACTIONS else ""
+            named = route in ACTIONS or route == "instance"
+            name = unquote(parts[4], errors="strict") if named else ""
         except UnicodeDecodeError:
             return error(400, "DLF.3051", f"{MSG_INVALID}: path is not UTF-8", rid)
         workspace = request.headers.get("workspace") or None
@@ -51,6 +52,10 @@ class JobService:
             return self._list_jobs(request, project, workspace, rid)
         if route == "instances":
             return self._list_instances(request, project, workspace, rid)
+        if route == "instance":
+            return self._show_instance(project, workspace, name, parts[6], rid)
+        if route == "stop" and body:
+            self.stats.stop_bodies += 1  # the SDK's stop has no body: a client that sends one
         problem = _body_problem(body)
         if problem is not None:
             return error(400, "DLF.3051", f"{MSG_INVALID}: {problem}", rid)
@@ -73,7 +78,7 @@ class JobService:
             return Answer(204)
         self._next_instance_id += 1
         instance_id = self._next_instance_id
-        now_ms = int(time.time() * 1000)
+        now_ms = int((time.time() + self.config.clock_skew) * 1000)  # the service's clock
         self._instances.setdefault((project, workspace), []).append(
             {
                 "jobName": name,
@@ -82,11 +87,21 @@ class JobService:
                 "planTime": now_ms,
                 "startTime": now_ms,
                 "endTime": None,
+                "instanceType": 2,  # manual scheduling
             }
         )
         job.last_instance_status = "running"
         self.stats.runs[key] += 1
-        return Answer(200, orjson.dumps({"instanceId": instance_id}))
+        answer_id: int | str = str(instance_id) if self.config.instance_id_string else instance_id
+        return Answer(200, orjson.dumps({"instanceId": answer_id}))
+
+    def _show_instance(
+        self, project: str, workspace: str | None, name: str, raw_id: str, rid: str
+    ) -> Answer:
+        for instance in self._instances.get((project, workspace), ()):
+            if instance["jobName"] == name and str(instance["instanceId"]) == raw_id:
+                return Answer(200, orjson.dumps(instance))
+        return error(400, "DLF.0100", "The job instance does not exist.", rid)
 
     def _exists(self, name: str) -> bool:
         config = self.config
@@ -103,21 +118,27 @@ class JobService:
             offset = _int_param(query.get("offset"), 0, 0, None)
         except ValueError as exc:
             return error(400, "DLF.3051", f"{MSG_INVALID}: {exc}", rid)
-        pattern = query.get("jobName", "")
-        job_type = query.get("jobType")
+        pattern = query.get("jobName", "")  # a substring match, as the service's
+        job_type = query.get("jobType") or None
         space = self._jobs.get((project, workspace), {})
         # Without a configured job list every name exists, so list the ones seen so far.
         candidates = space.keys() if self.config.known_jobs is None else self.config.known_jobs
-        names: list[str] = []
-        if job_type in (None, "", "BATCH"):
-            names = sorted(n for n in candidates if pattern in n and self._exists(n))
+        real_time = self.config.real_time_jobs
+        names = sorted(
+            n
+            for n in candidates
+            if pattern in n
+            and self._exists(n)
+            and (job_type is None or job_type == ("REAL_TIME" if n in real_time else "BATCH"))
+        )
         jobs = []
-        for name in names[offset : offset + limit]:
+        # `offset` is a page number (the SDK's ListJobsRequest: "页数"), not a row.
+        for name in names[offset * limit : (offset + 1) * limit]:
             job = space.get(name)
             jobs.append(
                 {
                     "name": name,
-                    "jobType": "BATCH",
+                    "jobType": "REAL_TIME" if name in real_time else "BATCH",
                     "status": job.status if job else "STOPPED",
                     "lastInstanceStatus": job.last_instance_status if job else None,
                 }
@@ -136,15 +157,26 @@ class JobService:
         except ValueError as exc:
             return error(400, "DLF.3051", f"{MSG_INVALID}: {exc}", rid)
         job_name = query.get("jobName") or None
+        # Without preciseQuery=true the service matches job names by substring.
+        precise = query.get("preciseQuery") == "true"
         status = query.get("status") or None
+        instance_type = query.get("instanceType") or None
         found = [
             instance
             for instance in reversed(self._instances.get((project, workspace), []))  # newest first
-            if (job_name is None or instance["jobName"] == job_name)
+            if (
+                job_name is None
+                or (
+                    instance["jobName"] == job_name
+                    if precise
+                    else job_name in str(instance["jobName"])
+                )
+            )
             and (status is None or instance["status"] == status)
+            and (instance_type is None or str(instance["instanceType"]) == instance_type)
             and min_plan <= _ms(instance["planTime"]) <= max_plan
         ]
-        page = found[offset : offset + limit]
+        page = found[offset * limit : (offset + 1) * limit]  # `offset`: a page number
         return Answer(200, orjson.dumps({"total": len(found), "instances": page}))
 
 

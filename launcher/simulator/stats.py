@@ -36,6 +36,8 @@ class SimStats:
     """401s for an invalid AK/SK signature (not counting answers to a locked AK)."""
     locked_out: int = 0
     """401s answered because the AK was locked after repeated bad signatures."""
+    stop_bodies: int = 0
+    """`stop` calls that came with a body (the SDK sends none)."""
     arrivals: array[float] = field(default_factory=lambda: array("d"))
     """`time.monotonic()` at the arrival of each counted request, in arrival order."""
 
@@ -85,6 +87,7 @@ class SimStats:
             "rate_limited": self.rate_limited,
             "bad_signatures": self.bad_signatures,
             "locked_out": self.locked_out,
+            "stop_bodies": self.stop_bodies,
             "arrivals": len(self.arrivals),
             "achieved_rate": self.achieved_rate(),
             "busiest_100ms": self.busiest_window(0.1),
@@ -107,6 +110,7 @@ class SimStats:
         self.rate_limited = 0
         self.bad_signatures = 0
         self.locked_out = 0
+        self.stop_bodies = 0
         for counter in (self.by_route, self.by_status, self.faults):
             counter.clear()
         for effects in (self.starts, self.stops, self.runs):
