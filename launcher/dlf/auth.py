@@ -441,18 +441,23 @@ class IamPasswordAuth:
         wall_now = time.time()
         session = self._session() if callable(self._session) else self._session
         proxy = self.proxy
-        proxy_auth = None
-        if proxy is not None and proxy.username is not None:
-            proxy_auth = aiohttp.BasicAuth(proxy.username, proxy.password or "")
+        headers = {"Content-Type": "application/json;charset=utf8"}
+        proxy_headers = None
+        if proxy is not None and proxy.authorization is not None:
+            # aiohttp sends proxy_headers with a CONNECT (https); a plain http request
+            # through a proxy carries the credentials itself.
+            proxy_headers = {"Proxy-Authorization": proxy.authorization}
+            if self._url.startswith("http://"):
+                headers.update(proxy_headers)
         try:
             async with session.post(
                 self._url,
                 data=self._login_body(),
-                headers={"Content-Type": "application/json;charset=utf8"},
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
                 allow_redirects=False,
                 proxy=proxy.url if proxy is not None else None,
-                proxy_auth=proxy_auth,
+                proxy_headers=proxy_headers,
             ) as response:
                 status = response.status
                 raw = await response.read()

@@ -261,6 +261,10 @@ class HttpPool:
         # the proxy's credentials (https ones are tunnelled: the proxy sees only CONNECT).
         self._absolute: bytes | None = None
         self._proxy_auth = b""
+        # Through a plain-http proxy a connection serves one request: proxies such as
+        # tinyproxy close it after each answer without saying so, and a request written
+        # into that closing connection would be lost (ambiguous) instead of not sent.
+        self._reuse = proxy is None or ssl_context is not None
         if proxy is not None and ssl_context is None:
             self._absolute = f"http://{_authority(host, port)}".encode()
             if proxy.authorization:
@@ -362,7 +366,7 @@ class HttpPool:
                 raise
             finally:
                 busy.discard(connection)
-            if connection.reusable and not connection.closed:
+            if connection.reusable and not connection.closed and self._reuse:
                 self._idle.append(connection)
             else:
                 connection.close()

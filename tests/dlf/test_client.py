@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from launcher.dlf.auth import AkSkAuth
 from launcher.dlf.answers import reply_from_answer as _reply_from_answer
+from launcher.dlf.auth import AkSkAuth
 from launcher.dlf.client import DlfClient, _request_head, job_body, path_segment
 from launcher.dlf.signing import AkSk, Signer, canonical_query
 from launcher.dlf.transport import Answer
