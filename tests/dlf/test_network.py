@@ -70,9 +70,11 @@ async def test_a_host_name_mismatch_is_a_named_tls_failure(tmp_path: Path) -> No
 
 
 async def test_ca_bundle_makes_a_private_ca_trusted(tls: TlsFiles) -> None:
-    async with running(tls_config(tls)) as (sim, url):
-        async with DlfClient(url, no_auth, concurrency=4, timeout=5, ca_bundle=str(tls.ca)) as c:
-            replies = [await c.call(job, "start") for job in JOBS[:5]]
+    async with (
+        running(tls_config(tls)) as (sim, url),
+        DlfClient(url, no_auth, concurrency=4, timeout=5, ca_bundle=str(tls.ca)) as c,
+    ):
+        replies = [await c.call(job, "start") for job in JOBS[:5]]
     assert [r.status for r in replies] == [204] * 5
     assert sim.stats.starts[("p1", None, "job-0")] == 1
 
@@ -139,9 +141,11 @@ async def test_https_goes_through_a_connect_tunnel_with_proxy_credentials(
 async def test_http_goes_through_the_proxy_in_absolute_form(tmp_path: Path) -> None:
     with tinyproxy(tmp_path, user="u", password="pass-2") as proxy:
         proxies = ProxySettings.resolve(proxy.url, {})
-        async with running() as (sim, url):
-            async with DlfClient(url, no_auth, concurrency=4, timeout=5, proxies=proxies) as c:
-                replies = [await c.call(job, "start") for job in JOBS[:10]]
+        async with (
+            running() as (sim, url),
+            DlfClient(url, no_auth, concurrency=4, timeout=5, proxies=proxies) as c,
+        ):
+            replies = [await c.call(job, "start") for job in JOBS[:10]]
         forwarded = proxy.requests(f"POST {url}/v1/p1/jobs/")
     assert [r.status for r in replies] == [204] * 10
     assert len(forwarded) == 10
@@ -206,11 +210,13 @@ async def test_the_iam_login_goes_through_the_same_proxy(tmp_path: Path) -> None
 
 
 async def test_interim_100_continue_answers_are_skipped() -> None:
-    async with running(SimConfig(continue_100=True, missing_prefix="gone")) as (sim, url):
-        async with DlfClient(url, no_auth, concurrency=2, timeout=5) as client:
-            started = [await client.call(job, "start") for job in JOBS[:5]]
-            missing = await client.call(Job("m", "gone-1", (), None, "p1"), "start")
-            run = await client.call(JOBS[0], "run-immediate")
+    async with (
+        running(SimConfig(continue_100=True, missing_prefix="gone")) as (sim, url),
+        DlfClient(url, no_auth, concurrency=2, timeout=5) as client,
+    ):
+        started = [await client.call(job, "start") for job in JOBS[:5]]
+        missing = await client.call(Job("m", "gone-1", (), None, "p1"), "start")
+        run = await client.call(JOBS[0], "run-immediate")
     assert [r.status for r in started] == [204] * 5
     assert missing.status == 400
     assert missing.error_code == "DLF.0100"
@@ -221,10 +227,12 @@ async def test_interim_100_continue_answers_are_skipped() -> None:
 
 async def test_close_delimited_answers_are_complete_answers() -> None:
     config = SimConfig(close_delimited=True, missing_prefix="gone", fail_503=0.5, seed=3)
-    async with running(config) as (sim, url):
-        async with DlfClient(url, no_auth, concurrency=2, timeout=5) as client:
-            replies = [await client.call(job, "start") for job in JOBS]
-            missing = await client.call(Job("m", "gone-1", (), None, "p1"), "start")
+    async with (
+        running(config) as (sim, url),
+        DlfClient(url, no_auth, concurrency=2, timeout=5) as client,
+    ):
+        replies = [await client.call(job, "start") for job in JOBS]
+        missing = await client.call(Job("m", "gone-1", (), None, "p1"), "start")
     statuses = {r.status for r in replies}
     assert statuses == {204, 503}  # every answer read, none taken for a lost one
     assert all(r.failure is None for r in replies)
@@ -236,27 +244,33 @@ async def test_close_delimited_answers_are_complete_answers() -> None:
 
 @pytest.mark.parametrize("shape", ["flat", "camel", "code", "nested"])
 async def test_every_error_body_shape_is_read(shape: str) -> None:
-    async with running(SimConfig(error_shape=shape, missing_prefix="gone")) as (_, url):
-        async with DlfClient(url, no_auth, concurrency=1, timeout=5) as client:
-            reply = await client.call(Job("m", "gone-1", (), None, "p1"), "start")
+    async with (
+        running(SimConfig(error_shape=shape, missing_prefix="gone")) as (_, url),
+        DlfClient(url, no_auth, concurrency=1, timeout=5) as client,
+    ):
+        reply = await client.call(Job("m", "gone-1", (), None, "p1"), "start")
     assert (reply.status, reply.error_code) == (400, "DLF.0100")
     assert reply.error_msg == "The job does not exists."
 
 
 async def test_a_string_instance_id_is_kept() -> None:
-    async with running(SimConfig(instance_id_string=True)) as (_, url):
-        async with DlfClient(url, no_auth, concurrency=1, timeout=5) as client:
-            reply = await client.call(JOBS[0], "run-immediate")
+    async with (
+        running(SimConfig(instance_id_string=True)) as (_, url),
+        DlfClient(url, no_auth, concurrency=1, timeout=5) as client,
+    ):
+        reply = await client.call(JOBS[0], "run-immediate")
     assert reply.status == 200
     assert isinstance(reply.instance_id, str)
     assert reply.instance_id.isdigit()
 
 
 async def test_stop_sends_no_body() -> None:
-    async with running() as (sim, url):
-        async with DlfClient(url, no_auth, concurrency=1, timeout=5) as client:
-            job = Job("1", "j", (JobParam("bizdate", "2026-11-28"),), None, "p1")
-            assert (await client.call(job, "start")).status == 204
-            assert (await client.call(job, "stop")).status == 204
+    async with (
+        running() as (sim, url),
+        DlfClient(url, no_auth, concurrency=1, timeout=5) as client,
+    ):
+        job = Job("1", "j", (JobParam("bizdate", "2026-11-28"),), None, "p1")
+        assert (await client.call(job, "start")).status == 204
+        assert (await client.call(job, "stop")).status == 204
     assert sim.stats.stops[("p1", None, "j")] == 1
     assert sim.stats.stop_bodies == 0
