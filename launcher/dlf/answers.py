@@ -35,27 +35,37 @@ _new_reply = partial(tuple.__new__, Reply)
 _PAIRS = (("error_code", "error_msg"), ("errorCode", "errorMsg"), ("code", "message"))
 
 
-def error_fields(payload: dict[str, Any], depth: int = 0) -> tuple[str | None, str | None]:
-    """(error code, message) from an error body, in the SDK's order of shapes."""
+def error_fields(payload: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(error code, message) from an error body, as the SDK finds them, else a lone code."""
+    found = _sdk_pair(payload, 0)
+    code, message = (None, None) if found is None else (_text(found[0]), _text(found[1]))
+    if code is None:
+        code = _lone_code(payload, 0)
+    return code, message
+
+
+def _sdk_pair(payload: dict[str, Any], depth: int) -> tuple[object, object] | None:
+    # The SDK's walk: the first pair present at this level; else every nested object in
+    # turn, the last one that has a pair winning.
     for code_key, message_key in _PAIRS:
         if code_key in payload and message_key in payload:
-            code, message = payload[code_key], payload[message_key]
-            return _text(code), _text(message)
-    if depth < 4:
+            return payload[code_key], payload[message_key]
+    found = None
+    if depth < 8:
         for value in payload.values():
             if isinstance(value, dict):
-                code, message = error_fields(value, depth + 1)
-                if code is not None or message is not None:
-                    return code, message
+                found = _sdk_pair(value, depth + 1) or found
+    return found
+
+
+def _lone_code(payload: dict[str, Any], depth: int) -> str | None:
     # Not in the SDK: a code without its message still names the error.
-    for code_key, message_key in _PAIRS:
+    for code_key, _ in _PAIRS:
         code = _text(payload.get(code_key))
         if code is not None:
-            return code, _text(payload.get(message_key))
+            return code
     nested = payload.get("error")
-    if isinstance(nested, dict) and depth < 4:
-        return error_fields(nested, depth + 1)
-    return None, None
+    return _lone_code(nested, depth + 1) if isinstance(nested, dict) and depth < 8 else None
 
 
 def _text(value: object) -> str | None:
