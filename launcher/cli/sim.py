@@ -156,9 +156,7 @@ def _bind_error(group: BaseException) -> OSError | None:
 @click.option(
     "--fail-504-after", type=_FRACTION, help="Fraction that take effect, then get 504 [0]."
 )
-@click.option(
-    "--refused-5xx", type=_FRACTION, help="Fraction refused before forwarding (500) [0]."
-)
+@click.option("--refused-5xx", type=_FRACTION, help="Fraction refused before forwarding (500) [0].")
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="Serve https with this PEM.")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="Private key of --tls-cert.")
 @click.option("--seed", type=int, help="Seed of the fault draws (deterministic faults).")
