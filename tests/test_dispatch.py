@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from launcher.dispatch import Dispatcher, DispatchSettings
-from launcher.errors import AuthFailed
+from launcher.errors import AuthFailed, TlsFailed
 from launcher.flow.pacing import Pacer, TokenBucket
 from launcher.flow.policy import RetryPolicy
 from launcher.ledger.report import Summary, summarize
@@ -290,3 +290,41 @@ async def test_stop_leaves_unsent_jobs_pending(tmp_path: Path) -> None:
     assert summary.outcomes["unknown"] == 0  # in-flight requests finished and were recorded
     assert summary.outcomes["started"] == len(service.calls)
     assert summary.outcomes["pending"] == 1000 - len(service.calls)
+
+
+async def test_an_untrusted_certificate_stops_the_run_after_the_canary(tmp_path: Path) -> None:
+    tls = Reply(None, 0.0, failure=Failure.TLS, detail="TLS certificate of h:443 not trusted: x")
+    service = FakeService({f"job-{n}": [tls] for n in range(20)})
+    dispatcher, summary = await dispatch(tmp_path, make_jobs(20), service)
+    assert service.calls == ["job-0"]  # nothing else was even tried
+    assert dispatcher.stop_reason == "tls"
+    assert isinstance(dispatcher.halt_error, TlsFailed)
+    assert dispatcher.halt_error.exit_code == 3
+    assert "not trusted" in str(dispatcher.halt_error)
+    assert "--ca-bundle" in str(dispatcher.halt_error)
+    assert summary.outcomes == {"started": 0, "failed": 0, "unknown": 0, "pending": 20}
+
+
+async def test_a_5xx_on_start_is_checked_before_any_resend(tmp_path: Path) -> None:
+    # The gateway's 504 came back while the start took effect: the check says so.
+    service = FakeService({"job-0": [Reply(504, 0.0, error_code="APIGW.0203")]})
+    service.state["job-0"] = "SCHEDULING"
+    _, summary = await dispatch(tmp_path, make_jobs(1), service)
+    assert service.calls == ["job-0"]
+    assert summary.outcomes["started"] == 1
+
+
+async def test_a_refusal_before_forwarding_is_resent_without_a_check(tmp_path: Path) -> None:
+    service = FakeService({"job-0": [Reply(500, 0.0, error_code="APIGW.0103")]})
+    service.state["job-0"] = "SCHEDULING"  # a check would (wrongly) settle it as started
+    _, summary = await dispatch(tmp_path, make_jobs(1), service)
+    assert service.calls == ["job-0", "job-0"]
+    assert summary.outcomes["started"] == 1
+
+
+async def test_failures_without_an_answer_are_counted_by_their_reason(tmp_path: Path) -> None:
+    refused = Reply(None, 0.0, failure=Failure.CONNECT, detail="cannot connect to h:1: refused")
+    service = FakeService({f"job-{n}": [refused] * 9 for n in range(2)})
+    dispatcher, summary = await dispatch(tmp_path, make_jobs(2), service, max_attempts=2)
+    assert summary.failed_by_code == {"connect: cannot connect to h:1: refused": 2}
+    assert dispatcher.tally.failures == summary.failed_by_code
