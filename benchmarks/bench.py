@@ -42,7 +42,9 @@ from harness import (
 
 __all__ = ["main"]
 
-DEFAULT_TOOLS = ("launcher", "naive", "sdk", "hey")
+# `-tls`: the same tool against nginx's https port (self-signed, trusted via --ca-bundle
+# for the launcher and SSL_CERT_FILE for the naive loop).
+DEFAULT_TOOLS = ("launcher", "naive", "sdk", "hey", "launcher-tls", "naive-tls")
 ALL_TOOLS = (*DEFAULT_TOOLS, "sdk-pool64")
 BENCH_PYTHON = BENCH_DIR / ".venv-bench" / "bin" / "python"
 HEY_BODY = '{"jobParams":[]}'
@@ -50,6 +52,7 @@ CONTENT_TYPE = "Content-Type: application/json;charset=UTF-8"
 
 # The goals of the issue.
 GOAL_VS_NAIVE = 1.5
+GOAL_VS_NAIVE_TLS = 1.5  # issue 13: over TLS, the whole process, same run
 GOAL_VS_SDK = 15.0
 GOAL_CPU_US = 60.0
 
@@ -133,13 +136,20 @@ def run_tool(
 ) -> Run:
     """Run one tool once against `nginx` and measure it."""
     out = tmp / f"{tool}-{time.monotonic_ns()}.jsonl"
-    cmd = command(tool, manifest, jobs, nginx.url, out, args.concurrency)
+    env = _env()
+    if tool.endswith("-tls"):
+        cmd = command(tool[:-4], manifest, jobs, nginx.tls_url, out, args.concurrency)
+        env["SSL_CERT_FILE"] = str(nginx.ca_file)  # the naive loop's aiohttp trusts it so
+        if tool == "launcher-tls":
+            cmd += ["--ca-bundle", str(nginx.ca_file)]
+    else:
+        cmd = command(tool, manifest, jobs, nginx.url, out, args.concurrency)
     if tool == "hey":
         # hey 0.1.x gives each of its -c workers n // c requests: it sends that many.
         jobs = jobs // args.concurrency * args.concurrency
     wait_until_quiet(args.quiet_wait)
     before, cpu_before, machine_before = nginx.stats(), nginx.worker_cpu_s(), cpu_jiffies()
-    m = measure(cmd, env=_env(), timeout=args.timeout, workdir=tmp)
+    m = measure(cmd, env=env, timeout=args.timeout, workdir=tmp)
     machine_after = cpu_jiffies()
     after, cpu_after = nginx.stats(), nginx.worker_cpu_s()
     server_cpu = cpu_after - cpu_before
@@ -192,6 +202,11 @@ def goal_lines(best: dict[str, Run]) -> list[str]:
         # The steadier figure on a machine whose speed drifts: both ran in the same minutes.
         ratio = cpu / best["naive"].us_per_start
         lines.append(f"launcher CPU per start ÷ the naive loop's in this run: {ratio:.2f}×")
+    if "launcher-tls" in best and "naive-tls" in best:
+        ratio = best["launcher-tls"].rate / best["naive-tls"].rate
+        lines.append(
+            _goal("TLS: launcher ÷ naive loop starts/s", ratio, GOAL_VS_NAIVE_TLS, True, "×")[0]
+        )
     if "hey" in best:
         share = launcher.rate / best["hey"].rate * 100
         lines.append(f"launcher starts/s as a share of hey's (the ceiling): {share:.0f} %")
