@@ -128,7 +128,12 @@ class DlfClient:
     async def __aenter__(self) -> DlfClient:
         # Verification is always on. --ca-bundle REPLACES the system trust store (as
         # curl's --cacert and the SDK's ignore_ssl_verification=False + ssl_ca_cert do).
-        verifying = ssl.create_default_context(cafile=self._ca_bundle)
+        try:
+            verifying = ssl.create_default_context(cafile=self._ca_bundle)
+        except (OSError, ssl.SSLError) as error:
+            raise UsageError(
+                f"--ca-bundle {self._ca_bundle}: cannot be read as PEM: {error}"
+            ) from None
         ssl_context = verifying if self._scheme == "https" else None
         self._pool = HttpPool(
             self._hostname,

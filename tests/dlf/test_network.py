@@ -13,7 +13,7 @@ from net_helpers import TlsFiles, tinyproxy, tls_files
 from launcher.dlf.auth import Auth, IamPasswordAuth, NoAuth
 from launcher.dlf.client import DlfClient
 from launcher.dlf.proxy import ProxySettings
-from launcher.errors import AuthFailed
+from launcher.errors import AuthFailed, UsageError
 from launcher.flow.policy import Verdict, classify
 from launcher.models import Failure, Job, JobParam
 from launcher.simulator import IamUser, SimConfig, running
@@ -274,3 +274,14 @@ async def test_stop_sends_no_body() -> None:
         assert (await client.call(job, "stop")).status == 204
     assert sim.stats.stops[("p1", None, "j")] == 1
     assert sim.stats.stop_bodies == 0
+
+
+async def test_an_unreadable_ca_bundle_is_a_usage_error(tmp_path: Path) -> None:
+    bad = tmp_path / "not.pem"
+    bad.write_text("not a certificate")
+    for path in (bad, tmp_path / "missing.pem"):
+        with pytest.raises(UsageError, match="--ca-bundle"):
+            async with DlfClient(
+                "https://127.0.0.1:9", no_auth, concurrency=1, timeout=5, ca_bundle=str(path)
+            ):
+                pass
