@@ -1,8 +1,9 @@
 """HTTP answers turned into `Reply` values, error bodies read as the official SDK reads them.
 
 The SDK (huaweicloudsdkcore/exceptions/exception_handler.py, `_process_sdk_error`) takes
-the error code and message from the first of these shapes, then looks into nested
-objects the same way:
+the error code and message from the first of these shapes present at the top level;
+failing that, it walks every nested object the same way, the last one with a pair
+winning:
 
     {"error_code": "DLF.0100", "error_msg": "..."}        DLF, API gateway
     {"errorCode": "...", "errorMsg": "..."}               some services' camelCase

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from launcher.dlf import listing
 from launcher.dlf.auth import Auth, NoAuth
 from launcher.dlf.client import DlfClient
-from launcher.models import Job
+from launcher.models import Job, Reply
 from launcher.simulator import SimConfig, Simulator, running
 
 pytestmark = pytest.mark.anyio
@@ -92,8 +95,6 @@ async def test_the_instance_window_follows_the_services_clock() -> None:
     # The service's clock runs 120 s behind ours: an instance it planned "now" has a
     # plan time 120 s before our intent. Searching from our intent alone finds nothing.
     async with client_for(SimConfig(clock_skew=-120.0)) as (_, client):
-        import time
-
         intent_ms = int(time.time() * 1000) - 30_000
         run = await client.call(job("late"), "run-immediate")
         reply, found = await client.instances(job("late"), intent_ms)
@@ -121,3 +122,57 @@ async def test_a_failed_page_is_never_passed_off_as_a_whole_listing() -> None:
         status = await client.job_status(job("job1"))
     assert failed.value.reply.status == 503
     assert (status.found, status.reply.status) == (False, 503)
+
+
+class PagedList:
+    """A Querier over an in-memory list: `offset` is a page number, as in the SDK."""
+
+    def __init__(self, names: list[str], *, total: bool = True, fail_page: int | None = None):
+        self.names = names
+        self.total = total
+        self.fail_page = fail_page
+        self.pages: list[int] = []
+
+    async def query(
+        self,
+        project_id: str | None,
+        workspace: str | None,
+        path: str,
+        params: object,
+    ) -> listing.QueryAnswer:
+        query = dict(params)  # type: ignore[call-overload]
+        limit, page = int(query["limit"]), int(query["offset"])
+        self.pages.append(page)
+        if page == self.fail_page:
+            return listing.QueryAnswer(Reply(503, 0.0), {"error_code": "x"}, None)
+        rows = [{"name": n} for n in self.names[page * limit : (page + 1) * limit]]
+        payload: dict[str, object] = {"jobs": rows}
+        if self.total:
+            payload["total"] = len(self.names)
+        return listing.QueryAnswer(Reply(200, 0.0), payload, None)
+
+
+@given(count=st.integers(0, 350), size=st.integers(1, 120), total=st.booleans())
+async def test_pages_reassemble_the_whole_list(count: int, size: int, total: bool) -> None:
+    names = [f"n{i}" for i in range(count)]
+    source = PagedList(names, total=total)
+    got = [e.name async for e in listing.jobs(source, "p", None, page_size=size)]
+    assert got == names
+    assert source.pages == list(range(len(source.pages)))  # page numbers, in order
+    assert len(source.pages) <= count // size + 1
+
+
+async def test_a_failed_page_midway_raises_with_its_reply() -> None:
+    source = PagedList([f"n{i}" for i in range(250)], fail_page=1)
+    seen: list[str] = []
+
+    async def read_all() -> None:
+        seen.extend([entry.name async for entry in listing.jobs(source, "p", None)])
+
+    with pytest.raises(listing.ListingFailed) as failed:
+        await read_all()
+    assert seen == []  # nothing half-read was handed on as the list
+    assert source.pages == [0, 1]
+    assert failed.value.reply.status == 503
+    lookup = await listing.find_job(source, "p", None, "n240")
+    assert (lookup.entry, lookup.complete, lookup.reply.status) == (None, False, 503)
