@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import anyio
 import orjson
 
+from launcher.dlf.answers import error_fields
 from launcher.dlf.proxy import Proxy
 from launcher.dlf.regions import iam_endpoint
 from launcher.dlf.signing import AkSk, Signer
@@ -500,25 +501,16 @@ class IamPasswordAuth:
 
 
 def _iam_error(raw: bytes) -> tuple[str, str]:
-    """(error code, message) from an IAM error body, either shape; empty when unknown."""
+    """(error code, message) from an IAM error body, in any shape the SDK reads; empty
+    when unknown (see `launcher.dlf.answers`)."""
     try:
         document: Any = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return "", ""
     if not isinstance(document, dict):
         return "", ""
-    code = document.get("error_code")
-    message = document.get("error_msg")
-    nested = document.get("error")
-    if isinstance(nested, dict):
-        # Keystone shape: {"error": {"code": 401, "message": ..., "title": ...}}
-        message = message or nested.get("message")
-        if not code and isinstance(nested.get("code"), str):
-            code = nested["code"]
-    return (
-        code if isinstance(code, str) else "",
-        message if isinstance(message, str) else "",
-    )
+    code, message = error_fields(document)
+    return code or "", message or ""
 
 
 def _parse_iso(value: object) -> float | None:

@@ -488,16 +488,17 @@ async def _tunnel(
     last: OSError | None = None
     for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)
-        sock.setblocking(False)
         try:
-            await loop.sock_connect(sock, address)
-        except OSError as error:
-            sock.close()
-            last = error
-            continue
-        try:
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, address)
+            except OSError as error:
+                sock.close()
+                last = error
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await _connect_through(loop, sock, proxy, host, port)
-        except BaseException:
+        except BaseException:  # failed, refused or cancelled (the connect timeout)
             sock.close()
             raise
         return sock
