@@ -6,8 +6,9 @@ with the real paths, headers, status codes and error bodies:
     POST /v1/{project_id}/jobs/{name}/start          -> 204, job status SCHEDULING
     POST /v1/{project_id}/jobs/{name}/stop           -> 204, job status STOPPED
     POST /v1/{project_id}/jobs/{name}/run-immediate  -> 200 {"instanceId": n}
-    GET  /v1/{project_id}/jobs?jobName=&jobType=&limit=&offset=
-    GET  /v1/{project_id}/jobs/instances/detail?jobName=&minPlanTime=&maxPlanTime=&status=&...
+    GET  /v1/{project_id}/jobs?jobName=&jobType=&limit=&offset=   (offset: a page number)
+    GET  /v1/{project_id}/jobs/instances/detail?jobName=&preciseQuery=&minPlanTime=&...
+    GET  /v1/{project_id}/jobs/{name}/instances/{instance_id}
     POST /v3/auth/tokens                             -> IAM password login (201 + X-Subject-Token)
     GET  /_sim/stats                                 -> the counters, as JSON (not counted)
 
@@ -17,7 +18,9 @@ the workspace and its absence means the default one (key `None`).
 `SimConfig` adds what a test needs from a misbehaving service: latency, 5xx and
 429 answers, connection resets before or after the call took effect, slow
 answers, a request-rate limit, AK/SK signature checking with the gateway's
-lockout, and IAM tokens that expire. `SimStats` counts what happened, above all
+lockout, IAM tokens that expire, and the real service's edges (504 after the work
+was done, refusals before forwarding, 100 Continue, close-delimited answers, other
+error-body shapes, a skewed clock, TLS). `SimStats` counts what happened, above all
 how many calls *took effect* per job, which is what exactly-once tests compare.
 
 The parts: `config` (SimConfig, IamUser), `stats` (SimStats), `gateway` (signatures,
