@@ -61,12 +61,14 @@ $(BENCH_VENV)/.installed: benchmarks/requirements.txt
 	$(BENCH_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements.txt
 	touch $@
 
-# nginx (the 204 server) and hey (the ceiling) from Debian packages, when missing.
+# nginx (the 204 server), hey (the ceiling) and tinyproxy (the proxied rows) from Debian
+# packages, when missing.
 bench-tools:
-	@if { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && command -v hey >/dev/null; \
+	@if { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && command -v hey >/dev/null \
+		&& { command -v tinyproxy || test -x /usr/bin/tinyproxy; } >/dev/null; \
 	then :; else \
 		$(SUDO) apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx hey; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx hey tinyproxy; \
 	fi
 
 bench: $(VENV)/.run-installed $(BENCH_VENV)/.installed bench-tools

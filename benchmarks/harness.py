@@ -660,3 +660,58 @@ def workdir(keep: bool = False) -> Iterator[Path]:
             print(f"kept temporary files in {path}")
         else:
             shutil.rmtree(path, ignore_errors=True)
+
+
+class TinyProxy:
+    """A throwaway tinyproxy on 127.0.0.1:<free port> (any CONNECT port allowed), for the
+    launcher's proxied rows. `make bench-tools` installs it."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
+        if not os.access(binary, os.X_OK):
+            raise SystemExit("tinyproxy not found: `make bench` installs it")
+        self.binary = binary
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-tinyproxy-"))
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The proxy's URL, for HTTPS_PROXY."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> TinyProxy:
+        self.port = _free_port()
+        lines = [f"Port {self.port}", "Listen 127.0.0.1", "Timeout 60", "MaxClients 512",
+                 "Allow 127.0.0.1", "LogLevel Error"]  # fmt: skip
+        if os.geteuid() == 0:
+            lines += ["User nobody", "Group nogroup"]
+        conf = self.dir / "tinyproxy.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        self._proc = subprocess.Popen(
+            [self.binary, "-d", "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.__exit__()
+        raise SystemExit("tinyproxy did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
