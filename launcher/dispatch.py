@@ -90,6 +90,10 @@ class DispatchSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     canary: bool = True
     status_checks: int = 3  # tries at the status check that settles an ambiguous attempt
+    # A run-immediate's instance list is trusted to show "no run" only this many seconds
+    # after the ambiguous answer: a call still being processed (our timeout, a gateway's
+    # 504) has its instance created late, and a second run-immediate is a second run.
+    run_settle: float = 5.0
     halt: HaltRule | None = None
     # Per-workspace overrides from the config file: workspace -> (concurrency, rate).
     workspaces: Mapping[str, WorkspaceLimits] = field(default_factory=dict)
@@ -376,7 +380,10 @@ class Dispatcher:
                 return None
             if verdict is Verdict.AMBIGUOUS:
                 self._recorder.result(job, attempt, reply, verdict, None)
-                if await self._reconcile(job, attempt, action, intent_t) != "not_taken":
+                settled = await self._reconcile(
+                    job, attempt, action, intent_t, answered=self._clock()
+                )
+                if settled != "not_taken":
                     return None  # settled by the check: started, or unknown
                 if last_try or not self._may_retry(verdict):
                     self._final(job, attempt, reply, "failed")
@@ -397,13 +404,24 @@ class Dispatcher:
     def _may_retry(self, verdict: Verdict) -> bool:
         return self._budget is None or self._budget.try_spend(verdict)
 
-    async def _reconcile(self, job: Job, attempt: int, action: Action, intent_t: float) -> str:
+    async def _reconcile(
+        self,
+        job: Job,
+        attempt: int,
+        action: Action,
+        intent_t: float,
+        *,
+        answered: float | None = None,
+    ) -> str:
         """Settle an ambiguous attempt by asking the service; never resend blindly.
 
         `start` and `stop` are checked in the job list (SCHEDULING / STOPPED);
         `run-immediate` in the instance list: an instance of the job planned
         after the intent (less `PLAN_TIME_SKEW`) means it ran, because a
-        duplicate run-immediate is a duplicate run. Returns `started` (it took
+        duplicate run-immediate is a duplicate run. For run-immediate the first
+        check waits until `run_settle` seconds after the ambiguous answer
+        (`answered`, on the dispatcher's clock): an instance made by a call the
+        service was still processing appears late. Returns `started` (it took
         effect), `not_taken` (safe to send again) or `unknown` (the check kept
         failing).
         """
@@ -411,7 +429,10 @@ class Dispatcher:
         last_reply = _NO_REPLY
         for check in range(1, self._settings.status_checks + 1):
             # Wait first: an answer that was lost may still be in the service's hands.
-            await anyio.sleep(retry_delay(Verdict.TRANSIENT, _NO_REPLY, check, policy, self._rand))
+            delay = retry_delay(Verdict.TRANSIENT, _NO_REPLY, check, policy, self._rand)
+            if action == "run-immediate" and answered is not None:
+                delay = max(delay, answered + self._settings.run_settle - self._clock())
+            await anyio.sleep(delay)
             if action == "run-immediate":
                 since_ms = int((intent_t - PLAN_TIME_SKEW) * 1000)
                 last_reply, instances = await self._service.instances(job, since_ms)

@@ -5,6 +5,7 @@ reads it back, so these also cover the ledger-report round trip without sockets.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -328,3 +329,50 @@ async def test_failures_without_an_answer_are_counted_by_their_reason(tmp_path: 
     dispatcher, summary = await dispatch(tmp_path, make_jobs(2), service, max_attempts=2)
     assert summary.failed_by_code == {"connect: cannot connect to h:1: refused": 2}
     assert dispatcher.tally.failures == summary.failed_by_code
+
+
+class LateInstances(FakeService):
+    """run-immediate: the first call's answer is lost, and its instance only shows in the
+    list `late` seconds later (the service was still processing it)."""
+
+    def __init__(self, late: float) -> None:
+        super().__init__()
+        self.late = late
+        self.runs: list[float] = []
+
+    async def call(self, job: Job, action: Action) -> Reply:
+        self.calls.append(job.name)
+        self.runs.append(time.monotonic())
+        if len(self.runs) == 1:
+            return Reply(None, 0.0, failure=Failure.TIMEOUT, detail="no answer within 10 s")
+        return Reply(200, 0.0, instance_id=len(self.runs))
+
+    async def instances(
+        self, job: Job, min_plan_time_ms: int
+    ) -> tuple[Reply, list[dict[str, Any]]]:
+        visible = [t for t in self.runs if time.monotonic() >= t + self.late]
+        found = [
+            {"instanceId": n, "status": "running", "planTime": 1} for n, _ in enumerate(visible)
+        ]
+        return Reply(200, 0.001), found
+
+
+@pytest.mark.parametrize(("settle", "runs"), [(0.0, 2), (0.4, 1)])
+async def test_run_immediate_waits_for_a_late_instance_before_any_resend(
+    tmp_path: Path, settle: float, runs: int
+) -> None:
+    service = LateInstances(late=0.2)
+    ledger = Ledger(tmp_path / "l.jsonl", fsync="never")
+    ledger.header({"run_id": "r1", "manifest": {"jobs": 1}})
+    settings = DispatchSettings(
+        action="run-immediate",
+        concurrency=1,
+        retry=RetryPolicy(max_attempts=4, base=0.001, cap=0.01),
+        run_settle=settle,
+    )
+    dispatcher = Dispatcher(service, ledger, Pacer(TokenBucket(0.0)), settings)
+    await dispatcher.run(make_jobs(1))
+    ledger.close()
+    # Without the settle time the early check sees no instance and runs the job again.
+    assert len(service.runs) == runs
+    assert dispatcher.tally.started == 1
