@@ -522,3 +522,43 @@ def test_constructor_checks() -> None:
     with pytest.raises(ValueError, match="IAM password is empty") as info:
         IamPasswordAuth(None, "https://iam.test", "alice", "", "acme", "p")  # type: ignore[arg-type]
     _assert_no_secret(str(info.value))
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "region", "expected"),
+    [
+        # As the SDK: the variable wins over the region; the option wins over both.
+        (
+            None,
+            {"HUAWEICLOUD_SDK_IAM_ENDPOINT": "https://iam.corp"},
+            "cn-north-4",
+            "https://iam.corp",
+        ),
+        (
+            "https://iam.flag",
+            {"HUAWEICLOUD_SDK_IAM_ENDPOINT": "https://iam.corp"},
+            "cn-north-4",
+            "https://iam.flag",
+        ),
+        (None, {}, "cn-north-4", "https://iam.cn-north-4.myhuaweicloud.com"),
+        (
+            None,
+            {"HUAWEICLOUD_SDK_REGION": "ap-southeast-3"},
+            None,
+            "https://iam.ap-southeast-3.myhuaweicloud.com",
+        ),
+        (None, {}, "eu-west-101", "https://iam.myhuaweicloud.com"),  # the SDK's fallback
+    ],
+)
+async def test_iam_endpoint_precedence(
+    session: aiohttp.ClientSession,
+    flag: str | None,
+    env: dict[str, str],
+    region: str | None,
+    expected: str,
+) -> None:
+    auth = auth_from_env(
+        {**ENV_PASSWORD, **env}, session=session, iam_endpoint=flag, project_id="p", region=region
+    )
+    assert isinstance(auth, IamPasswordAuth)
+    assert auth.url == expected + "/v3/auth/tokens"
