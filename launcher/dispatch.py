@@ -90,10 +90,13 @@ class DispatchSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     canary: bool = True
     status_checks: int = 3  # tries at the status check that settles an ambiguous attempt
-    # A run-immediate's instance list is trusted to show "no run" only this many seconds
-    # after the ambiguous answer: a call still being processed (our timeout, a gateway's
-    # 504) has its instance created late, and a second run-immediate is a second run.
-    run_settle: float = 5.0
+    # A run-immediate's "no instance" is trusted only this many seconds after the call
+    # could still be on its way: after the ambiguous answer (a call still being processed
+    # makes its instance late, and a second run-immediate is a second run), or on a
+    # resume after the earlier run's intent (its process may have died with the request
+    # written). Not for start/stop: a second start is far less harmful than a resume
+    # whose workers all wait.
+    settle: float = 5.0
     halt: HaltRule | None = None
     # Per-workspace overrides from the config file: workspace -> (concurrency, rate).
     workspaces: Mapping[str, WorkspaceLimits] = field(default_factory=dict)
@@ -419,9 +422,12 @@ class Dispatcher:
         `run-immediate` in the instance list: an instance of the job planned
         after the intent (less `PLAN_TIME_SKEW`) means it ran, because a
         duplicate run-immediate is a duplicate run. For run-immediate the first
-        check waits until `run_settle` seconds after the ambiguous answer
+        check waits until `settle` seconds after the ambiguous answer
         (`answered`, on the dispatcher's clock): an instance made by a call the
-        service was still processing appears late. Returns `started` (it took
+        service was still processing appears late; on a resume (`answered` is
+        None), until `settle` seconds after the earlier intent (`intent_t`, Unix
+        time): a request written just before a crash may reach the service after
+        a quick check. Returns `started` (it took
         effect), `not_taken` (safe to send again) or `unknown` (the check kept
         failing).
         """
@@ -430,8 +436,12 @@ class Dispatcher:
         for check in range(1, self._settings.status_checks + 1):
             # Wait first: an answer that was lost may still be in the service's hands.
             delay = retry_delay(Verdict.TRANSIENT, _NO_REPLY, check, policy, self._rand)
-            if action == "run-immediate" and answered is not None:
-                delay = max(delay, answered + self._settings.run_settle - self._clock())
+            if action == "run-immediate":
+                settle = self._settings.settle
+                if answered is None:  # a resume: the earlier run's request may still arrive
+                    delay = max(delay, intent_t + settle - time.time())
+                else:
+                    delay = max(delay, answered + settle - self._clock())
             await anyio.sleep(delay)
             if action == "run-immediate":
                 since_ms = int((intent_t - PLAN_TIME_SKEW) * 1000)

@@ -368,11 +368,58 @@ async def test_run_immediate_waits_for_a_late_instance_before_any_resend(
         action="run-immediate",
         concurrency=1,
         retry=RetryPolicy(max_attempts=4, base=0.001, cap=0.01),
-        run_settle=settle,
+        settle=settle,
     )
     dispatcher = Dispatcher(service, ledger, Pacer(TokenBucket(0.0)), settings)
     await dispatcher.run(make_jobs(1))
     ledger.close()
     # Without the settle time the early check sees no instance and runs the job again.
     assert len(service.runs) == runs
+    assert dispatcher.tally.started == 1
+
+
+class LateRun(LateInstances):
+    """A resume: the earlier run's run-immediate (written just before a crash) makes its
+    instance `late` seconds after its intent."""
+
+    def __init__(self, intent_t: float, late: float) -> None:
+        super().__init__(late)
+        self.earlier = time.monotonic() + (intent_t - time.time())
+
+    async def call(self, job: Job, action: Action) -> Reply:
+        self.calls.append(job.name)
+        self.runs.append(time.monotonic())
+        return Reply(200, 0.0, instance_id=len(self.runs))
+
+    async def instances(
+        self, job: Job, min_plan_time_ms: int
+    ) -> tuple[Reply, list[dict[str, Any]]]:
+        reply, found = await super().instances(job, min_plan_time_ms)
+        if time.monotonic() >= self.earlier + self.late:
+            found.append({"instanceId": 0, "status": "running", "planTime": 1})
+        return reply, found
+
+
+@pytest.mark.parametrize(("settle", "runs"), [(0.0, 2), (0.4, 1)])
+async def test_a_resume_waits_for_a_run_of_the_earlier_segment_before_resending(
+    tmp_path: Path, settle: float, runs: int
+) -> None:
+    intent_t = time.time()
+    service = LateRun(intent_t, late=0.2)
+    ledger = Ledger(tmp_path / "l.jsonl", fsync="never")
+    ledger.header({"run_id": "r2", "manifest": {"jobs": 1}})
+    settings = DispatchSettings(
+        action="run-immediate",
+        concurrency=1,
+        retry=RetryPolicy(max_attempts=4, base=0.001, cap=0.01),
+        settle=settle,
+    )
+    dispatcher = Dispatcher(
+        service, ledger, Pacer(TokenBucket(0.0)), settings, prior=lambda _: (1, intent_t)
+    )
+    await dispatcher.run(make_jobs(1))
+    ledger.close()
+    # The earlier segment's run happens in any case; without the settle time the quick
+    # check found no instance and this segment ran the job a second time.
+    assert 1 + len(service.runs) == runs
     assert dispatcher.tally.started == 1
