@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit ensure-redis bench bench-scale bench-profile bench-tools bench-clean clean
+.PHONY: demo test lint typecheck unit ensure-redis ensure-tinyproxy bench bench-scale bench-profile bench-tools bench-clean clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,14 @@ ensure-redis:
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
 
-unit: $(VENV)/.test-installed ensure-redis
+# The proxy tests run a real forward proxy (Debian's tinyproxy) on loopback, each with its
+# own configuration; the package's own service is not used.
+ensure-tinyproxy:
+	@{ command -v tinyproxy || test -x /usr/bin/tinyproxy || test -x /usr/sbin/tinyproxy; } >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tinyproxy; }
+
+unit: $(VENV)/.test-installed ensure-redis ensure-tinyproxy
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
@@ -54,12 +61,14 @@ $(BENCH_VENV)/.installed: benchmarks/requirements.txt
 	$(BENCH_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements.txt
 	touch $@
 
-# nginx (the 204 server) and hey (the ceiling) from Debian packages, when missing.
+# nginx (the 204 server), hey (the ceiling) and tinyproxy (the proxied rows) from Debian
+# packages, when missing.
 bench-tools:
-	@if { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && command -v hey >/dev/null; \
+	@if { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && command -v hey >/dev/null \
+		&& { command -v tinyproxy || test -x /usr/bin/tinyproxy; } >/dev/null; \
 	then :; else \
 		$(SUDO) apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx hey; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx hey tinyproxy; \
 	fi
 
 bench: $(VENV)/.run-installed $(BENCH_VENV)/.installed bench-tools

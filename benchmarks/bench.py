@@ -7,7 +7,9 @@ sets as goals, and appends one dated row per tool to benchmarks/RESULTS.md.
 
     python benchmarks/bench.py [--jobs 50000] [--only launcher,naive,sdk,hey] [--repeat 1]
 
-Tools: launcher, naive, sdk, hey, and sdk-pool64 (only when asked for with --only).
+Tools: launcher, naive, sdk, hey; launcher-tls and naive-tls (the same against nginx's
+https port, a self-signed certificate made with openssl); launcher-tls-proxy (over TLS
+through a local tinyproxy's CONNECT tunnels); and sdk-pool64 (only when asked for).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from harness import (
     VENV_PYTHON,
     Measurement,
     Nginx,
+    TinyProxy,
     cpu_jiffies,
     freeze_launcher,
     machine,
@@ -42,7 +47,18 @@ from harness import (
 
 __all__ = ["main"]
 
-DEFAULT_TOOLS = ("launcher", "naive", "sdk", "hey")
+# `-tls`: the same tool against nginx's https port (self-signed, trusted via --ca-bundle
+# for the launcher and SSL_CERT_FILE for the naive loop).
+# `launcher-tls-proxy`: over TLS through a CONNECT tunnel of a local tinyproxy.
+DEFAULT_TOOLS = (
+    "launcher",
+    "naive",
+    "sdk",
+    "hey",
+    "launcher-tls",
+    "naive-tls",
+    "launcher-tls-proxy",
+)
 ALL_TOOLS = (*DEFAULT_TOOLS, "sdk-pool64")
 BENCH_PYTHON = BENCH_DIR / ".venv-bench" / "bin" / "python"
 HEY_BODY = '{"jobParams":[]}'
@@ -50,6 +66,7 @@ CONTENT_TYPE = "Content-Type: application/json;charset=UTF-8"
 
 # The goals of the issue.
 GOAL_VS_NAIVE = 1.5
+GOAL_VS_NAIVE_TLS = 1.5  # issue 13: over TLS, the whole process, same run
 GOAL_VS_SDK = 15.0
 GOAL_CPU_US = 60.0
 
@@ -129,17 +146,34 @@ def _check(tool: str, m: Measurement, jobs: int, requests: int) -> str | None:
 
 
 def run_tool(
-    tool: str, nginx: Nginx, manifest: Path, jobs: int, tmp: Path, args: argparse.Namespace
+    tool: str,
+    nginx: Nginx,
+    manifest: Path,
+    jobs: int,
+    tmp: Path,
+    args: argparse.Namespace,
+    proxy: TinyProxy | None = None,
 ) -> Run:
     """Run one tool once against `nginx` and measure it."""
     out = tmp / f"{tool}-{time.monotonic_ns()}.jsonl"
-    cmd = command(tool, manifest, jobs, nginx.url, out, args.concurrency)
+    env = _env()
+    if "-tls" in tool:
+        base = tool.split("-", 1)[0]
+        cmd = command(base, manifest, jobs, nginx.tls_url, out, args.concurrency)
+        env["SSL_CERT_FILE"] = str(nginx.ca_file)  # the naive loop's aiohttp trusts it so
+        if base == "launcher":
+            cmd += ["--ca-bundle", str(nginx.ca_file)]
+        if tool.endswith("-proxy"):
+            assert proxy is not None
+            env["HTTPS_PROXY"] = proxy.url
+    else:
+        cmd = command(tool, manifest, jobs, nginx.url, out, args.concurrency)
     if tool == "hey":
         # hey 0.1.x gives each of its -c workers n // c requests: it sends that many.
         jobs = jobs // args.concurrency * args.concurrency
     wait_until_quiet(args.quiet_wait)
     before, cpu_before, machine_before = nginx.stats(), nginx.worker_cpu_s(), cpu_jiffies()
-    m = measure(cmd, env=_env(), timeout=args.timeout, workdir=tmp)
+    m = measure(cmd, env=env, timeout=args.timeout, workdir=tmp)
     machine_after = cpu_jiffies()
     after, cpu_after = nginx.stats(), nginx.worker_cpu_s()
     server_cpu = cpu_after - cpu_before
@@ -177,9 +211,19 @@ def _goal(label: str, value: float, goal: float, higher: bool, unit: str) -> tup
 def goal_lines(best: dict[str, Run]) -> list[str]:
     """The ratios the issue sets as goals, as printable lines."""
     lines: list[str] = []
+    if "launcher-tls" in best and "naive-tls" in best:
+        ratio = best["launcher-tls"].rate / best["naive-tls"].rate
+        lines.append(
+            _goal("TLS: launcher ÷ naive loop starts/s", ratio, GOAL_VS_NAIVE_TLS, True, "×")[0]
+        )
+    if "launcher-tls-proxy" in best and "launcher-tls" in best:
+        share = best["launcher-tls-proxy"].rate / best["launcher-tls"].rate * 100
+        lines.append(
+            f"launcher over TLS through tinyproxy, as a share of direct TLS: {share:.0f} %"
+        )
     launcher = best.get("launcher")
     if launcher is None:
-        return ["(launcher not run: no goal to check)"]
+        return lines or ["(launcher not run: no goal to check)"]
     if "naive" in best:
         ratio = launcher.rate / best["naive"].rate
         lines.append(_goal("launcher ÷ naive loop starts/s", ratio, GOAL_VS_NAIVE, True, "×")[0])
@@ -237,7 +281,11 @@ def main() -> None:
     started = time.monotonic()
     runs: dict[str, list[Run]] = {t: [] for t in tools}
     commands: dict[str, str] = {}
-    with workdir(args.keep) as tmp, Nginx(args.nginx_workers) as nginx:
+    with (
+        workdir(args.keep) as tmp,
+        Nginx(args.nginx_workers) as nginx,
+        TinyProxy() if any(t.endswith("-proxy") for t in tools) else _nothing() as proxy,
+    ):
         manifest = write_manifest(tmp / f"bench-{args.jobs}.jsonl", args.jobs)
         facts["commit"] = freeze_launcher(tmp)
         print(f"launcher code: {facts['commit']}")
@@ -248,7 +296,7 @@ def main() -> None:
                 if time.monotonic() - started > args.budget:
                     print(f"budget of {args.budget:.0f} s spent: skipping {tool}")
                     continue
-                run = run_tool(tool, nginx, manifest, args.jobs, tmp, args)
+                run = run_tool(tool, nginx, manifest, args.jobs, tmp, args, proxy)
                 commands[tool] = run.m.cmd
                 status = "ok" if run.problem is None else f"PROBLEM: {run.problem}"
                 print(
@@ -285,6 +333,11 @@ def main() -> None:
         _record(best, runs, commands, facts, args, goals)
         print(f"\nappended to {BENCH_DIR / 'RESULTS.md'}")
     sys.exit(1 if failed else 0)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
 
 
 def _preflight(tools: list[str]) -> None:

@@ -310,6 +310,9 @@ http {{
     keepalive_requests 10000000;
     server {{
         listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{tls_port} ssl backlog=4096;
+        ssl_certificate {dir}/tls.pem;
+        ssl_certificate_key {dir}/tls.key;
         location = /_nginx_status {{ stub_status; }}
         location / {{ return 204; }}
     }}
@@ -344,7 +347,31 @@ class Nginx:
         self.dir = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
         os.chmod(self.dir, 0o755)  # nginx workers run as nobody when started by root
         self.port = 0
+        self.tls_port = 0
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def tls_url(self) -> str:
+        """The https base URL (a self-signed certificate for 127.0.0.1: `self.ca_file`)."""
+        return f"https://127.0.0.1:{self.tls_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The certificate of the TLS port, to trust (it is its own CA)."""
+        return self.dir / "tls.pem"
+
+    def _make_certificate(self) -> None:
+        subprocess.run(
+            [
+                "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
+                "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                "-keyout", str(self.dir / "tls.key"), "-out", str(self.ca_file),
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        os.chmod(self.dir / "tls.key", 0o644)  # read by workers that run as nobody
 
     @property
     def url(self) -> str:
@@ -352,10 +379,16 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> Nginx:
+        self._make_certificate()
         for _ in range(5):  # the free port may be taken between probe and bind: try again
             self.port = _free_port()
+            self.tls_port = _free_port()
             conf = self.dir / "nginx.conf"
-            conf.write_text(_NGINX_CONF.format(workers=self.workers, dir=self.dir, port=self.port))
+            conf.write_text(
+                _NGINX_CONF.format(
+                    workers=self.workers, dir=self.dir, port=self.port, tls_port=self.tls_port
+                )
+            )
             self._proc = subprocess.Popen(
                 [self.binary, "-p", str(self.dir), "-c", str(conf)],
                 stdin=subprocess.DEVNULL,
@@ -627,3 +660,58 @@ def workdir(keep: bool = False) -> Iterator[Path]:
             print(f"kept temporary files in {path}")
         else:
             shutil.rmtree(path, ignore_errors=True)
+
+
+class TinyProxy:
+    """A throwaway tinyproxy on 127.0.0.1:<free port> (any CONNECT port allowed), for the
+    launcher's proxied rows. `make bench-tools` installs it."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
+        if not os.access(binary, os.X_OK):
+            raise SystemExit("tinyproxy not found: `make bench` installs it")
+        self.binary = binary
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-tinyproxy-"))
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The proxy's URL, for HTTPS_PROXY."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> TinyProxy:
+        self.port = _free_port()
+        lines = [f"Port {self.port}", "Listen 127.0.0.1", "Timeout 60", "MaxClients 512",
+                 "Allow 127.0.0.1", "LogLevel Error"]  # fmt: skip
+        if os.geteuid() == 0:
+            lines += ["User nobody", "Group nogroup"]
+        conf = self.dir / "tinyproxy.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        self._proc = subprocess.Popen(
+            [self.binary, "-d", "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.__exit__()
+        raise SystemExit("tinyproxy did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)

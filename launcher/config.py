@@ -58,6 +58,8 @@ class RunOptions:
     deadline: float | None = None
     ca_bundle: str | None = None
     iam_endpoint: str | None = None
+    # Forward proxy URL for every call (IAM login too); None: HTTPS_PROXY etc.; "": none.
+    proxy: str | None = None
     fsync: str = "batch"
     manifest_format: str | None = None
     log_format: str = "auto"
@@ -80,6 +82,8 @@ class RunOptions:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sim"}
         if self.redis:
             values["redis"] = redact_url(self.redis)
+        if self.proxy:
+            values["proxy"] = redact_url(self.proxy)  # proxy credentials never recorded
         return values
 
 
@@ -169,6 +173,12 @@ def _text(value: object) -> str:
     return value
 
 
+def _any_text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
 def _header_safe(value: object) -> str:
     text = _text(value)
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in text):
@@ -232,6 +242,7 @@ _CONVERTERS: dict[str, Callable[[object], Any]] = {
     "deadline": _duration,
     "ca_bundle": _text,
     "iam_endpoint": _text,
+    "proxy": _any_text,  # "" turns proxies off
     "fsync": _choice("always", "batch", "never"),
     "manifest_format": _choice("jsonl", "csv", "yaml"),
     "log_format": _choice("auto", "console", "json"),

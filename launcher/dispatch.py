@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from launcher.errors import AuthFailed, HaltError
+from launcher.errors import AuthFailed, HaltError, TlsFailed
 from launcher.flow.adaptive import AdaptiveRate
 from launcher.flow.pacing import Pacer, RateGate, TokenBucket
 from launcher.flow.policy import HaltRule, RetryBudget, RetryPolicy, Verdict, classify, retry_delay
@@ -42,6 +42,7 @@ __all__ = [
     "WorkspaceLimits",
     "auth_failure_message",
     "failure_key",
+    "tls_failure_message",
 ]
 
 
@@ -89,6 +90,13 @@ class DispatchSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     canary: bool = True
     status_checks: int = 3  # tries at the status check that settles an ambiguous attempt
+    # A run-immediate's "no instance" is trusted only this many seconds after the call
+    # could still be on its way: after the ambiguous answer (a call still being processed
+    # makes its instance late, and a second run-immediate is a second run), or on a
+    # resume after the earlier run's intent (its process may have died with the request
+    # written). Not for start/stop: a second start is far less harmful than a resume
+    # whose workers all wait.
+    settle: float = 5.0
     halt: HaltRule | None = None
     # Per-workspace overrides from the config file: workspace -> (concurrency, rate).
     workspaces: Mapping[str, WorkspaceLimits] = field(default_factory=dict)
@@ -119,12 +127,14 @@ class Tally:
 
 
 def failure_key(reply: Reply) -> str:
-    """How a failed reply is counted in reports: its error code, else `HTTP 503`, else `timeout`."""
+    """How a failed reply is counted in reports: its error code, else `HTTP 503`, else
+    the transport failure with its reason (`connect: cannot connect to ...`)."""
     if reply.error_code:
         return reply.error_code
     if reply.status is not None:
         return f"HTTP {reply.status}"
-    return reply.failure.value if reply.failure is not None else "error"
+    failure = reply.failure.value if reply.failure is not None else "error"
+    return f"{failure}: {reply.detail}" if reply.detail else failure
 
 
 # What a status check says about an ambiguous `start`/`stop`.
@@ -340,6 +350,12 @@ class Dispatcher:
                 return None  # stopped while waiting for a slot: the job stays pending
             reply, intent_t = sent
             verdict = classify(reply)
+            if verdict is Verdict.TLS_FAILED:
+                # Nothing was sent, and nothing will be: every request would meet the
+                # same certificate. The job stays pending; the run stops (exit 3).
+                self._recorder.result(job, attempt, reply, "not_sent", None)
+                self.stop("tls", TlsFailed(tls_failure_message(reply)))
+                return None
             if not self._released and reply.status is not None and verdict not in _AUTH:
                 self._release()
             last_try = tries >= policy.max_attempts
@@ -367,7 +383,10 @@ class Dispatcher:
                 return None
             if verdict is Verdict.AMBIGUOUS:
                 self._recorder.result(job, attempt, reply, verdict, None)
-                if await self._reconcile(job, attempt, action, intent_t) != "not_taken":
+                settled = await self._reconcile(
+                    job, attempt, action, intent_t, answered=self._clock()
+                )
+                if settled != "not_taken":
                     return None  # settled by the check: started, or unknown
                 if last_try or not self._may_retry(verdict):
                     self._final(job, attempt, reply, "failed")
@@ -388,13 +407,27 @@ class Dispatcher:
     def _may_retry(self, verdict: Verdict) -> bool:
         return self._budget is None or self._budget.try_spend(verdict)
 
-    async def _reconcile(self, job: Job, attempt: int, action: Action, intent_t: float) -> str:
+    async def _reconcile(
+        self,
+        job: Job,
+        attempt: int,
+        action: Action,
+        intent_t: float,
+        *,
+        answered: float | None = None,
+    ) -> str:
         """Settle an ambiguous attempt by asking the service; never resend blindly.
 
         `start` and `stop` are checked in the job list (SCHEDULING / STOPPED);
         `run-immediate` in the instance list: an instance of the job planned
         after the intent (less `PLAN_TIME_SKEW`) means it ran, because a
-        duplicate run-immediate is a duplicate run. Returns `started` (it took
+        duplicate run-immediate is a duplicate run. For run-immediate the first
+        check waits until `settle` seconds after the ambiguous answer
+        (`answered`, on the dispatcher's clock): an instance made by a call the
+        service was still processing appears late; on a resume (`answered` is
+        None), until `settle` seconds after the earlier intent (`intent_t`, Unix
+        time): a request written just before a crash may reach the service after
+        a quick check. Returns `started` (it took
         effect), `not_taken` (safe to send again) or `unknown` (the check kept
         failing).
         """
@@ -402,7 +435,14 @@ class Dispatcher:
         last_reply = _NO_REPLY
         for check in range(1, self._settings.status_checks + 1):
             # Wait first: an answer that was lost may still be in the service's hands.
-            await anyio.sleep(retry_delay(Verdict.TRANSIENT, _NO_REPLY, check, policy, self._rand))
+            delay = retry_delay(Verdict.TRANSIENT, _NO_REPLY, check, policy, self._rand)
+            if action == "run-immediate":
+                settle = self._settings.settle
+                if answered is None:  # a resume: the earlier run's request may still arrive
+                    delay = max(delay, intent_t + settle - time.time())
+                else:
+                    delay = max(delay, answered + settle - self._clock())
+            await anyio.sleep(delay)
             if action == "run-immediate":
                 since_ms = int((intent_t - PLAN_TIME_SKEW) * 1000)
                 last_reply, instances = await self._service.instances(job, since_ms)
@@ -486,6 +526,15 @@ class _Gate:
 
     limiter: anyio.CapacityLimiter | None
     pacer: Pacer | None
+
+
+def tls_failure_message(reply: Reply) -> str:
+    """Why the run stopped on a certificate that did not verify, and the way out."""
+    return (
+        f"{reply.detail or 'TLS certificate verification failed'}. Nothing was sent. If the "
+        "endpoint uses a private CA, give its certificates with --ca-bundle PEM (it replaces "
+        "the system trust store); check that the endpoint's host name is the certificate's."
+    )
 
 
 def auth_failure_message(reply: Reply) -> str:

@@ -5,6 +5,7 @@
     │   └── ManifestInvalid bad manifest lines (carries every message)  → exit 2
     └── HaltError           a safety stop during a run                  → exit 3
         ├── AuthFailed      the service rejected our credentials
+        ├── TlsFailed       the service's certificate did not verify
         └── LedgerFailed    the ledger cannot be written
 
 An interrupted run (SIGINT/SIGTERM) is not an error: it exits `EXIT_INTERRUPTED`
@@ -23,6 +24,7 @@ __all__ = [
     "LauncherError",
     "LedgerFailed",
     "ManifestInvalid",
+    "TlsFailed",
     "UsageError",
 ]
 
@@ -62,6 +64,10 @@ class HaltError(LauncherError):
 
 class AuthFailed(HaltError):
     """The service rejected the credentials, and a refresh could not fix it."""
+
+
+class TlsFailed(HaltError):
+    """The endpoint's certificate (or host name) failed verification; nothing was sent."""
 
 
 class LedgerFailed(HaltError):

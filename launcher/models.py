@@ -71,11 +71,14 @@ class Failure(StrEnum):
     """How a request failed when no HTTP answer was read.
 
     `CONNECT` failures happen before any byte of the request was written
-    (refused connection, DNS, TLS handshake), so resending is safe. The others
+    (refused connection, DNS, proxy, TLS handshake), so resending is safe. `TLS`
+    is a certificate or host name that failed verification: nothing was sent, and
+    resending cannot help (the run stops). The others
     may follow a request the service received and acted on: ambiguous.
     """
 
     CONNECT = "connect"
+    TLS = "tls"  # the certificate or host name did not verify: nothing was sent, permanent
     TIMEOUT = "timeout"
     DISCONNECT = "disconnect"
 
@@ -90,7 +93,8 @@ class Reply(NamedTuple):
     request_id: str | None = None
     failure: Failure | None = None
     retry_after: float | None = None  # seconds, from a Retry-After header
-    instance_id: int | None = None  # run-immediate's answer
+    instance_id: int | str | None = None  # run-immediate's answer (a number, or a string)
+    detail: str | None = None  # why no answer was read (transport failures), e.g. the TLS error
 
 
 class JobStatus(NamedTuple):

@@ -5,6 +5,7 @@ reads it back, so these also cover the ledger-report round trip without sockets.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import anyio
 import pytest
 
 from launcher.dispatch import Dispatcher, DispatchSettings
-from launcher.errors import AuthFailed
+from launcher.errors import AuthFailed, TlsFailed
 from launcher.flow.pacing import Pacer, TokenBucket
 from launcher.flow.policy import RetryPolicy
 from launcher.ledger.report import Summary, summarize
@@ -290,3 +291,135 @@ async def test_stop_leaves_unsent_jobs_pending(tmp_path: Path) -> None:
     assert summary.outcomes["unknown"] == 0  # in-flight requests finished and were recorded
     assert summary.outcomes["started"] == len(service.calls)
     assert summary.outcomes["pending"] == 1000 - len(service.calls)
+
+
+async def test_an_untrusted_certificate_stops_the_run_after_the_canary(tmp_path: Path) -> None:
+    tls = Reply(None, 0.0, failure=Failure.TLS, detail="TLS certificate of h:443 not trusted: x")
+    service = FakeService({f"job-{n}": [tls] for n in range(20)})
+    dispatcher, summary = await dispatch(tmp_path, make_jobs(20), service)
+    assert service.calls == ["job-0"]  # nothing else was even tried
+    assert dispatcher.stop_reason == "tls"
+    assert isinstance(dispatcher.halt_error, TlsFailed)
+    assert dispatcher.halt_error.exit_code == 3
+    assert "not trusted" in str(dispatcher.halt_error)
+    assert "--ca-bundle" in str(dispatcher.halt_error)
+    assert summary.outcomes == {"started": 0, "failed": 0, "unknown": 0, "pending": 20}
+
+
+async def test_a_5xx_on_start_is_checked_before_any_resend(tmp_path: Path) -> None:
+    # The gateway's 504 came back while the start took effect: the check says so.
+    service = FakeService({"job-0": [Reply(504, 0.0, error_code="APIGW.0203")]})
+    service.state["job-0"] = "SCHEDULING"
+    _, summary = await dispatch(tmp_path, make_jobs(1), service)
+    assert service.calls == ["job-0"]
+    assert summary.outcomes["started"] == 1
+
+
+async def test_a_refusal_before_forwarding_is_resent_without_a_check(tmp_path: Path) -> None:
+    service = FakeService({"job-0": [Reply(500, 0.0, error_code="APIGW.0103")]})
+    service.state["job-0"] = "SCHEDULING"  # a check would (wrongly) settle it as started
+    _, summary = await dispatch(tmp_path, make_jobs(1), service)
+    assert service.calls == ["job-0", "job-0"]
+    assert summary.outcomes["started"] == 1
+
+
+async def test_failures_without_an_answer_are_counted_by_their_reason(tmp_path: Path) -> None:
+    refused = Reply(None, 0.0, failure=Failure.CONNECT, detail="cannot connect to h:1: refused")
+    service = FakeService({f"job-{n}": [refused] * 9 for n in range(2)})
+    dispatcher, summary = await dispatch(tmp_path, make_jobs(2), service, max_attempts=2)
+    assert summary.failed_by_code == {"connect: cannot connect to h:1: refused": 2}
+    assert dispatcher.tally.failures == summary.failed_by_code
+
+
+class LateInstances(FakeService):
+    """run-immediate: the first call's answer is lost, and its instance only shows in the
+    list `late` seconds later (the service was still processing it)."""
+
+    def __init__(self, late: float) -> None:
+        super().__init__()
+        self.late = late
+        self.runs: list[float] = []
+
+    async def call(self, job: Job, action: Action) -> Reply:
+        self.calls.append(job.name)
+        self.runs.append(time.monotonic())
+        if len(self.runs) == 1:
+            return Reply(None, 0.0, failure=Failure.TIMEOUT, detail="no answer within 10 s")
+        return Reply(200, 0.0, instance_id=len(self.runs))
+
+    async def instances(
+        self, job: Job, min_plan_time_ms: int
+    ) -> tuple[Reply, list[dict[str, Any]]]:
+        visible = [t for t in self.runs if time.monotonic() >= t + self.late]
+        found = [
+            {"instanceId": n, "status": "running", "planTime": 1} for n, _ in enumerate(visible)
+        ]
+        return Reply(200, 0.001), found
+
+
+@pytest.mark.parametrize(("settle", "runs"), [(0.0, 2), (0.4, 1)])
+async def test_run_immediate_waits_for_a_late_instance_before_any_resend(
+    tmp_path: Path, settle: float, runs: int
+) -> None:
+    service = LateInstances(late=0.2)
+    ledger = Ledger(tmp_path / "l.jsonl", fsync="never")
+    ledger.header({"run_id": "r1", "manifest": {"jobs": 1}})
+    settings = DispatchSettings(
+        action="run-immediate",
+        concurrency=1,
+        retry=RetryPolicy(max_attempts=4, base=0.001, cap=0.01),
+        settle=settle,
+    )
+    dispatcher = Dispatcher(service, ledger, Pacer(TokenBucket(0.0)), settings)
+    await dispatcher.run(make_jobs(1))
+    ledger.close()
+    # Without the settle time the early check sees no instance and runs the job again.
+    assert len(service.runs) == runs
+    assert dispatcher.tally.started == 1
+
+
+class LateRun(LateInstances):
+    """A resume: the earlier run's run-immediate (written just before a crash) makes its
+    instance `late` seconds after its intent."""
+
+    def __init__(self, intent_t: float, late: float) -> None:
+        super().__init__(late)
+        self.earlier = time.monotonic() + (intent_t - time.time())
+
+    async def call(self, job: Job, action: Action) -> Reply:
+        self.calls.append(job.name)
+        self.runs.append(time.monotonic())
+        return Reply(200, 0.0, instance_id=len(self.runs))
+
+    async def instances(
+        self, job: Job, min_plan_time_ms: int
+    ) -> tuple[Reply, list[dict[str, Any]]]:
+        reply, found = await super().instances(job, min_plan_time_ms)
+        if time.monotonic() >= self.earlier + self.late:
+            found.append({"instanceId": 0, "status": "running", "planTime": 1})
+        return reply, found
+
+
+@pytest.mark.parametrize(("settle", "runs"), [(0.0, 2), (0.4, 1)])
+async def test_a_resume_waits_for_a_run_of_the_earlier_segment_before_resending(
+    tmp_path: Path, settle: float, runs: int
+) -> None:
+    intent_t = time.time()
+    service = LateRun(intent_t, late=0.2)
+    ledger = Ledger(tmp_path / "l.jsonl", fsync="never")
+    ledger.header({"run_id": "r2", "manifest": {"jobs": 1}})
+    settings = DispatchSettings(
+        action="run-immediate",
+        concurrency=1,
+        retry=RetryPolicy(max_attempts=4, base=0.001, cap=0.01),
+        settle=settle,
+    )
+    dispatcher = Dispatcher(
+        service, ledger, Pacer(TokenBucket(0.0)), settings, prior=lambda _: (1, intent_t)
+    )
+    await dispatcher.run(make_jobs(1))
+    ledger.close()
+    # The earlier segment's run happens in any case; without the settle time the quick
+    # check found no instance and this segment ran the job a second time.
+    assert 1 + len(service.runs) == runs
+    assert dispatcher.tally.started == 1

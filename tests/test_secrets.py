@@ -10,7 +10,7 @@ from launch_helpers import clean_env, job_lines, launcher, write_manifest
 
 from launcher.ledger.report import dumps_json, format_text, summarize
 from launcher.ledger.writer import read_ledger
-from launcher.simulator.app import IamUser, SimConfig, running
+from launcher.simulator import IamUser, SimConfig, running
 
 pytestmark = pytest.mark.anyio
 

@@ -70,6 +70,7 @@ _RUN_FLAGS = (
     "timeout",
     "ca_bundle",
     "iam_endpoint",
+    "proxy",
     "action",
     "manifest_format",
     "allow_duplicates",
@@ -287,8 +288,11 @@ def _path(value: object, source: str) -> str | None:
     help="What to do to each job [start].",
 )
 @click.option(
-    "--ca-bundle", type=click.Path(dir_okay=False), help="Extra CA certificates (PEM) to trust."
+    "--ca-bundle",
+    type=click.Path(dir_okay=False),
+    help="CA certificates (PEM) to trust instead of the system store.",
 )
+@click.option("--proxy", metavar="URL", help="Forward proxy (default: HTTPS_PROXY etc.).")
 @click.option("--iam-endpoint", help="IAM endpoint for password login (default from --region).")
 @click.option(
     "--format",

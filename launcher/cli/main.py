@@ -112,7 +112,13 @@ def _run_options(func: F) -> F:
         click.option(
             "--ca-bundle",
             type=click.Path(dir_okay=False),
-            help="Extra CA certificates (PEM) to trust.",
+            help="CA certificates (PEM) to trust instead of the system store.",
+        ),
+        click.option(
+            "--proxy",
+            metavar="URL",
+            help="Forward proxy for every call, IAM too (default: HTTPS_PROXY, HTTP_PROXY, "
+            "NO_PROXY; '' for none).",
         ),
         click.option(
             "--iam-endpoint", help="IAM endpoint for password login (default from --region)."

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import click
 
-from launcher.simulator.app import SimConfig, Simulator
+from launcher.simulator import SimConfig, Simulator
 
 __all__ = ["load_known_jobs", "sim_command"]
 
@@ -153,6 +153,12 @@ def _bind_error(group: BaseException) -> OSError | None:
 @click.option(
     "--token-ttl", type=click.FloatRange(min=0.0, min_open=True), help="Token lifetime [86400]."
 )
+@click.option(
+    "--fail-504-after", type=_FRACTION, help="Fraction that take effect, then get 504 [0]."
+)
+@click.option("--refused-5xx", type=_FRACTION, help="Fraction refused before forwarding (500) [0].")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="Serve https with this PEM.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="Private key of --tls-cert.")
 @click.option("--seed", type=int, help="Seed of the fault draws (deterministic faults).")
 def sim_command(
     host: str,

@@ -12,7 +12,6 @@ log event or exception message made here.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import anyio
 import orjson
 
+from launcher.dlf.answers import error_fields
+from launcher.dlf.proxy import Proxy
+from launcher.dlf.regions import iam_endpoint
 from launcher.dlf.signing import AkSk, Signer
 from launcher.errors import AuthFailed, UsageError
 from launcher.logs import get_logger
@@ -67,11 +69,6 @@ _log = get_logger("launcher.dlf.auth")
 _FALLBACK_LIFETIME = 3600.0
 # Error texts from IAM are quoted in AuthFailed messages, cut to this length.
 _MAX_QUOTE = 200
-_REGION = re.compile(r"[a-z]+(?:-[a-z0-9]+)+")
-# EU regions served from the European site (myhuaweicloud.eu) are eu-*, except Paris
-# (eu-west-0), which belongs to the international site: the official SDK's IAM endpoint
-# table lists https://iam.eu-west-0.myhuaweicloud.com but https://iam.eu-west-101.myhuaweicloud.eu.
-_EU_ON_INTERNATIONAL_SITE = frozenset({"eu-west-0"})
 
 
 @runtime_checkable
@@ -274,6 +271,7 @@ class IamPasswordAuth:
         "_token",
         "_url",
         "_username",
+        "proxy",
     )
 
     def __init__(
@@ -321,6 +319,13 @@ class IamPasswordAuth:
         self._refresh_at = 0.0  # renew from then on
         self._expires_at = 0.0  # stop using the token from then on
         self._quiet_until = 0.0  # refresh() reuses the token until then
+        # The forward proxy of the login (set by DlfClient from --proxy / the environment).
+        self.proxy: Proxy | None = None
+
+    @property
+    def url(self) -> str:
+        """The login URL (`.../v3/auth/tokens`): no secret in it."""
+        return self._url
 
     def __repr__(self) -> str:
         return f"IamPasswordAuth({self.describe()!r}, url={self._url!r})"
@@ -436,17 +441,36 @@ class IamPasswordAuth:
 
         wall_now = time.time()
         session = self._session() if callable(self._session) else self._session
+        proxy = self.proxy
+        headers = {"Content-Type": "application/json;charset=utf8"}
+        proxy_headers = None
+        if proxy is not None and proxy.authorization is not None:
+            # aiohttp sends proxy_headers with a CONNECT (https); a plain http request
+            # through a proxy carries the credentials itself.
+            proxy_headers = {"Proxy-Authorization": proxy.authorization}
+            if self._url.startswith("http://"):
+                headers.update(proxy_headers)
         try:
             async with session.post(
                 self._url,
                 data=self._login_body(),
-                headers={"Content-Type": "application/json;charset=utf8"},
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
                 allow_redirects=False,
+                proxy=proxy.url if proxy is not None else None,
+                proxy_headers=proxy_headers,
             ) as response:
                 status = response.status
                 raw = await response.read()
                 subject = response.headers.get("X-Subject-Token")
+        except aiohttp.ClientConnectorCertificateError as error:
+            # Not transient: a certificate that did not verify will not verify on retry.
+            reason = self._scrub(str(error.certificate_error))
+            return _Failure(
+                f"IAM's TLS certificate did not verify ({reason}); if IAM uses a private CA, "
+                "give its bundle with --ca-bundle",
+                transient=False,
+            )
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             detail = str(error) or type(error).__name__
             return _Failure(f"cannot reach IAM ({self._scrub(detail)})", transient=True)
@@ -477,25 +501,16 @@ class IamPasswordAuth:
 
 
 def _iam_error(raw: bytes) -> tuple[str, str]:
-    """(error code, message) from an IAM error body, either shape; empty when unknown."""
+    """(error code, message) from an IAM error body, in any shape the SDK reads; empty
+    when unknown (see `launcher.dlf.answers`)."""
     try:
         document: Any = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return "", ""
     if not isinstance(document, dict):
         return "", ""
-    code = document.get("error_code")
-    message = document.get("error_msg")
-    nested = document.get("error")
-    if isinstance(nested, dict):
-        # Keystone shape: {"error": {"code": 401, "message": ..., "title": ...}}
-        message = message or nested.get("message")
-        if not code and isinstance(nested.get("code"), str):
-            code = nested["code"]
-    return (
-        code if isinstance(code, str) else "",
-        message if isinstance(message, str) else "",
-    )
+    code, message = error_fields(document)
+    return code or "", message or ""
 
 
 def _parse_iso(value: object) -> float | None:
@@ -530,15 +545,10 @@ def _token_lifetime(raw: bytes, wall_now: float) -> float:
 
 
 def iam_endpoint_for_region(region: str) -> str:
-    """The IAM endpoint of a region: ``https://iam.{region}.myhuaweicloud.com``.
-
-    European-site regions (``eu-*``, e.g. eu-west-101) use ``.myhuaweicloud.eu``; eu-west-0
-    (Paris) is on the international site, ``.com``, as in the official SDK's table.
-    """
-    if not _REGION.fullmatch(region):
-        raise UsageError(f"region {region!r} does not look like a region id (e.g. cn-north-4)")
-    european = region.startswith("eu-") and region not in _EU_ON_INTERNATIONAL_SITE
-    return f"https://iam.{region}.myhuaweicloud.{'eu' if european else 'com'}"
+    """The IAM endpoint of a region, from the SDK's table (see `launcher.dlf.regions`):
+    the region's own host, else the SDK's global fallback ``https://iam.myhuaweicloud.com``.
+    UsageError for an unknown region id."""
+    return iam_endpoint(region)
 
 
 def auth_from_env(
@@ -547,6 +557,7 @@ def auth_from_env(
     session: aiohttp.ClientSession | Callable[[], aiohttp.ClientSession],
     iam_endpoint: str | None,
     project_id: str | None,
+    region: str | None = None,
 ) -> Auth:
     """Choose the authentication from environment variables (empty values count as unset).
 
@@ -554,8 +565,9 @@ def auth_from_env(
     ``HUAWEICLOUD_SDK_SECURITY_TOKEN``) → AK/SK signing; else ``HUAWEICLOUD_IAM_TOKEN`` →
     static token; else ``HUAWEICLOUD_IAM_USERNAME`` + ``HUAWEICLOUD_IAM_PASSWORD`` +
     ``HUAWEICLOUD_IAM_DOMAIN`` → password login, which also needs an IAM endpoint
-    (`iam_endpoint`, else ``HUAWEICLOUD_SDK_IAM_ENDPOINT``, else derived from
-    ``HUAWEICLOUD_SDK_REGION``) and a project id (`project_id`, else
+    (`iam_endpoint`, else ``HUAWEICLOUD_SDK_IAM_ENDPOINT``, else derived from `region`,
+    else from ``HUAWEICLOUD_SDK_REGION``: the SDK's order, where the variable wins over
+    the region) and a project id (`project_id`, else
     ``HUAWEICLOUD_SDK_PROJECT_ID``). Raises UsageError naming what to set; never echoes a value.
     """
 
@@ -588,8 +600,9 @@ def auth_from_env(
     if missing:
         raise UsageError(f"IAM password login needs {', '.join(missing)} too")
     endpoint = iam_endpoint or get(ENV_IAM_ENDPOINT)
-    if endpoint is None and get(ENV_REGION) is not None:
-        endpoint = iam_endpoint_for_region(env[ENV_REGION])
+    region = region or get(ENV_REGION)
+    if endpoint is None and region is not None:
+        endpoint = iam_endpoint_for_region(region)
     if endpoint is None:
         raise UsageError(
             f"IAM password login needs an IAM endpoint: give the region "

@@ -5,26 +5,35 @@ into a `Reply`; every other module sees only `Reply` values, never HTTP.
 Requests go through `launcher.dlf.transport.HttpPool` (lean keep-alive HTTP/1.1:
 the per-request hot path); an aiohttp session serves the rare IAM login.
 Transport failures become data too: a failure before any byte was written is
-`Failure.CONNECT` (safe to resend), anything later is ambiguous.
+`Failure.CONNECT` (safe to resend; `Failure.TLS` when the certificate did not
+verify), anything later is ambiguous; the reason is kept in `Reply.detail`.
+
+Status checks and listings (`query`, `job_status`, `instances`, and the paged
+primitives of `launcher.dlf.listing`) use a second, small pool that also keeps the
+`Date` header, so the hot pool reads no header it does not need.
 """
 
 from __future__ import annotations
 
-import email.utils
-import re
 import ssl
 import time
 from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import orjson
 
 from launcher import __version__
-from launcher.dlf.auth import AkSkAuth, Auth
+from launcher.dlf import listing
+from launcher.dlf.answers import reply_from_answer, service_clock
+from launcher.dlf.auth import AkSkAuth, Auth, IamPasswordAuth
+from launcher.dlf.listing import QueryAnswer
+from launcher.dlf.paths import path_segment
+from launcher.dlf.proxy import ProxySettings
+from launcher.dlf.regions import dlf_endpoint
 from launcher.dlf.signing import Prepared, Signer, canonical_query
 from launcher.dlf.transport import HttpPool, Lost, NotSent
 from launcher.errors import UsageError
@@ -41,34 +50,21 @@ USER_AGENT = f"launcher/{__version__}"
 # The body cache's bounds: this many bodies, of at most this many bytes each.
 _MAX_BODIES = 256
 _MAX_CACHED_BODY = 4096
-# Reply((status, latency, error_code, error_msg, request_id, failure, retry_after,
-# instance_id)), all fields in order, without NamedTuple's Python-level __new__.
-_new_reply = partial(tuple.__new__, Reply)
-# What quote(safe="~") leaves alone: ASCII letters, digits and "_.-~".
-_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_.~-]+")
+# Connections of the pool for status checks and listings (beside the hot pool).
+_QUERY_CONNECTIONS = 8
+# Instance types (ListJobInstancesRequest.instance_type in the SDK: 0 normal scheduling,
+# 2 manual, 5 backfill, 6 sub-job, 7 one-off) that a run-immediate cannot have made. The
+# instance list is not filtered by type (which type the service gives run-immediate is
+# not documented; a wrong guess would hide the run and cause a second one): instances of
+# these types are ignored instead, every other one (2, 7, none given) counts.
+_NOT_RUN_IMMEDIATE = frozenset({"0", "5", "6"})
+# The service's Date header has whole seconds: allow for that when using it.
+_DATE_RESOLUTION = 1.0
 
 
 def endpoint_for_region(region: str) -> str:
-    """The DLF endpoint of a region id (`cn-north-4`, `eu-west-101`, ...)."""
-    if not region or any(c.isspace() or c == "/" for c in region):
-        raise UsageError(f"--region: invalid region id {region!r}")
-    suffix = "myhuaweicloud.eu" if region.startswith("eu-") else "myhuaweicloud.com"
-    return f"https://dayu-dlf.{region}.{suffix}"
-
-
-def path_segment(value: str) -> str:
-    """Percent-encode `value` as exactly one path segment.
-
-    `/`, `?`, `#`, spaces and non-ASCII are escaped; a segment made only of
-    dots (`.`, `..`) is escaped too, because proxies and servers would
-    otherwise collapse it as a relative path and start a different job.
-    """
-    if _PLAIN_SEGMENT.fullmatch(value) and value.strip("."):
-        return value  # nothing to escape: quote() would return it unchanged
-    encoded = quote(value, safe="~")
-    if encoded.strip(".") == "":
-        encoded = encoded.replace(".", "%2E")
-    return encoded
+    """The DLF endpoint of a region id, from the SDK's table (see `launcher.dlf.regions`)."""
+    return dlf_endpoint(region)
 
 
 class DlfClient:
@@ -86,6 +82,7 @@ class DlfClient:
         concurrency: int,
         timeout: float,
         ca_bundle: str | None = None,
+        proxies: ProxySettings | None = None,
     ) -> None:
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -103,9 +100,12 @@ class DlfClient:
         self._concurrency = concurrency
         self._timeout = timeout
         self._ca_bundle = ca_bundle
+        self._proxies = proxies if proxies is not None else ProxySettings()
+        self._proxy = self._proxies.for_url(endpoint)
         self._session: aiohttp.ClientSession | None = None
         self._ssl_context: ssl.SSLContext | None = None
         self._pool: HttpPool | None = None
+        self._query_pool: HttpPool | None = None
         self._auth: Auth | None = None
         # AK/SK signing never waits: the hot path signs without a coroutine.
         self._signer: Signer | None = None
@@ -120,21 +120,44 @@ class DlfClient:
             raise RuntimeError("DlfClient used outside its context")
         return self._auth
 
+    @property
+    def proxy(self) -> str | None:
+        """The proxy requests go through, for messages (credentials masked); None: direct."""
+        return None if self._proxy is None else self._proxy.describe()
+
     async def __aenter__(self) -> DlfClient:
-        ssl_context: ssl.SSLContext | None = None
-        if self._scheme == "https":
-            # Verification is always on; --ca-bundle only adds trust for private CAs.
-            ssl_context = ssl.create_default_context(cafile=self._ca_bundle)
+        # Verification is always on. --ca-bundle REPLACES the system trust store (as
+        # curl's --cacert and the SDK's ignore_ssl_verification=False + ssl_ca_cert do).
+        try:
+            verifying = ssl.create_default_context(cafile=self._ca_bundle)
+        except (OSError, ssl.SSLError) as error:
+            raise UsageError(
+                f"--ca-bundle {self._ca_bundle}: cannot be read as PEM: {error}"
+            ) from None
+        ssl_context = verifying if self._scheme == "https" else None
         self._pool = HttpPool(
             self._hostname,
             self._port,
             ssl_context=ssl_context,
-            limit=self._concurrency + 4,  # + room for status checks beside the starts
+            limit=self._concurrency,
             timeout=self._timeout,
             keep_headers=_ANSWER_HEADERS,
+            proxy=self._proxy,
         )
-        self._ssl_context = ssl_context
+        self._query_pool = HttpPool(
+            self._hostname,
+            self._port,
+            ssl_context=ssl_context,
+            limit=min(self._concurrency, _QUERY_CONNECTIONS),
+            timeout=self._timeout,
+            keep_headers=(*_ANSWER_HEADERS, "date"),
+            proxy=self._proxy,
+        )
+        self._ssl_context = verifying
         self._auth = self._auth_factory(self._iam_session)
+        if isinstance(self._auth, IamPasswordAuth):
+            # The login goes through the proxy its own URL calls for (NO_PROXY applies).
+            self._auth.proxy = self._proxies.for_url(self._auth.url)
         self._signer = self._auth.signer if isinstance(self._auth, AkSkAuth) else None
         self._routes.clear()  # they hold the previous auth's signing material
         return self
@@ -147,12 +170,16 @@ class DlfClient:
 
     def _iam_session(self) -> aiohttp.ClientSession:
         """The IAM login's session (a few requests a day; any host, so its own pool),
-        made on first use: importing aiohttp costs ~0.2 s that AK/SK runs never need."""
+        made on first use: importing aiohttp costs ~0.2 s that AK/SK runs never need.
+
+        It always verifies certificates, whatever the DLF endpoint's scheme: the
+        password must never go to a server that did not prove who it is."""
         if self._session is None:
             import aiohttp
 
+            context = self._ssl_context or ssl.create_default_context(cafile=self._ca_bundle)
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=4, ssl=self._ssl_context or False),
+                connector=aiohttp.TCPConnector(limit=4, ssl=context),
                 timeout=aiohttp.ClientTimeout(total=max(self._timeout, 30.0)),
                 headers={"User-Agent": USER_AGENT},
             )
@@ -167,6 +194,9 @@ class DlfClient:
         if self._pool is not None:
             await self._pool.aclose()
             self._pool = None
+        if self._query_pool is not None:
+            await self._query_pool.aclose()
+            self._query_pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -185,49 +215,91 @@ class DlfClient:
         if route is None:
             route = self._route("POST", job)
         path = f"{route.prefix}/jobs/{path_segment(job.name)}/{action}"
-        body = self._bodies.get(job.params)
+        body = self._bodies.get(job.params) if action != "stop" else b""
         if body is None:
             body = job_body(job)
             if len(body) <= _MAX_CACHED_BODY:
                 if len(self._bodies) >= _MAX_BODIES:
                     self._bodies.clear()  # parameters unique per job: it never hits anyway
                 self._bodies[job.params] = body
-        reply, payload = await self._request(route, path, (), body)
+        # (stop: no body at all, as the SDK's StopJobRequest has none)
+        reply, payload, _ = await self._request(route, path, (), body, self._pool)
         if action == "run-immediate" and payload is not None and reply.status == 200:
+            # The SDK's RunOnceResponse says int; a string id is kept as the service gave it.
             instance_id = payload.get("instanceId")
-            if isinstance(instance_id, int):
+            if (isinstance(instance_id, int) and not isinstance(instance_id, bool)) or (
+                isinstance(instance_id, str) and instance_id
+            ):
                 return _with_instance(reply, instance_id)
         return reply
 
+    async def query(
+        self,
+        project_id: str | None,
+        workspace: str | None,
+        path: str,
+        params: Sequence[tuple[str, str]],
+    ) -> QueryAnswer:
+        """One signed GET of `/v1/{project_id}{path}` with `params` (for `launcher.dlf.listing`)."""
+        route = self._route("GET", Job("", "", (), workspace, project_id))
+        reply, payload, headers = await self._request(
+            route, route.prefix + path, params, b"", self._query_pool
+        )
+        return QueryAnswer(reply, payload, service_clock(headers.get("date")))
+
     async def job_status(self, job: Job) -> JobStatus:
-        """Ask the job list (filtered by name, same workspace) what state `job` is in."""
-        route = self._route("GET", job)
-        query = (("jobName", job.name), ("jobType", "BATCH"), ("limit", "100"))
-        reply, payload = await self._request(route, f"{route.prefix}/jobs", query, b"")
-        if payload is None or reply.status != 200:
-            return JobStatus(reply, None, False)
-        for entry in payload.get("jobs") or ():
-            if isinstance(entry, dict) and entry.get("name") == job.name:
-                status = entry.get("status")
-                return JobStatus(reply, status if isinstance(status, str) else None, True)
-        return JobStatus(reply, None, False)
+        """The job list's state of `job`: every page of the name's matches, exact name, any
+        job type."""
+        found = await listing.find_job(self, job.project_id, job.workspace, job.name)
+        if found.entry is None:
+            return JobStatus(found.reply, None, False)
+        return JobStatus(found.reply, found.entry.status, True)
 
     async def instances(
         self, job: Job, min_plan_time_ms: int
     ) -> tuple[Reply, list[dict[str, Any]]]:
-        """Instances of `job` planned at or after `min_plan_time_ms` (epoch milliseconds)."""
-        route = self._route("GET", job)
-        path = f"{route.prefix}/jobs/instances/detail"
-        query = (("jobName", job.name), ("minPlanTime", str(min_plan_time_ms)), ("limit", "100"))
-        reply, payload = await self._request(route, path, query, b"")
-        found: list[dict[str, Any]] = []
-        if payload is not None and reply.status == 200:
-            found = [
-                entry
-                for entry in payload.get("instances") or ()
-                if isinstance(entry, dict) and entry.get("jobName") == job.name
-            ]
+        """Instances a run-immediate of `job` may have made, planned at or after
+        `min_plan_time_ms` (epoch ms, our clock): every page, `preciseQuery=true`.
+
+        The window is moved back by how far the service's clock (its `Date` header) is
+        behind ours, so a service running late cannot hide a run that happened. The
+        reply is the last page's (status 200 only when every page was read).
+        """
+        since = min_plan_time_ms
+        for _ in range(2):
+            reply, found, service_now = await self._instances_since(job, since)
+            if reply.status != 200 or service_now is None:
+                return reply, found
+            behind = time.time() - service_now - _DATE_RESOLUTION  # s the service is late
+            corrected = min_plan_time_ms - int(max(0.0, behind) * 1000)
+            if corrected >= since:
+                return reply, found
+            since = corrected  # the service is late: search its own window again
         return reply, found
+
+    async def _instances_since(
+        self, job: Job, since_ms: int
+    ) -> tuple[Reply, list[dict[str, Any]], float | None]:
+        found: list[dict[str, Any]] = []
+        reply = Reply(None, 0.0)
+        service_now: float | None = None
+        pages = listing.instances(
+            self, job.project_id, job.workspace, name=job.name, min_plan_ms=since_ms
+        )
+        try:
+            async with aclosing(pages):
+                async for answer, entries in pages:
+                    reply = answer.reply
+                    if service_now is None:
+                        service_now = answer.service_time
+                    found += [
+                        entry
+                        for entry in entries
+                        if str(entry.get("instanceType", "")) not in _NOT_RUN_IMMEDIATE
+                    ]
+        except listing.ListingFailed as failed:
+            return failed.reply, [], None
+        return reply, found, service_now
 
     def _route(self, method: str, job: Job) -> _Route:
         """The route of `method` requests for `job`'s project and workspace (cached)."""
@@ -246,8 +318,8 @@ class DlfClient:
         path: str,
         query: Sequence[tuple[str, str]],
         body: bytes,
-    ) -> tuple[Reply, dict[str, Any] | None]:
-        pool = self._pool
+        pool: HttpPool | None,
+    ) -> tuple[Reply, dict[str, Any] | None, dict[str, str]]:
         auth = self._auth
         if pool is None or auth is None:
             raise RuntimeError("DlfClient used outside its context")
@@ -269,13 +341,18 @@ class DlfClient:
         started = time.perf_counter()
         try:
             answer = await pool.request(head, body)
-        except NotSent:
-            return Reply(None, time.perf_counter() - started, failure=Failure.CONNECT), None
+        except NotSent as error:
+            failure = Failure.TLS if error.tls else Failure.CONNECT
+            latency = time.perf_counter() - started
+            return Reply(None, latency, failure=failure, detail=str(error)), None, _NO_HEADERS
         except Lost as lost:
             failure = Failure.TIMEOUT if lost.timeout else Failure.DISCONNECT
-            return Reply(None, time.perf_counter() - started, failure=failure), None
+            latency = time.perf_counter() - started
+            return Reply(None, latency, failure=failure, detail=str(lost)), None, _NO_HEADERS
         latency = time.perf_counter() - started
-        return _reply_from_answer(answer.status, answer.headers, answer.body, latency)
+        headers = answer.headers
+        reply, payload = reply_from_answer(answer.status, headers, answer.body, latency)
+        return reply, payload, headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,7 +434,7 @@ def job_body(job: Job) -> bytes:
     return orjson.dumps({"jobParams": params})
 
 
-def _with_instance(reply: Reply, instance_id: int) -> Reply:
+def _with_instance(reply: Reply, instance_id: int | str) -> Reply:
     return Reply(
         reply.status,
         reply.latency,
@@ -366,53 +443,6 @@ def _with_instance(reply: Reply, instance_id: int) -> Reply:
     )
 
 
-# The answer headers `_reply_from_answer` reads; the pool skips the others.
+# The answer headers `reply_from_answer` reads; the pool skips the others.
 _ANSWER_HEADERS = ("x-request-id", "retry-after")
-
-
-def _reply_from_answer(
-    status: int, headers: dict[str, str], raw: bytes, latency: float
-) -> tuple[Reply, dict[str, Any] | None]:
-    """A `Reply` (and the JSON payload, if any) from an answer; `headers` keys lower-cased."""
-    request_id = headers.get("x-request-id")
-    retry_after = _retry_after(headers.get("retry-after")) if status in (429, 503) else None
-    if status == 204 or not raw:  # (the common answer: made without NamedTuple's __new__)
-        return _new_reply((status, latency, None, None, request_id, None, retry_after, None)), None
-    try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        payload = None
-    if not isinstance(payload, dict):
-        return Reply(status, latency, request_id=request_id, retry_after=retry_after), None
-    if status < 300:
-        return Reply(status, latency, request_id=request_id), payload
-    code = payload.get("error_code")
-    message = payload.get("error_msg")
-    body_request_id = payload.get("request_id")
-    return (
-        Reply(
-            status,
-            latency,
-            error_code=code if isinstance(code, str) else None,
-            error_msg=message if isinstance(message, str) else None,
-            request_id=body_request_id if isinstance(body_request_id, str) else request_id,
-            retry_after=retry_after,
-        ),
-        payload,
-    )
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+_NO_HEADERS: dict[str, str] = {}

@@ -11,13 +11,24 @@ simulator.
 
 What the caller needs for retry safety is kept exact: `request` raises
 `NotSent` when no byte of the request can have left (the connection could not
-be made: refused, DNS, TLS, connect timeout), and `Lost` when the request was
-written but no complete answer came back (reset, EOF, timeout): ambiguous.
+be made: refused, DNS, proxy, TLS, connect timeout), and `Lost` when the request
+was written but no complete answer came back (reset, EOF, timeout): ambiguous.
+`NotSent.tls` marks a certificate or host name that failed verification: no retry
+can fix that. Both carry the reason as their message.
+
+HTTP edges handled as the official SDK's `requests` handles them: interim `1xx`
+answers (100 Continue) are skipped, and an answer without Content-Length or chunked
+framing (HTTP/1.0, `Connection: close`) is complete when the server closes.
+
+Through a forward proxy (`launcher.dlf.proxy`), an https origin is reached in a
+CONNECT tunnel (TLS end to end, the proxy sees only the host name), an http one
+with absolute-form request targets; `Proxy-Authorization` goes to the proxy only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -26,6 +37,8 @@ from typing import NamedTuple, cast
 
 import anyio
 import httptools
+
+from launcher.dlf.proxy import Proxy
 
 __all__ = ["Answer", "HttpPool", "Lost", "NotSent", "backend_options"]
 
@@ -46,11 +59,13 @@ def backend_options() -> dict[str, object]:
 
 
 class NotSent(Exception):
-    """Nothing was written: resending is safe. `timeout` says whether connecting timed out."""
+    """Nothing was written: resending is safe. `timeout` says whether connecting timed out;
+    `tls` that the certificate or host name failed verification (resending cannot help)."""
 
-    def __init__(self, reason: str, *, timeout: bool = False) -> None:
+    def __init__(self, reason: str, *, timeout: bool = False, tls: bool = False) -> None:
         super().__init__(reason)
         self.timeout = timeout
+        self.tls = tls
 
 
 class Lost(Exception):
@@ -76,6 +91,10 @@ class Answer(NamedTuple):
 
 # Answer((status, headers, body)) without NamedTuple's Python-level __new__.
 _new_answer = partial(tuple.__new__, Answer)
+# The headers that frame an answer's body; without either, it ends at the connection's end.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+# The most a proxy's answer to CONNECT may take, headers included.
+_MAX_CONNECT_ANSWER = 65536
 
 
 class _Connection(asyncio.Protocol):
@@ -83,10 +102,13 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "_body",
+        "_framed",
         "_headers",
+        "_headers_done",
         "_keep",
         "_parser",
         "_waiter",
+        "_watch",
         "closed",
         "deadline",
         "reusable",
@@ -96,10 +118,14 @@ class _Connection(asyncio.Protocol):
     def __init__(self, keep: frozenset[bytes] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self._keep = keep  # lower-case names of the headers to keep (None: all)
+        # What on_header looks at: the kept names and the two that frame a body.
+        self._watch = None if keep is None else keep | _FRAMING
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Answer] | None = None
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
+        self._headers_done = False  # the answer in progress has all its headers
+        self._framed = False  # ... and a Content-Length or Transfer-Encoding among them
         self.closed = False
         self.reusable = True
         self.deadline = 0.0  # loop time by which the request in flight must be answered
@@ -119,11 +145,25 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def eof_received(self) -> bool:
+        self._complete_at_eof()
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if exc is None:
+            self._complete_at_eof()
         self._fail(Lost(f"connection closed: {exc}" if exc else "connection closed by peer"))
+
+    def _complete_at_eof(self) -> None:
+        """An answer without Content-Length or chunked framing ends where the connection
+        does (RFC 9112 6.3): the server closing it completes the answer, not loses it."""
+        waiter = self._waiter
+        if waiter is None or waiter.done() or not self._headers_done or self._framed:
+            return
+        self.reusable = False
+        waiter.set_result(
+            _new_answer((self._parser.get_status_code(), self._headers, b"".join(self._body)))
+        )
 
     # -- httptools callbacks ---------------------------------------------------
 
@@ -131,8 +171,15 @@ class _Connection(asyncio.Protocol):
         # Header names are ASCII tokens (the parser rejects others): bytes.lower() is
         # str.lower() on them, and a header nobody reads is never decoded.
         lower = name.lower()
-        if self._keep is None or lower in self._keep:
+        if self._watch is None or lower in self._watch:
+            if lower in _FRAMING:
+                self._framed = True
+                if self._keep is not None and lower not in self._keep:
+                    return
             self._headers[lower.decode("latin-1")] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -142,10 +189,15 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             self.close()  # an answer nobody asked for: the connection is out of step
             return
+        status = self._parser.get_status_code()
+        if status < 200:
+            # An interim answer (100 Continue, 102, 103): the real one follows.
+            self._headers = {}
+            self._body = []
+            self._headers_done = self._framed = False
+            return
         self.reusable = self._parser.should_keep_alive()
-        waiter.set_result(
-            _new_answer((self._parser.get_status_code(), self._headers, b"".join(self._body)))
-        )
+        waiter.set_result(_new_answer((status, self._headers, b"".join(self._body))))
 
     # -- use -------------------------------------------------------------------
 
@@ -155,6 +207,7 @@ class _Connection(asyncio.Protocol):
         self._waiter = waiter
         self._headers = {}
         self._body = []
+        self._headers_done = self._framed = False
         self.transport.write(data)
 
     def expire(self, timeout: float) -> None:
@@ -198,10 +251,24 @@ class HttpPool:
         limit: int,
         timeout: float,
         keep_headers: Iterable[str] | None = None,
+        proxy: Proxy | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._ssl = ssl_context
+        self._proxy = proxy
+        # Through a proxy, plain http requests name the origin in absolute form, and carry
+        # the proxy's credentials (https ones are tunnelled: the proxy sees only CONNECT).
+        self._absolute: bytes | None = None
+        self._proxy_auth = b""
+        # Through a plain-http proxy a connection serves one request: proxies such as
+        # tinyproxy close it after each answer without saying so, and a request written
+        # into that closing connection would be lost (ambiguous) instead of not sent.
+        self._reuse = proxy is None or ssl_context is not None
+        if proxy is not None and ssl_context is None:
+            self._absolute = f"http://{_authority(host, port)}".encode()
+            if proxy.authorization:
+                self._proxy_auth = f"Proxy-Authorization: {proxy.authorization}\r\n".encode()
         self._timeout = timeout
         self._idle: deque[_Connection] = deque()
         # Slots: a plain counter, and a queue of futures only when every slot is
@@ -282,6 +349,8 @@ class HttpPool:
             busy.add(connection)
             if self._sweeper is None:
                 self._sweeper = loop.call_later(self._sweep_every, self._sweep, loop)
+            if self._absolute is not None:
+                head = self._absolute_form(head)
             data = head + body if body else head
             if self._before_write is None:
                 connection.send(data, waiter)
@@ -297,7 +366,7 @@ class HttpPool:
                 raise
             finally:
                 busy.discard(connection)
-            if connection.reusable and not connection.closed:
+            if connection.reusable and not connection.closed and self._reuse:
                 self._idle.append(connection)
             else:
                 connection.close()
@@ -346,18 +415,52 @@ class HttpPool:
                 return connection
         return None
 
+    def _absolute_form(self, head: bytes) -> bytes:
+        """`POST /path HTTP/1.1` as `POST http://host:port/path HTTP/1.1`, for a proxy."""
+        assert self._absolute is not None
+        method, _, rest = head.partition(b" ")
+        if self._proxy_auth:
+            rest = rest[:-2] + self._proxy_auth + b"\r\n"  # before the blank line
+        return method + b" " + self._absolute + rest
+
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
+        proxy = self._proxy
+        where = f"{self._host}:{self._port}"
         try:
-            _, protocol = await loop.create_connection(
-                lambda: _Connection(self._keep),
-                self._host,
-                self._port,
-                ssl=self._ssl,
-                server_hostname=self._host if self._ssl is not None else None,
-            )
-        except (OSError, ssl.SSLError) as error:
-            raise NotSent(f"cannot connect to {self._host}:{self._port}: {error}") from None
+            if proxy is None:
+                _, protocol = await loop.create_connection(
+                    lambda: _Connection(self._keep),
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl is not None else None,
+                )
+            elif self._ssl is None:
+                where = f"proxy {proxy.url}"
+                _, protocol = await loop.create_connection(
+                    lambda: _Connection(self._keep), proxy.host, proxy.port
+                )
+            else:
+                sock = await _tunnel(loop, proxy, self._host, self._port)
+                try:
+                    _, protocol = await loop.create_connection(
+                        lambda: _Connection(self._keep),
+                        sock=sock,
+                        ssl=self._ssl,
+                        server_hostname=self._host,
+                    )
+                except BaseException:
+                    sock.close()
+                    raise
+        except ssl.SSLCertVerificationError as error:
+            raise NotSent(
+                f"TLS certificate of {where} not trusted: {error.verify_message}", tls=True
+            ) from None
+        except ssl.SSLError as error:
+            raise NotSent(f"TLS handshake with {where} failed: {error.reason}") from None
+        except OSError as error:
+            raise NotSent(f"cannot connect to {where}: {error.strerror or error}") from None
         return protocol
 
     async def aclose(self) -> None:
@@ -367,3 +470,59 @@ class HttpPool:
             self._sweeper = None
         while self._idle:
             self._idle.pop().close()
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _tunnel(
+    loop: asyncio.AbstractEventLoop, proxy: Proxy, host: str, port: int
+) -> socket.socket:
+    """A socket to `proxy` on which a CONNECT to host:port succeeded (ready for TLS).
+
+    Raises OSError (connect failures, a refused CONNECT) with a message naming the
+    proxy, never its credentials.
+    """
+    infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+    last: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, address)
+            except OSError as error:
+                sock.close()
+                last = error
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await _connect_through(loop, sock, proxy, host, port)
+        except BaseException:  # failed, refused or cancelled (the connect timeout)
+            sock.close()
+            raise
+        return sock
+    raise OSError(f"proxy {proxy.url} unreachable: {last.strerror if last else 'no address'}")
+
+
+async def _connect_through(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, proxy: Proxy, host: str, port: int
+) -> None:
+    authority = _authority(host, port)
+    request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+    if proxy.authorization:
+        request += f"Proxy-Authorization: {proxy.authorization}\r\n"
+    await loop.sock_sendall(sock, (request + "\r\n").encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = await loop.sock_recv(sock, 4096)
+        if not chunk:
+            raise OSError(f"proxy {proxy.url} closed the connection during CONNECT")
+        answer += chunk
+        if len(answer) > _MAX_CONNECT_ANSWER:
+            raise OSError(f"proxy {proxy.url} sent an oversized answer to CONNECT")
+    status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    # Any 2xx means the tunnel is open (RFC 9110 9.3.6).
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].startswith("2"):
+        raise OSError(f"proxy {proxy.url} refused CONNECT {authority}: {status_line[:120]}")

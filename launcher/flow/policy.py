@@ -1,7 +1,7 @@
 """Retry policy as pure functions: classify an attempt's reply, decide what comes next.
 
 Nothing here does I/O or reads a clock, so every rule is covered by a table of
-cases in tests/test_policy.py.
+cases in tests/flow/test_policy.py.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ class Verdict(StrEnum):
     REFRESH_AUTH = "refresh_auth"  # token must be renewed (APIGW.0307): refresh, retry once
     AUTH_FAILED = "auth_failed"  # credentials rejected: stop the whole run
     THROTTLED = "throttled"  # 429: back off (honouring Retry-After) and retry
-    TRANSIENT = "transient"  # 5xx, or failed before the request was written: safe to retry
+    TRANSIENT = "transient"  # refused before it reached the service: safe to resend
     AMBIGUOUS = "ambiguous"  # the request may have reached the service: check before resending
+    TLS_FAILED = "tls_failed"  # the certificate did not verify: nothing sent, stop the run
 
     @property
     def retryable(self) -> bool:
@@ -51,34 +52,58 @@ _RETRYABLE = frozenset(
 # costs ~0.1 µs in Python 3.11, five times a module global.
 _STARTED = Verdict.STARTED
 
-_TOKEN_MUST_BE_UPDATED = "APIGW.0307"
+# The API gateway names its errors APIGW.xxxx (signing guide) or APIG.xxxx (APIG's
+# own table); the same number means the same error under either prefix.
+_TOKEN_MUST_BE_UPDATED = frozenset({"APIGW.0307", "APIG.0307"})
+# 5xx answers whose code proves the gateway refused the call before forwarding it to
+# DLF (APIG error-code table: .0103 "The backend does not exist", .0104 "The plug-ins do
+# not exist", .0105 "The backend configurations do not exist"): the job was not touched.
+# Not here on purpose: .0202 "Backend unavailable" and .0203 "Backend timeout" (the call
+# may have reached DLF, e.g. a 504 while DLF did the work), and every DLF.* code.
+_REFUSED_BEFORE_FORWARDING = frozenset(
+    prefix + number for prefix in ("APIGW.", "APIG.") for number in ("0103", "0104", "0105")
+)
 
 
 def classify(reply: Reply) -> Verdict:
     """Map a reply (HTTP answer or transport failure) to a verdict.
 
-    | reply                                   | verdict      |
-    |-----------------------------------------|--------------|
-    | 2xx                                     | STARTED      |
-    | 401 APIGW.0307                          | REFRESH_AUTH |
-    | other 401, any 403                      | AUTH_FAILED  |
-    | 429                                     | THROTTLED    |
-    | 5xx                                     | TRANSIENT    |
-    | other 4xx (DLF.* codes, 404), 1xx, 3xx  | PERMANENT    |
-    | connect failure (nothing written)       | TRANSIENT    |
-    | timeout, reset after writing            | AMBIGUOUS    |
+    | reply                                             | verdict      | then            |
+    |---------------------------------------------------|--------------|-----------------|
+    | 2xx                                               | STARTED      | done            |
+    | 401 APIGW.0307 / APIG.0307 (token expired)        | REFRESH_AUTH | renew, resend   |
+    | other 401, any 403                                | AUTH_FAILED  | stop the run    |
+    | 429 (APIGW.0308 throttled, or any 429)            | THROTTLED    | back off, resend|
+    | 5xx APIGW/APIG.0103/0104/0105 (not forwarded)     | TRANSIENT    | back off, resend|
+    | any other 5xx (502, 503, 504 after the write...)  | AMBIGUOUS    | check, then     |
+    | other 4xx (DLF.* codes, 404), 1xx, 3xx            | PERMANENT    | failed          |
+    | connect failure (nothing written)                 | TRANSIENT    | back off, resend|
+    | TLS certificate / host name not verified          | TLS_FAILED   | stop the run    |
+    | timeout, reset after writing                      | AMBIGUOUS    | check, then     |
+
+    "check, then": before any resend the dispatcher asks the service whether the
+    call took effect: the job list's status for `start` and `stop` (SCHEDULING /
+    STOPPED), the instance list for `run-immediate` (an instance since the attempt);
+    only a check that proves the call did not take effect allows a resend. A 5xx
+    answer does not prove that: a gateway's 502/504 can come back while DLF did the
+    work, and a second run-immediate is a second run of the job.
     """
     status = reply.status
     if status is None:
-        return Verdict.TRANSIENT if reply.failure is Failure.CONNECT else Verdict.AMBIGUOUS
+        failure = reply.failure
+        if failure is Failure.CONNECT:
+            return Verdict.TRANSIENT
+        return Verdict.TLS_FAILED if failure is Failure.TLS else Verdict.AMBIGUOUS
     if 200 <= status < 300:
         return _STARTED
     if status == 429:
         return Verdict.THROTTLED
     if status >= 500:
-        return Verdict.TRANSIENT
+        if reply.error_code in _REFUSED_BEFORE_FORWARDING:
+            return Verdict.TRANSIENT
+        return Verdict.AMBIGUOUS
     if status == 401:
-        if reply.error_code == _TOKEN_MUST_BE_UPDATED:
+        if reply.error_code in _TOKEN_MUST_BE_UPDATED:
             return Verdict.REFRESH_AUTH
         return Verdict.AUTH_FAILED
     if status == 403:

@@ -98,7 +98,7 @@ __all__ = [
 ]
 
 # Verdicts of a last attempt that certainly did not take effect: safe to send again.
-NOT_TAKEN = frozenset({"throttled", "transient", "refresh_auth", "not_sent"})
+NOT_TAKEN = frozenset({"throttled", "transient", "refresh_auth", "not_sent", "tls_failed"})
 # Verdicts of a failure that a resend cannot fix.
 PERMANENT = frozenset({"permanent", "auth_failed"})
 
@@ -154,6 +154,7 @@ _KNOWN_VERDICTS = (
     "transient",
     "ambiguous",
     "not_sent",
+    "tls_failed",
     "?",
 )
 _TRANSIENT = _KNOWN_VERDICTS.index("transient")
@@ -1516,6 +1517,9 @@ def _settle(
             failure = f"HTTP {status}"
         else:
             failure = event.get("failure") or "error"
+            detail = event.get("detail")
+            if isinstance(detail, str) and detail:
+                failure = f"{failure}: {detail}"  # the summary groups failures by reason
     workspace, before = labels[state >> _LABEL_SHIFT]
     if failure != before:
         state = (state & _BELOW_LABEL) | label(workspace, failure) << _LABEL_SHIFT

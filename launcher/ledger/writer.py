@@ -181,6 +181,8 @@ class Ledger:
             event["failure"] = reply.failure.value
         if reply.instance_id is not None:
             event["instance_id"] = reply.instance_id
+        if reply.detail is not None:
+            event["detail"] = reply.detail  # why no answer was read (connect, TLS, timeout)
         if outcome is not None:
             event["outcome"] = outcome
         self._pending.append(_line(event))
@@ -212,6 +214,8 @@ class Ledger:
             event["error_code"] = reply.error_code
         if reply.failure is not None:
             event["failure"] = reply.failure.value
+        if reply.detail is not None:
+            event["detail"] = reply.detail
         if outcome is not None:
             event["outcome"] = outcome
         self._pending.append(_line(event))

@@ -41,8 +41,8 @@ import anyio
 import anyio.abc
 
 from launcher.config import RunOptions
-from launcher.dispatch import auth_failure_message
-from launcher.errors import EXIT_INTERRUPTED, AuthFailed, UsageError
+from launcher.dispatch import auth_failure_message, tls_failure_message
+from launcher.errors import EXIT_INTERRUPTED, AuthFailed, TlsFailed, UsageError
 from launcher.flow.policy import Verdict, classify, retry_delay
 from launcher.loadtest.output import (
     TimeseriesWriter,
@@ -526,6 +526,8 @@ async def _canary(client: Service, job: Job, action: Action) -> None:
         return
     if verdict in (Verdict.AUTH_FAILED, Verdict.REFRESH_AUTH):
         raise AuthFailed(auth_failure_message(reply))
+    if verdict is Verdict.TLS_FAILED:  # the certificate will not verify for any request
+        raise TlsFailed(tls_failure_message(reply))
 
 
 def _write_outputs(

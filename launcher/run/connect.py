@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from launcher.config import RunOptions
-from launcher.dlf.auth import Auth, NoAuth, auth_from_env, iam_endpoint_for_region
+from launcher.dlf.auth import Auth, NoAuth, auth_from_env
 from launcher.dlf.client import DlfClient, endpoint_for_region
+from launcher.dlf.proxy import ProxySettings
 from launcher.errors import UsageError
 
 if TYPE_CHECKING:
@@ -64,11 +65,13 @@ async def connect(
         def make_auth(session: Callable[[], aiohttp.ClientSession]) -> Auth:
             if simulated:
                 return NoAuth()
-            iam = options.iam_endpoint
-            if iam is None and options.region:
-                iam = iam_endpoint_for_region(options.region)
+            # --iam-endpoint, else HUAWEICLOUD_SDK_IAM_ENDPOINT, else the region's (as the SDK).
             return auth_from_env(
-                env, session=session, iam_endpoint=iam, project_id=options.project_id
+                env,
+                session=session,
+                iam_endpoint=options.iam_endpoint,
+                project_id=options.project_id,
+                region=options.region,
             )
 
         client = DlfClient(
@@ -77,6 +80,7 @@ async def connect(
             concurrency=concurrency if concurrency is not None else options.concurrency,
             timeout=options.timeout,
             ca_bundle=options.ca_bundle,
+            proxies=ProxySettings.resolve(options.proxy, env) if not simulated else None,
         )
         async with client:
             await client.authenticate()
@@ -88,7 +92,7 @@ async def _base_url(endpoint: str, options: RunOptions) -> AsyncIterator[tuple[s
     if endpoint != "sim":
         yield endpoint, False
         return
-    from launcher.simulator.app import SimConfig, running
+    from launcher.simulator import SimConfig, running
 
     try:
         config = SimConfig.from_mapping(options.sim)

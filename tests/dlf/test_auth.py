@@ -171,7 +171,8 @@ async def test_env_precedence(session: aiohttp.ClientSession) -> None:
         project_id=None,
     )
     assert "project=proj-env" in fallback.describe()
-    assert "iam.eu-west-101.myhuaweicloud.eu/v3/auth/tokens" in repr(fallback)
+    # eu-west-101 has no IAM host of its own in the SDK's table: its global fallback.
+    assert "https://iam.myhuaweicloud.com/v3/auth/tokens" in repr(fallback)
     explicit = pick(
         {**ENV_PASSWORD, "HUAWEICLOUD_SDK_IAM_ENDPOINT": "https://iam.example.test"},
         iam_endpoint=None,
@@ -225,10 +226,11 @@ def test_iam_endpoint_for_region() -> None:
     assert iam_endpoint_for_region("ap-southeast-1") == (
         "https://iam.ap-southeast-1.myhuaweicloud.com"
     )
-    assert iam_endpoint_for_region("eu-west-101") == "https://iam.eu-west-101.myhuaweicloud.eu"
-    # Paris is on the international site (as in the official SDK's table).
+    # As the SDK (huaweicloudsdkcore/auth/endpoint.py): a region without its own IAM
+    # host falls back to the global one; eu-west-0 (Paris) has its own.
+    assert iam_endpoint_for_region("eu-west-101") == "https://iam.myhuaweicloud.com"
     assert iam_endpoint_for_region("eu-west-0") == "https://iam.eu-west-0.myhuaweicloud.com"
-    for bad in ("", "cn north 4", "evil.com/x", "CN-NORTH-4", "cn"):
+    for bad in ("", "cn north 4", "evil.com/x", "CN-NORTH-4", "cn", "cn-north-99"):
         with pytest.raises(UsageError):
             iam_endpoint_for_region(bad)
 
@@ -520,3 +522,43 @@ def test_constructor_checks() -> None:
     with pytest.raises(ValueError, match="IAM password is empty") as info:
         IamPasswordAuth(None, "https://iam.test", "alice", "", "acme", "p")  # type: ignore[arg-type]
     _assert_no_secret(str(info.value))
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "region", "expected"),
+    [
+        # As the SDK: the variable wins over the region; the option wins over both.
+        (
+            None,
+            {"HUAWEICLOUD_SDK_IAM_ENDPOINT": "https://iam.corp"},
+            "cn-north-4",
+            "https://iam.corp",
+        ),
+        (
+            "https://iam.flag",
+            {"HUAWEICLOUD_SDK_IAM_ENDPOINT": "https://iam.corp"},
+            "cn-north-4",
+            "https://iam.flag",
+        ),
+        (None, {}, "cn-north-4", "https://iam.cn-north-4.myhuaweicloud.com"),
+        (
+            None,
+            {"HUAWEICLOUD_SDK_REGION": "ap-southeast-3"},
+            None,
+            "https://iam.ap-southeast-3.myhuaweicloud.com",
+        ),
+        (None, {}, "eu-west-101", "https://iam.myhuaweicloud.com"),  # the SDK's fallback
+    ],
+)
+async def test_iam_endpoint_precedence(
+    session: aiohttp.ClientSession,
+    flag: str | None,
+    env: dict[str, str],
+    region: str | None,
+    expected: str,
+) -> None:
+    auth = auth_from_env(
+        {**ENV_PASSWORD, **env}, session=session, iam_endpoint=flag, project_id="p", region=region
+    )
+    assert isinstance(auth, IamPasswordAuth)
+    assert auth.url == expected + "/v3/auth/tokens"

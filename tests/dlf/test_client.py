@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from launcher.dlf.answers import reply_from_answer as _reply_from_answer
 from launcher.dlf.auth import AkSkAuth
-from launcher.dlf.client import DlfClient, _reply_from_answer, _request_head, job_body, path_segment
+from launcher.dlf.client import DlfClient, _request_head, job_body, path_segment
 from launcher.dlf.signing import AkSk, Signer, canonical_query
 from launcher.dlf.transport import Answer
 from launcher.models import Job, JobParam, Reply
@@ -87,6 +88,7 @@ async def test_signed_requests_are_the_bytes_of_a_signed_headers_dict(
         f"http://{host}/base", lambda _: AkSkAuth(signer), concurrency=1, timeout=5.0
     ) as client:
         client._pool = pool  # type: ignore[assignment]
+        client._query_pool = pool  # type: ignore[assignment]
         for job in _JOBS * 2:
             await client.call(job, "start")
             await client.job_status(job)
@@ -96,7 +98,8 @@ async def test_signed_requests_are_the_bytes_of_a_signed_headers_dict(
     for job in _JOBS * 2:
         project = f"/base/v1/{path_segment(job.project_id or '')}"
         start = f"{project}/jobs/{path_segment(job.name)}/start"
-        query = [("jobName", job.name), ("jobType", "BATCH"), ("limit", "100")]
+        # Any job type, page 0 of 100 (the 204 stand-in's answer ends the listing there).
+        query = [("jobName", job.name), ("limit", "100"), ("offset", "0")]
         for method, path, params, body in [
             ("POST", start, [], job_body(job)),
             ("GET", f"{project}/jobs", query, b""),

@@ -258,3 +258,86 @@ async def test_a_failing_write_ahead_fails_its_requests_and_sends_nothing() -> N
         await anyio.sleep(0.1)
         await pool.aclose()
     assert len(requests) == 1
+
+
+@asynccontextmanager
+async def raw_server(answer: bytes) -> AsyncIterator[int]:
+    """A server that reads one request head, writes `answer` as is, then closes."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "body"),
+    [
+        # Delimited by the connection's end: complete answers, not lost ones.
+        (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\nbusy", 503, b"busy"),
+        (
+            b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n<html>bad</html>",
+            502,
+            b"<html>bad</html>",
+        ),
+        (b"HTTP/1.0 400 Bad Request\r\n\r\n", 400, b""),
+        # Interim answers before the real one are skipped.
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", 204, b""),
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Request-Id: r\r\n\r\n{}",
+            200,
+            b"{}",
+        ),
+    ],
+)
+async def test_answers_delimited_by_close_or_preceded_by_interim_ones(
+    answer: bytes, status: int, body: bytes
+) -> None:
+    async with raw_server(answer) as port:
+        pool = HttpPool("127.0.0.1", port, ssl_context=None, limit=1, timeout=5)
+        got = await pool.request(HEAD, b"{}")
+        await pool.aclose()
+    assert (got.status, got.body) == (status, body)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}",  # shorter than it said
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n",  # no last chunk
+        b"HTTP/1.1 204 No Con",  # cut in the head
+        b"HTTP/1.1 100 Continue\r\n\r\n",  # only the interim answer
+        b"",
+    ],
+)
+async def test_a_framed_answer_cut_short_is_still_lost(answer: bytes) -> None:
+    async with raw_server(answer) as port:
+        pool = HttpPool("127.0.0.1", port, ssl_context=None, limit=1, timeout=5)
+        with pytest.raises(Lost):
+            await pool.request(HEAD, b"{}")
+        await pool.aclose()
+
+
+def test_absolute_form_for_a_plain_http_proxy() -> None:
+    from launcher.dlf.proxy import parse_proxy
+
+    pool = HttpPool(
+        "dlf.internal",
+        8080,
+        ssl_context=None,
+        limit=1,
+        timeout=5,
+        proxy=parse_proxy("http://u:p@proxy:3128"),
+    )
+    head = pool._absolute_form(HEAD)
+    assert head.startswith(b"POST http://dlf.internal:8080/v1/p/jobs/a/start HTTP/1.1\r\n")
+    assert head.endswith(b"Content-Length: 2\r\nProxy-Authorization: Basic dTpw\r\n\r\n")

@@ -32,19 +32,34 @@ from launcher.models import Failure, Reply
         (Reply(400, 0.01), Verdict.PERMANENT),
         (Reply(404, 0.01, error_code="APIGW.0101"), Verdict.PERMANENT),
         (Reply(401, 0.01, error_code="APIGW.0307"), Verdict.REFRESH_AUTH),
+        (Reply(401, 0.01, error_code="APIG.0307"), Verdict.REFRESH_AUTH),
         (Reply(401, 0.01, error_code="APIGW.0301"), Verdict.AUTH_FAILED),
         (Reply(401, 0.01, error_code="APIG.0301"), Verdict.AUTH_FAILED),
         (Reply(401, 0.01), Verdict.AUTH_FAILED),
         (Reply(403, 0.01, error_code="APIGW.0302"), Verdict.AUTH_FAILED),
         (Reply(429, 0.01, error_code="APIGW.0308"), Verdict.THROTTLED),
+        (Reply(429, 0.01, error_code="APIG.0308"), Verdict.THROTTLED),
         (Reply(429, 0.01, retry_after=3.0), Verdict.THROTTLED),
-        (Reply(500, 0.01), Verdict.TRANSIENT),
-        (Reply(502, 0.01), Verdict.TRANSIENT),
-        (Reply(503, 0.01), Verdict.TRANSIENT),
+        # A 5xx does not prove the call was refused: check before any resend...
+        (Reply(500, 0.01), Verdict.AMBIGUOUS),
+        (Reply(500, 0.01, error_code="DLF.0000"), Verdict.AMBIGUOUS),
+        (Reply(502, 0.01), Verdict.AMBIGUOUS),
+        (Reply(502, 0.01, error_code="APIGW.0202"), Verdict.AMBIGUOUS),
+        (Reply(503, 0.01), Verdict.AMBIGUOUS),
+        (Reply(503, 0.01, error_code="APIGW.0203"), Verdict.AMBIGUOUS),
+        (Reply(504, 0.01, error_code="APIGW.0203"), Verdict.AMBIGUOUS),
+        (Reply(504, 0.01, error_code="APIG.0203"), Verdict.AMBIGUOUS),
+        # ...unless its code shows the gateway refused it before forwarding.
+        (Reply(500, 0.01, error_code="APIGW.0103"), Verdict.TRANSIENT),
+        (Reply(500, 0.01, error_code="APIG.0103"), Verdict.TRANSIENT),
+        (Reply(500, 0.01, error_code="APIGW.0104"), Verdict.TRANSIENT),
+        (Reply(500, 0.01, error_code="APIG.0105"), Verdict.TRANSIENT),
         (Reply(None, 0.01, failure=Failure.CONNECT), Verdict.TRANSIENT),
+        (Reply(None, 0.01, failure=Failure.TLS, detail="x"), Verdict.TLS_FAILED),
         (Reply(None, 1.0, failure=Failure.TIMEOUT), Verdict.AMBIGUOUS),
         (Reply(None, 0.01, failure=Failure.DISCONNECT), Verdict.AMBIGUOUS),
         (Reply(302, 0.01), Verdict.PERMANENT),
+        (Reply(100, 0.01), Verdict.PERMANENT),
     ],
 )
 def test_classify(reply: Reply, verdict: Verdict) -> None:
@@ -54,6 +69,26 @@ def test_classify(reply: Reply, verdict: Verdict) -> None:
 @given(st.integers(min_value=100, max_value=599))
 def test_every_status_has_a_verdict(status: int) -> None:
     assert isinstance(classify(Reply(status, 0.0)), Verdict)
+
+
+@given(
+    status=st.integers(min_value=500, max_value=599),
+    code=st.none() | st.text(max_size=12) | st.sampled_from(["APIGW.0202", "DLF.0000"]),
+)
+def test_no_5xx_allows_a_blind_resend_unless_refused_before_forwarding(
+    status: int, code: str | None
+) -> None:
+    # The duplicate-run guard: only the documented refusals are plain retries.
+    refused = code in {
+        "APIGW.0103",
+        "APIGW.0104",
+        "APIGW.0105",
+        "APIG.0103",
+        "APIG.0104",
+        "APIG.0105",
+    }
+    expected = Verdict.TRANSIENT if refused else Verdict.AMBIGUOUS
+    assert classify(Reply(status, 0.0, error_code=code)) is expected
 
 
 @given(

@@ -44,7 +44,7 @@ def test_bad_shards_are_usage_errors(text: str) -> None:
 async def test_three_shards_start_every_job_exactly_once_and_reports_merge(
     tmp_path: Path,
 ) -> None:
-    from launcher.simulator.app import running
+    from launcher.simulator import running
 
     manifest = write_manifest(tmp_path / "m.jsonl", job_lines(900))
     ledgers = [tmp_path / f"shard{i}.jsonl" for i in range(3)]

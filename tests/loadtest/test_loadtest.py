@@ -51,7 +51,7 @@ from launcher.loadtest.schedule import (
 )
 from launcher.loadtest.stats import LatencyHistogram, Recorder, quantile
 from launcher.models import Failure, Job, Reply
-from launcher.simulator.app import SimConfig, running
+from launcher.simulator import SimConfig, running
 
 ROOT = Path(__file__).resolve().parents[2]
 AK, SK = "LOADTESTACCESSKEY", "loadtest-secret-key"

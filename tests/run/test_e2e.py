@@ -19,7 +19,7 @@ from launch_helpers import (
     write_manifest,
 )
 
-from launcher.simulator.app import IamUser, SimConfig, running
+from launcher.simulator import IamUser, SimConfig, running
 
 pytestmark = pytest.mark.anyio
 

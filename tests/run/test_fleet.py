@@ -55,7 +55,7 @@ from launcher.run.fleet import (
 )
 from launcher.run.plan import plan_manifest
 from launcher.run.resume import Segment
-from launcher.simulator.app import SimConfig, Simulator, running
+from launcher.simulator import SimConfig, Simulator, running
 
 # -- how many workers, and each one's share ------------------------------------------
 

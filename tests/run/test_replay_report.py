@@ -10,7 +10,7 @@ import orjson
 import pytest
 from launch_helpers import job_lines, launcher, report_json, write_manifest
 
-from launcher.simulator.app import SimConfig, running
+from launcher.simulator import SimConfig, running
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,7 @@ import anyio
 import pytest
 from launch_helpers import job_lines, launcher, ledger_events, report_json, sim_env, write_manifest
 
-from launcher.simulator.app import SimConfig, running
+from launcher.simulator import SimConfig, running
 
 pytestmark = pytest.mark.anyio
 

@@ -36,7 +36,7 @@ from launcher.scale.limits import (
     default_limit_key,
     open_shared_limits,
 )
-from launcher.simulator.app import SimConfig, running
+from launcher.simulator import SimConfig, running
 
 pytestmark = pytest.mark.anyio
 

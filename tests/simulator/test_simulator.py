@@ -29,7 +29,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from launcher.dlf.signing import AkSk, Signer, canonical_query
-from launcher.simulator.app import IamUser, SimConfig, SimStats, Simulator, running
+from launcher.simulator import IamUser, SimConfig, SimStats, Simulator, running
 
 pytestmark = pytest.mark.anyio
 
