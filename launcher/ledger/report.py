@@ -63,7 +63,7 @@ class Summary:
     attempts: int
     reconciled: int
     elapsed_s: float
-    latency_ms: dict[str, float]  # p50, p90, p99, max of answered attempts
+    latency_ms: dict[str, float | None]  # p50, p90, p99, max of answered attempts (None: none)
     torn_tail: list[str]
     exit_codes: list[int]
     stop_reasons: list[str]
@@ -76,8 +76,12 @@ class Summary:
         """Attempts per second over the run's elapsed time."""
         return self.attempts / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
-    def latency(self) -> dict[str, float]:
-        """Latency of answered attempts: p50, p90, p99 and max, in milliseconds."""
+    def latency(self) -> dict[str, float | None]:
+        """Latency of answered attempts: p50, p90, p99 and max, in milliseconds.
+
+        Every value is None when no attempt was answered: a run in which
+        nothing answered has no latency, not one of 0 ms.
+        """
         return dict(self.latency_ms)
 
 
@@ -141,13 +145,16 @@ def summary_of(history: History) -> Summary:
     )
 
 
-def latency_summary(latencies_us: array[int]) -> dict[str, float]:
-    """p50, p90, p99 (nearest rank, as `percentile`) and max, in ms, of whole microseconds."""
+def latency_summary(latencies_us: array[int]) -> dict[str, float | None]:
+    """p50, p90, p99 (nearest rank, as `percentile`) and max, in ms, of whole microseconds
+    (all None for no value)."""
     n = len(latencies_us)
     fractions = {"p50": 0.50, "p90": 0.90, "p99": 0.99, "max": 1.0}
+    if n == 0:
+        return dict.fromkeys(fractions)
     ranks = {name: min(max(1, math.ceil(f * n)), n) for name, f in fractions.items()}
     values = ranked(latencies_us, ranks.values())
-    return {name: round(values[rank] / 1000, 3) if n else 0.0 for name, rank in ranks.items()}
+    return {name: round(values[rank] / 1000, 3) for name, rank in ranks.items()}
 
 
 _BUCKET_BITS = 16  # a counting pass keeps at most 2^16 buckets
@@ -275,10 +282,13 @@ def format_text(summary: Summary) -> str:
         f"attempts  {summary.attempts:>{width}}  in {summary.elapsed_s:.2f} s, "
         f"{summary.request_rate:.1f} requests/s"
     )
-    lines.append(
-        f"latency   p50 {lat['p50']:.1f} ms  p90 {lat['p90']:.1f} ms  "
-        f"p99 {lat['p99']:.1f} ms  max {lat['max']:.1f} ms"
-    )
+    if lat["p50"] is None or lat["p90"] is None or lat["p99"] is None or lat["max"] is None:
+        lines.append("latency   no answers (no attempt got an HTTP answer)")
+    else:
+        lines.append(
+            f"latency   p50 {lat['p50']:.1f} ms  p90 {lat['p90']:.1f} ms  "
+            f"p99 {lat['p99']:.1f} ms  max {lat['max']:.1f} ms"
+        )
     if len(summary.by_workspace) > 1:
         name_width = max(12, *(len(name) for name in summary.by_workspace))
         lines.append(f"{'by workspace':<{name_width + 2}}" + "".join(f"{k:>9}" for k in OUTCOMES))
