@@ -53,13 +53,13 @@ from launcher.loadtest.output import (
     write_summary_json,
 )
 from launcher.loadtest.schedule import (
-    READ_ONLY,
     LoadAction,
     LoadSettings,
     Schedule,
     error_key,
     evaluate_thresholds,
     measure,
+    side_effect_warning,
 )
 from launcher.loadtest.stats import Recorder, SecondRow
 from launcher.logs import get_logger
@@ -75,9 +75,7 @@ __all__ = [
     "check_outputs",
     "drive",
     "job_cycle",
-    "planned_calls",
     "run_loadtest",
-    "side_effect_warning",
 ]
 
 EXIT_THRESHOLDS = 99  # a --threshold was breached (k6's exit code for the same)
@@ -540,41 +538,6 @@ async def run_loadtest(
             result = await engine.run()
     _write_outputs(result, settings, engine.recorder, stdout)
     return result
-
-
-def planned_calls(settings: LoadSettings, jobs: int) -> int:
-    """How many requests the schedule sends (the canary not included): the schedule's
-    count, or the manifest's when `--once` ends it sooner."""
-    requests = settings.schedule.requests
-    if settings.once:
-        requests = min(requests, float(jobs))
-    return int(requests)
-
-
-def side_effect_warning(settings: LoadSettings, jobs: int, target: str) -> str | None:
-    """The warning a load test with side effects gives before sending (None: read-only).
-
-    Every `start` or `run-immediate` of a load test starts a real job on
-    `target`, and every `stop` stops one; the operator is told how many, and
-    how to probe without side effects.
-    """
-    if settings.action in READ_ONLY:
-        return None
-    calls = planned_calls(settings, jobs)
-    canary = 1 if settings.canary else 0
-    total = f"{calls + canary:,}"
-    detail = f" ({calls:,} + 1 canary)" if canary else ""
-    if settings.max_attempts > 1:
-        total = f"up to {(calls + canary) * settings.max_attempts:,}"
-        detail = f" ({calls + canary:,} x {settings.max_attempts} attempts)"
-    effect = "stops a job" if settings.action == "stop" else "starts a real job run"
-    where = f" to {target}" if target else ""
-    return (
-        f"this load test sends {total} {settings.action} calls{detail}{where}, "
-        f"and each {effect} (manifest lines that name their own action use it). "
-        "To probe the gateway without side effects use --action list (a read-only GET of "
-        "the job list); --yes acknowledges this and silences the warning"
-    )
 
 
 def check_outputs(settings: LoadSettings) -> None:

@@ -48,6 +48,8 @@ __all__ = [
     "measure",
     "parse_ramp",
     "parse_threshold",
+    "planned_calls",
+    "side_effect_warning",
 ]
 
 
@@ -502,3 +504,41 @@ class LoadSettings:
     acknowledged: bool = False
     # The backoff between attempts (only with max_attempts > 1); its own max_attempts is unused.
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+# --- side effects -------------------------------------------------------------------------
+
+
+def planned_calls(settings: LoadSettings, jobs: int) -> int:
+    """How many requests the schedule sends (the canary not included): the schedule's
+    count, or the manifest's when `--once` ends it sooner."""
+    requests = settings.schedule.requests
+    if settings.once:
+        requests = min(requests, float(jobs))
+    return int(requests)
+
+
+def side_effect_warning(settings: LoadSettings, jobs: int, target: str) -> str | None:
+    """The warning a load test with side effects gives before sending (None: read-only).
+
+    Every `start` or `run-immediate` of a load test starts a real job on
+    `target`, and every `stop` stops one; the operator is told how many, and
+    how to probe without side effects.
+    """
+    if settings.action in READ_ONLY:
+        return None
+    calls = planned_calls(settings, jobs)
+    canary = 1 if settings.canary else 0
+    total = f"{calls + canary:,}"
+    detail = f" ({calls:,} + 1 canary)" if canary else ""
+    if settings.max_attempts > 1:
+        total = f"up to {(calls + canary) * settings.max_attempts:,}"
+        detail = f" ({calls + canary:,} x {settings.max_attempts} attempts)"
+    effect = "stops a job" if settings.action == "stop" else "starts a real job run"
+    where = f" to {target}" if target else ""
+    return (
+        f"this load test sends {total} {settings.action} calls{detail}{where}, "
+        f"and each {effect} (manifest lines that name their own action use it). "
+        "To probe the gateway without side effects use --action list (a read-only GET of "
+        "the job list); --yes acknowledges this and silences the warning"
+    )

@@ -25,7 +25,6 @@ from launch_helpers import Completed, job_lines, sim_env, write_manifest
 
 from launcher.loadtest.charts import error_series, report_figure, threshold_lines
 from launcher.loadtest.output import build_summary, format_summary, quantile_label
-from launcher.loadtest.runner import planned_calls, side_effect_warning
 from launcher.loadtest.schedule import (
     LoadSettings,
     Schedule,
@@ -33,6 +32,8 @@ from launcher.loadtest.schedule import (
     measure,
     parse_ramp,
     parse_threshold,
+    planned_calls,
+    side_effect_warning,
 )
 from launcher.loadtest.stats import Recorder
 from launcher.simulator.app import running
