@@ -70,6 +70,7 @@ from launcher.ledger.writer import Ledger, finish_merge, lock_part, open_fleet, 
 from launcher.logs import bind_log_context, get_logger
 from launcher.run.connect import connect
 from launcher.run.plan import Plan
+from launcher.run.reports import add_never_sent
 from launcher.run.resume import Segment
 from launcher.run.segment import RunResult, WorkerRole, run_segment, show_run_progress
 
@@ -446,6 +447,8 @@ class Fleet:
             parts = [self.local_fold, *(counts.get(index) for index in range(1, self.count))]
             history = fold_fleet(self.ledger_path, bounds, parts, disjoint=self.count_parts)
         summary = summary_of(history)
+        if summary.outcomes["pending"]:  # name the never-sent jobs' workspaces, as report does
+            add_never_sent(summary, history, [str(self.ledger_path)])
         codes = [local_code if local_code is not None else 1]
         codes += [child.code if child.code is not None else 1 for child in self.children]
         all_started = summary.outcomes["started"] >= plan.jobs

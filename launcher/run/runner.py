@@ -25,6 +25,7 @@ from launcher.ledger.report import format_text, summary_of
 from launcher.ledger.writer import Ledger, default_ledger_path, read_ledger
 from launcher.run.connect import connect, resolve_endpoint
 from launcher.run.plan import Plan, plan_manifest
+from launcher.run.reports import add_never_sent
 from launcher.run.resume import Segment, plan_segment, resume_history
 from launcher.run.segment import RunResult, run_segment
 
@@ -139,6 +140,8 @@ async def _launch_here(
     else:
         history = fold([read_ledger(ledger_path)])
     summary = summary_of(history)
+    if summary.outcomes["pending"]:  # name the never-sent jobs' workspaces, as report does
+        add_never_sent(summary, history, [ledger_path])
     stdout.write(format_text(summary) + "\n")
     stdout.flush()
     save_fold(history)  # for the next --resume or report of this ledger
