@@ -96,7 +96,9 @@ async def test_the_dr_runbook_runs_as_written(tmp_path: Path) -> None:
             workspace = {"ws-finance": "dr-finance", "ws-ops": "dr-ops"}[job["workspace"]]
             # Started once in the DR project, whatever the dry run and the resume did.
             assert sim.stats.took_effect("start", DR_PROJECT, job["name"], workspace) == 1
-            assert sim.stats.took_effect("start", "primary-0001", job["name"], job["workspace"]) == 1
+            assert (
+                sim.stats.took_effect("start", "primary-0001", job["name"], job["workspace"]) == 1
+            )
     rows = list(csv.DictReader(io.StringIO((tmp_path / "dr-2026-11-28.csv").read_text())))
     assert len(rows) == len(jobs)
     assert {row["outcome"] for row in rows} == {"started"}
