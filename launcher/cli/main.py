@@ -161,6 +161,13 @@ def _run_options(func: F) -> F:
             help="Most requests in flight across every launcher on the key; 0 = off [0].",
         ),
         click.option(
+            "--metrics-port",
+            type=int,
+            help="Serve Prometheus metrics of the run (jobs by outcome, attempts, in flight, "
+            "failures by code) on this port.",
+        ),
+        click.option("--metrics-host", help="Address for --metrics-port [127.0.0.1]."),
+        click.option(
             "--workers",
             metavar="N|auto",
             help="Dispatch processes: auto uses every core at --rate 0 or a rate one "

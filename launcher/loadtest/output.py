@@ -17,17 +17,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import anyio
 import orjson
-from aiohttp import web
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import Collector
 
 from launcher.errors import UsageError
 from launcher.loadtest.schedule import LoadSettings, ThresholdResult
@@ -38,6 +35,7 @@ from launcher.loadtest.stats import (
     SecondRow,
     StageStats,
 )
+from launcher.run.metrics import serve_metrics
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -385,34 +383,7 @@ def histogram_family(name: str, help_text: str, histogram: LatencyHistogram) -> 
 async def metrics_server(
     view: MetricsView, host: str, port: int, *, announce: Callable[[str], object]
 ) -> AsyncIterator[str]:
-    """Serve `/metrics` (Prometheus text format) while inside the block; yield its URL.
-
-    aiohttp's server runs on the event loop by itself, like the simulator's,
-    so no task is needed. A port in use is a UsageError (exit 2), before any
-    request is sent.
-    """
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_LoadCollector(view))
-
-    async def handle(_request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
-    app = web.Application()
-    app.router.add_get("/metrics", handle)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.25)
-    await runner.setup()
-    try:
-        try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-        except OSError as error:
-            raise UsageError(f"--metrics-port {port}: {error.strerror or error}") from None
-        bound = runner.addresses[0][1]
-        url = f"http://{host}:{bound}/metrics"
-        announce(url)
+    """Serve the load test's `/metrics` while inside the block; yield its URL (see
+    `launcher.run.metrics.serve_metrics`, which `launcher run` shares)."""
+    async with serve_metrics(_LoadCollector(view), host, port, announce=announce) as url:
         yield url
-    finally:
-        with anyio.CancelScope(shield=True):
-            await runner.cleanup()

@@ -69,6 +69,7 @@ from launcher.ledger.report import format_text, summary_of
 from launcher.ledger.writer import Ledger, finish_merge, lock_part, open_fleet, part_name
 from launcher.logs import bind_log_context, get_logger
 from launcher.run.connect import connect
+from launcher.run.metrics import serving_metrics
 from launcher.run.plan import Plan
 from launcher.run.reports import add_never_sent
 from launcher.run.resume import Segment
@@ -392,7 +393,10 @@ class Fleet:
         try:
             # Connect first: if the credentials or the endpoint are refused, the
             # ledger is left as it was, as a single process would leave it.
-            async with connect(local_options, self.env) as connection:
+            async with (
+                serving_metrics(options, self.tally),
+                connect(local_options, self.env) as connection,
+            ):
                 pending = open_fleet(
                     self.ledger_path,
                     {

@@ -265,3 +265,57 @@ async def test_a_run_and_its_replay_are_two_runs(tmp_path: Path) -> None:
     # What merging used to do by default: a replay keeps its source's job ids, so every
     # job reads as present in two "shards".
     assert merged["overlaps"] == 12
+
+
+# --- run --metrics-port ---------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def test_run_serves_prometheus_metrics_while_it_runs(tmp_path: Path) -> None:
+    import aiohttp
+
+    manifest = write_manifest(tmp_path / "m.jsonl", job_lines(40))
+    port = _free_port()
+    async with running() as (_sim, url):
+        process = await anyio.open_process(
+            [sys.executable, "-m", "launcher", "run", str(manifest), "--endpoint", url,
+             "--project-id", "p1", "--ledger", str(tmp_path / "l.jsonl"), "--rate", "20/s",
+             "--progress", "off", "--metrics-port", str(port)],
+            env=sim_env(), stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        async with process, aiohttp.ClientSession() as session:
+            text = ""
+            with anyio.fail_after(20):
+                while 'launcher_run_outcomes_total{outcome="started"} 5' not in text:
+                    await anyio.sleep(0.1)
+                    try:
+                        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                            text = await response.text()
+                    except aiohttp.ClientConnectionError:
+                        continue
+            assert await process.wait() == 0
+    assert "launcher_run_jobs 40.0" in text
+    assert "launcher_run_attempts_total" in text
+    assert "launcher_run_in_flight" in text
+
+
+async def test_run_metrics_port_in_use_exits_2_and_sends_nothing(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "m.jsonl", job_lines(3))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with running() as (sim, url):
+            done = await launcher(
+                "run", str(manifest), "--endpoint", url, "--project-id", "p1", "--ledger",
+                str(tmp_path / "l.jsonl"), "--metrics-port", str(port),
+            )  # fmt: skip
+    assert done.code == 2, done.stderr
+    assert f"--metrics-port {port}" in done.stderr
+    assert sim.stats.requests == 0
