@@ -341,7 +341,7 @@ def loadtest_command(manifest: str, config_path: str | None, **flags: Any) -> No
         configure_logging(options.log_format, options.log_level)  # type: ignore[arg-type]
         # A question only for a person at a terminal; a script gets the warning alone.
         confirm = None
-        if not settings.acknowledged and sys.stdin.isatty():
+        if not settings.acknowledged and sys.stdin is not None and sys.stdin.isatty():
             confirm = _ask
         result = anyio.run(
             functools.partial(
