@@ -452,7 +452,8 @@ class Fleet:
             history = fold_fleet(self.ledger_path, bounds, parts, disjoint=self.count_parts)
         summary = summary_of(history)
         if summary.outcomes["pending"]:  # name the never-sent jobs' workspaces, as report does
-            add_never_sent(summary, history, [str(self.ledger_path)])
+            source = plan.iter_jobs if plan.shard is None else None
+            add_never_sent(summary, history, [str(self.ledger_path)], source)
         codes = [local_code if local_code is not None else 1]
         codes += [child.code if child.code is not None else 1 for child in self.children]
         all_started = summary.outcomes["started"] >= plan.jobs

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,9 +108,9 @@ def read_runs(
 ) -> list[RunReport]:
     """Fold and summarize `paths` run by run (all as one with `merge_runs`).
 
-    With `per_job`, details are kept for per-job rows and the never-sent jobs
-    are read from the manifest; without, the manifest is read only when some
-    jobs are pending (for pending by workspace).
+    With `per_job`, details are kept for per-job rows. When some jobs are
+    pending, the never-sent ones are read back from the manifest (for per-job
+    rows and pending by workspace).
     """
     firsts = [(path, _run_header(path, first_record(path))) for path in paths]
     groups = [list(paths)] if merge_runs else group_runs(firsts)
@@ -123,26 +123,37 @@ def read_runs(
             keep=frozenset({"details"}) if per_job else frozenset(),
         )
         last_writes: dict[str, float] = {}
-        for path in group:
-            last_writes.update(segment_last_writes(path))
+        if _killed_and_resumed(history):  # else every segment's end is in its footer
+            for path in group:
+                last_writes.update(segment_last_writes(path))
         summary = summary_of(history, last_writes)
         _state(summary, history, group, clock)
         unsent = None
-        if per_job or summary.outcomes["pending"]:
+        if summary.outcomes["pending"]:  # no job pending: none to read back
             unsent = add_never_sent(summary, history, group)
         reports.append(RunReport(list(group), history, summary, unsent))
     return reports
 
 
-def add_never_sent(summary: Summary, history: History, paths: Sequence[str]) -> Unsent:
+def add_never_sent(
+    summary: Summary,
+    history: History,
+    paths: Sequence[str],
+    jobs: Callable[[], Iterable[Job]] | None = None,
+) -> Unsent:
     """Read the never-sent jobs back from the manifest, and count them in the summary's
     pending by workspace (notes in `summary.unlisted` when the manifest cannot tell).
 
-    `launcher run` calls it for its own summary too, so that the two agree.
+    `launcher run` calls it for its own summary too, so that the two agree,
+    with `jobs`: its plan's jobs (already validated, often in memory) instead of
+    the manifest read again.
     """
     if history.counted_only:  # a snapshot or a live fold: counts, not which jobs
         history = fold(read_ledger(path) for path in paths)
-    unsent = never_sent(history)
+    if jobs is not None:
+        unsent = Unsent([job for job in jobs() if not history.state(job.id)])
+    else:
+        unsent = never_sent(history)
     for workspace, count in unsent.by_workspace().items():
         counts = summary.by_workspace.setdefault(
             workspace, {"started": 0, "failed": 0, "unknown": 0, "pending": 0}
@@ -151,6 +162,16 @@ def add_never_sent(summary: Summary, history: History, paths: Sequence[str]) -> 
     summary.by_workspace = dict(sorted(summary.by_workspace.items()))
     summary.unlisted = unsent.missing
     return unsent
+
+
+def _killed_and_resumed(history: History) -> bool:
+    """Whether a segment without an `end` record was resumed (its end is then in the file)."""
+    ended = {footer.get("run_id") for footer in history.footers}
+    resumed = {header.get("resumes") for header in history.headers}
+    return any(
+        header.get("run_id") in resumed and header.get("run_id") not in ended
+        for header in history.headers
+    )
 
 
 def describe_runs(reports: Sequence[RunReport]) -> list[str]:

@@ -146,7 +146,9 @@ async def _launch_here(
         history = fold([read_ledger(ledger_path)])
     summary = summary_of(history)
     if summary.outcomes["pending"]:  # name the never-sent jobs' workspaces, as report does
-        add_never_sent(summary, history, [ledger_path])
+        # The plan's jobs, unless a shard: the report counts every shard's (from the manifest).
+        source = plan.iter_jobs if plan.shard is None else None
+        add_never_sent(summary, history, [ledger_path], source)
     stdout.write(format_text(summary) + "\n")
     stdout.flush()
     save_fold(history)  # for the next --resume or report of this ledger
