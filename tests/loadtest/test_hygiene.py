@@ -21,6 +21,8 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from launch_helpers import Completed, job_lines, sim_env, write_manifest
 
 from launcher.loadtest.charts import error_series, report_figure, threshold_lines
@@ -77,6 +79,26 @@ def test_thresholds_show_values_in_the_unit_they_were_written_in(
     text: str, value: float | None, shown: str
 ) -> None:
     assert parse_threshold(text).show(value) == shown
+
+
+@given(st.integers(0, 10_000), st.sampled_from(["<", "<=", ">", ">="]), st.integers(1, 9))
+def test_a_percentage_threshold_shows_its_value_as_a_percentage(
+    hundredths: int, op: str, stage: int
+) -> None:
+    percent = hundredths / 100.0
+    threshold = parse_threshold(f"error_rate@stage{stage}{op}{percent}%", stages=9)
+    assert (threshold.stage, threshold.op, threshold.unit) == (stage, op, "%")
+    assert threshold.limit == pytest.approx(percent / 100.0)
+    assert threshold.show(threshold.limit) == f"{percent:.2f}%"
+
+
+@given(st.integers(1, 100_000), st.sampled_from(["ms", "s", "m"]))
+def test_a_latency_threshold_shows_its_limit_in_its_own_unit(amount: int, unit: str) -> None:
+    threshold = parse_threshold(f"p99<{amount}{unit}")
+    assert threshold.unit == unit
+    shown = threshold.show(threshold.limit)
+    assert shown.endswith(f" {unit}")
+    assert float(shown.split()[0]) == pytest.approx(amount, rel=1e-3)
 
 
 def test_stage_thresholds_parse_and_name_a_stage_that_exists() -> None:

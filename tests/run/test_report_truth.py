@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import random
 import re
 import signal
 import socket
@@ -20,6 +21,8 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from launch_helpers import job_lines, launcher, ledger_events, sim_env, write_manifest
 
 from launcher.ledger.lineage import (
@@ -325,3 +328,23 @@ async def test_run_metrics_port_in_use_exits_2_and_sends_nothing(tmp_path: Path)
     assert done.code == 2, done.stderr
     assert f"--metrics-port {port}" in done.stderr
     assert sim.stats.requests == 0
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 1000, allow_nan=False), st.floats(0, 100, allow_nan=False)),
+        min_size=1,
+        max_size=8,
+    ),
+    st.randoms(),
+)
+def test_elapsed_is_the_union_of_the_segments(
+    spans: list[tuple[float, float]], shuffle: random.Random
+) -> None:
+    headers = [_header(f"r{i}", start) for i, (start, _) in enumerate(spans)]
+    footers = [{"run_id": f"r{i}", "t": start + length} for i, (start, length) in enumerate(spans)]
+    total = active_seconds(headers, footers, 0.0)
+    assert max(length for _, length in spans) - 1e-6 <= total
+    assert total <= sum(length for _, length in spans) + 1e-6
+    shuffle.shuffle(headers)
+    assert active_seconds(headers, footers, 0.0) == pytest.approx(total)
