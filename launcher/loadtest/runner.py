@@ -402,7 +402,7 @@ class LoadTest:
         )
         failed = [r for r in results if not r.passed]
         if failed:
-            names = ", ".join(r.threshold.text for r in failed)
+            names = ", ".join(f"{r.threshold.text} at {r.threshold.show(r.value)}" for r in failed)
             self._err.write(f"launcher: threshold breached ({names}): aborting the run\n")
             self._stop("threshold")
 
