@@ -71,7 +71,6 @@ from launcher.logs import bind_log_context, get_logger
 from launcher.run.connect import connect
 from launcher.run.metrics import serving_metrics
 from launcher.run.plan import Plan
-from launcher.run.reports import add_never_sent
 from launcher.run.resume import Segment
 from launcher.run.segment import RunResult, WorkerRole, run_segment, show_run_progress
 
@@ -452,6 +451,8 @@ class Fleet:
             history = fold_fleet(self.ledger_path, bounds, parts, disjoint=self.count_parts)
         summary = summary_of(history)
         if summary.outcomes["pending"]:  # name the never-sent jobs' workspaces, as report does
+            from launcher.run.reports import add_never_sent  # only a cut-short run needs it
+
             source = plan.iter_jobs if plan.shard is None else None
             add_never_sent(summary, history, [str(self.ledger_path)], source)
         codes = [local_code if local_code is not None else 1]

@@ -27,7 +27,6 @@ from launcher.ledger.writer import Ledger, default_ledger_path, read_ledger
 from launcher.run.connect import connect, resolve_endpoint
 from launcher.run.metrics import serving_metrics
 from launcher.run.plan import Plan, plan_manifest
-from launcher.run.reports import add_never_sent
 from launcher.run.resume import Segment, plan_segment, resume_history
 from launcher.run.segment import RunResult, run_segment
 
@@ -146,6 +145,8 @@ async def _launch_here(
         history = fold([read_ledger(ledger_path)])
     summary = summary_of(history)
     if summary.outcomes["pending"]:  # name the never-sent jobs' workspaces, as report does
+        from launcher.run.reports import add_never_sent  # only a cut-short run needs it
+
         # The plan's jobs, unless a shard: the report counts every shard's (from the manifest).
         source = plan.iter_jobs if plan.shard is None else None
         add_never_sent(summary, history, [ledger_path], source)
