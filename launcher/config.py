@@ -73,6 +73,9 @@ class RunOptions:
     # Dispatch processes (launcher.run.fleet): 0 = auto (every core at --rate 0 or a
     # high rate, one process otherwise).
     workers: int = 0
+    # Prometheus metrics of the run on http://HOST:PORT/metrics (launcher.run.metrics).
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     sim: Mapping[str, Any] = field(default_factory=dict)
     # Per-workspace limits from `[workspaces."ID"]` tables: {ID: (concurrency, rate, burst)}.
     workspaces: Mapping[str, tuple[int, float, int]] = field(default_factory=dict)
@@ -205,6 +208,13 @@ def _workers(value: object) -> int:
         raise ValueError("must be auto or a whole number of at least 1") from None
 
 
+def _port(value: object) -> int:
+    number = _non_negative_int(value)
+    if number > 65535:
+        raise ValueError("must be a port number, 0 to 65535")
+    return number
+
+
 def _choice(*choices: str) -> Callable[[object], str]:
     def check(value: object) -> str:
         if value not in choices:
@@ -253,6 +263,8 @@ _CONVERTERS: dict[str, Callable[[object], Any]] = {
     "redis_optional": _flag,
     "shared_concurrency": _non_negative_int,
     "workers": _workers,
+    "metrics_port": _port,
+    "metrics_host": _text,
 }
 
 # Environment variables the official SDK users already set.

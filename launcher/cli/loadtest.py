@@ -14,6 +14,7 @@ thresholds, outputs...), so one file can serve both commands without
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from launcher.flow.pacing import parse_rate
 from launcher.flow.policy import parse_duration
 from launcher.loadtest.runner import run_loadtest
 from launcher.loadtest.schedule import (
+    LoadAction,
     LoadSettings,
     Schedule,
     Threshold,
@@ -58,6 +60,7 @@ _TABLE_KEYS = frozenset(
         "report",
         "metrics_port",
         "metrics_host",
+        "yes",
     }
 )
 _PATH_KEYS = ("summary_json", "timeseries", "report")
@@ -140,7 +143,7 @@ def loadtest_settings(
     thresholds: list[Threshold] = []
     for text in thresholds_raw:
         try:
-            thresholds.append(parse_threshold(text))
+            thresholds.append(parse_threshold(text, stages=len(schedule.stages)))
         except ValueError as error:
             raise UsageError(f"--threshold: {error}") from None
     max_in_flight = _whole(*pick("max_in_flight"), low=1) or DEFAULT_MAX_IN_FLIGHT
@@ -149,9 +152,10 @@ def loadtest_settings(
     metrics_host, _ = pick("metrics_host")
     canary = _flag(*pick("canary"))
     live = _flag(*pick("live"))
+    action: LoadAction = "list" if flags.get("probe") else options.action
     return LoadSettings(
         schedule=schedule,
-        action=options.action,
+        action=action,
         once=once,
         max_in_flight=max_in_flight,
         max_attempts=max_attempts,
@@ -165,6 +169,7 @@ def loadtest_settings(
         report=_path(*pick("report")),
         metrics_host=str(metrics_host) if metrics_host else "127.0.0.1",
         metrics_port=metrics_port,
+        acknowledged=bool(_flag(*pick("yes")) or False),
     )
 
 
@@ -284,8 +289,16 @@ def _path(value: object, source: str) -> str | None:
 @click.option("--timeout", type=float, help="Per-request timeout in seconds [10].")
 @click.option(
     "--action",
-    type=click.Choice(["start", "stop", "run-immediate"]),
-    help="What to do to each job [start].",
+    type=click.Choice(["start", "stop", "run-immediate", "list"]),
+    help="What to do to each job [start]; `list` is read-only: a GET of the job list "
+    "filtered by the job's name, to probe the gateway without side effects.",
+)
+@click.option(
+    "--yes",
+    is_flag=True,
+    default=None,
+    help="Acknowledge that start/stop/run-immediate calls have side effects: no warning, "
+    "no question.",
 )
 @click.option(
     "--ca-bundle",
@@ -314,15 +327,31 @@ def loadtest_command(manifest: str, config_path: str | None, **flags: Any) -> No
     measured from the scheduled time (corrected for coordinated omission),
     service time from the actual send. Exit 0, or 99 when a --threshold is
     breached, 3 when the credentials are refused, 2 on bad usage or input.
+
+    start, stop and run-immediate act on real jobs: the command warns with the
+    number of calls (and asks, at a terminal) unless --yes; --action list
+    probes with a read-only GET instead.
     """
     try:
         file_values, table = load_config(config_path) if config_path else ({}, {})
         run_flags = {name: flags.get(name) for name in _RUN_FLAGS}
+        probe = run_flags.get("action") == "list"
+        if probe:  # not one of `run`'s actions: the load test alone knows it
+            run_flags["action"] = None
         options = resolve_options(run_flags, file_values, os.environ, config_path=config_path)
         load_flags = {k: v for k, v in flags.items() if k not in _RUN_FLAGS}
+        load_flags["probe"] = probe
         settings = loadtest_settings(load_flags, table, options, config_path=config_path)
         configure_logging(options.log_format, options.log_level)  # type: ignore[arg-type]
-        result = anyio.run(run_loadtest, manifest, options, settings, dict(os.environ))
+        # A question only for a person at a terminal; a script gets the warning alone.
+        confirm = None
+        if not settings.acknowledged and sys.stdin is not None and sys.stdin.isatty():
+            confirm = _ask
+        result = anyio.run(
+            functools.partial(
+                run_loadtest, manifest, options, settings, dict(os.environ), confirm=confirm
+            )
+        )
     except LauncherError as error:
         click.echo(f"launcher: error: {error}", err=True)
         sys.exit(error.exit_code)
@@ -331,6 +360,10 @@ def loadtest_command(manifest: str, config_path: str | None, **flags: Any) -> No
         click.echo("launcher: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(result.exit_code)
+
+
+def _ask(question: str) -> bool:
+    return click.confirm(question, default=False, err=True)
 
 
 if __name__ == "__main__":  # `python -m launcher.cli.loadtest` until the command is registered

@@ -19,7 +19,6 @@ from launcher import __version__
 from launcher.config import load_config_file, resolve_options
 from launcher.errors import LauncherError, UsageError
 from launcher.ledger.report import format_text
-from launcher.ledger.writer import read_ledger
 from launcher.logs import configure_logging
 from launcher.manifest.validate import Defaults, validate
 
@@ -168,6 +167,13 @@ def _run_options(func: F) -> F:
             help="Most requests in flight across every launcher on the key; 0 = off [0].",
         ),
         click.option(
+            "--metrics-port",
+            type=int,
+            help="Serve Prometheus metrics of the run (jobs by outcome, attempts, in flight, "
+            "failures by code) on this port.",
+        ),
+        click.option("--metrics-host", help="Address for --metrics-port [127.0.0.1]."),
+        click.option(
             "--workers",
             metavar="N|auto",
             help="Dispatch processes: auto uses every core at --rate 0 or a rate one "
@@ -276,41 +282,83 @@ def validate_command(
     help="Only jobs with these final outcomes (started,failed,unknown,pending): "
     "listed after the summary, or the only CSV rows.",
 )
-def report(ledgers: tuple[str, ...], fmt: str, outcome: str | None) -> None:
-    """Summarize one or more LEDGERS (shards of one run merge): one final outcome per job.
+@click.option(
+    "--merge-runs",
+    is_flag=True,
+    help="Count ledgers of different runs as one (default: segments and shards of one run "
+    "merge; different runs are reported side by side).",
+)
+def report(ledgers: tuple[str, ...], fmt: str, outcome: str | None, merge_runs: bool) -> None:
+    """Summarize one or more LEDGERS: one final outcome per job.
 
-    Works on a ledger a running launcher is still writing.
+    Segments (resumes) and shards of one run merge; ledgers of different runs
+    are reported side by side (CSV refuses them) unless --merge-runs. Works on
+    a ledger a running launcher is still writing, and says so.
+
+    Exit status: 0 when every job started; 1 when any job failed, is unknown
+    or pending (never sent); 2 when a file is not a ledger or bad usage.
     """
-    from launcher.ledger.history import fold, load_fold
-    from launcher.ledger.report import format_rows, job_rows, summary_of, to_json, write_csv
+    from launcher.ledger.report import (
+        exit_status,
+        format_rows,
+        job_rows,
+        pending_rows,
+        to_json,
+        write_csv,
+    )
     from launcher.run.replay import parse_only
+    from launcher.run.reports import describe_runs, read_runs
 
     try:
         outcomes = parse_only(outcome) if outcome else None
         per_job = fmt == "csv" or outcomes is not None
-        # A finished run's counts are in its snapshot, while that still describes it.
-        saved = load_fold(ledgers[0]) if len(ledgers) == 1 and not per_job else None
-        history = saved or fold(
-            (read_ledger(path) for path in ledgers),
-            keep=frozenset({"details"}) if per_job else frozenset(),
-        )
+        runs = read_runs(ledgers, merge_runs=merge_runs, per_job=per_job)
+        if len(runs) > 1 and fmt == "csv":
+            raise UsageError(
+                f"these ledgers are {len(runs)} different runs: "
+                + "; ".join(describe_runs(runs))
+                + ". Report each run on its own, or pass --merge-runs to count them as one"
+            )
     except LauncherError as error:
         _fail(error)
         return
+    status = max(exit_status(run.summary) for run in runs)
+
+    def rows(index: int) -> list[dict[str, Any]]:
+        run = runs[index]
+        found = list(job_rows(run.history, outcomes))
+        if run.unsent is not None and (outcomes is None or "pending" in outcomes):
+            found.extend(pending_rows(run.unsent.jobs))
+        return found
+
     if fmt == "csv":
-        write_csv(job_rows(history, outcomes), sys.stdout)
-        return
-    summary = summary_of(history)
-    if fmt == "json":
-        document = to_json(summary)
+        write_csv(rows(0), sys.stdout)
+        sys.exit(status)
+    documents = []
+    for index, run in enumerate(runs):
+        document = to_json(run.summary)
         if outcomes is not None:
-            document["jobs_list"] = list(job_rows(history, outcomes))
-        click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
-        return
-    click.echo(format_text(summary))
-    if outcomes is not None:
-        listing = format_rows(job_rows(history, outcomes))
-        click.echo("\n" + (listing or f"(no {','.join(sorted(outcomes))} jobs)"))
+            document["jobs_list"] = rows(index)
+        documents.append(document)
+    if fmt == "json":
+        shown = documents[0] if len(runs) == 1 else {"runs": documents}
+        click.echo(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+        sys.exit(status)
+    names = describe_runs(runs)
+    for index, run in enumerate(runs):
+        if len(runs) > 1:
+            click.echo(
+                ("\n" if index else "") + f"== run {index + 1} of {len(runs)}: {names[index]}"
+            )
+        click.echo(format_text(run.summary))
+        if outcomes is not None:
+            listing = format_rows(rows(index))
+            click.echo("\n" + (listing or f"(no {','.join(sorted(outcomes))} jobs)"))
+    if len(runs) > 1:
+        click.echo(
+            f"\n{len(runs)} different runs, reported side by side; --merge-runs counts them as one"
+        )
+    sys.exit(status)
 
 
 @cli.command()

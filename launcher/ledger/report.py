@@ -12,8 +12,8 @@ import csv
 import math
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import repeat
 from operator import rshift
 from typing import Any, TextIO
@@ -21,16 +21,20 @@ from typing import Any, TextIO
 import orjson
 
 from launcher.ledger.history import History, fold
+from launcher.ledger.lineage import active_seconds
 from launcher.ledger.writer import LedgerRead
+from launcher.models import Job
 
 __all__ = [
     "CSV_COLUMNS",
     "OUTCOMES",
     "Summary",
+    "exit_status",
     "format_rows",
     "format_text",
     "job_rows",
     "latency_summary",
+    "pending_rows",
     "percentile",
     "ranked",
     "summarize",
@@ -63,21 +67,33 @@ class Summary:
     attempts: int
     reconciled: int
     elapsed_s: float
-    latency_ms: dict[str, float]  # p50, p90, p99, max of answered attempts
+    latency_ms: dict[str, float | None]  # p50, p90, p99, max of answered attempts (None: none)
     torn_tail: list[str]
     exit_codes: list[int]
     stop_reasons: list[str]
     overlaps: int  # jobs present in more than one ledger (shards that overlap)
     overlap_examples: list[str]  # a few of them, to name
     missing_shards: list[str]  # `I/N` shards of a sharded run with no ledger given
+    # Why each latest segment that ended stopped, when not `complete` (text and JSON agree).
+    stopped: list[str] = field(default_factory=list)
+    # Set by `launcher report`: the run's state (`complete`, `running`, `interrupted`,
+    # `unknown`, or a stop reason), its description, and the process of a live run.
+    state: str = "complete"
+    state_text: str = ""
+    live: list[dict[str, Any]] = field(default_factory=list)
+    unlisted: list[str] = field(default_factory=list)  # manifests that cannot list pending jobs
 
     @property
     def request_rate(self) -> float:
         """Attempts per second over the run's elapsed time."""
         return self.attempts / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
-    def latency(self) -> dict[str, float]:
-        """Latency of answered attempts: p50, p90, p99 and max, in milliseconds."""
+    def latency(self) -> dict[str, float | None]:
+        """Latency of answered attempts: p50, p90, p99 and max, in milliseconds.
+
+        Every value is None when no attempt was answered: a run in which
+        nothing answered has no latency, not one of 0 ms.
+        """
         return dict(self.latency_ms)
 
 
@@ -86,8 +102,9 @@ def summarize(reads: Iterable[LedgerRead]) -> Summary:
     return summary_of(fold(reads))
 
 
-def summary_of(history: History) -> Summary:
-    """The `Summary` of an already folded history.
+def summary_of(history: History, last_writes: Mapping[str, float] | None = None) -> Summary:
+    """The `Summary` of an already folded history (`last_writes`: when killed segments
+    wrote last, by run id, from `lineage.segment_last_writes`).
 
     Counts go by distinct job state (`History.groups`), so summarizing a
     million jobs makes no per-job object.
@@ -119,7 +136,12 @@ def summary_of(history: History) -> Summary:
         run_id = header.get("run_id")
         if isinstance(run_id, str) and run_id not in run_ids:
             run_ids.append(run_id)
-    elapsed = history.last_t - history.first_t if history.last_t > history.first_t else 0.0
+    # The time segments ran, not the gaps between an interruption and its resume.
+    elapsed = (
+        active_seconds(history.headers, history.footers, history.last_t, last_writes)
+        if history.last_t > history.first_t
+        else 0.0
+    )
     return Summary(
         ledgers=history.ledgers,
         run_ids=run_ids,
@@ -138,16 +160,39 @@ def summary_of(history: History) -> Summary:
         overlaps=overlaps,
         overlap_examples=history.overlap_examples,
         missing_shards=missing_shards,
+        stopped=_stopped(history),
     )
 
 
-def latency_summary(latencies_us: array[int]) -> dict[str, float]:
-    """p50, p90, p99 (nearest rank, as `percentile`) and max, in ms, of whole microseconds."""
+def _stopped(history: History) -> list[str]:
+    """The reasons the latest segments that ended stopped for, `complete` left out."""
+    resumed = {header.get("resumes") for header in history.headers}
+    reasons: list[str] = []
+    for footer in history.footers:
+        reason = footer.get("reason")
+        if footer.get("run_id") in resumed or not isinstance(reason, str):
+            continue
+        if reason != "complete" and reason not in reasons:
+            reasons.append(reason)
+    return reasons
+
+
+def exit_status(summary: Summary) -> int:
+    """`launcher report`'s exit status: 0 when every job started, else 1 (a job failed,
+    is unknown, or was never sent)."""
+    return 0 if summary.jobs > 0 and summary.outcomes["started"] == summary.jobs else 1
+
+
+def latency_summary(latencies_us: array[int]) -> dict[str, float | None]:
+    """p50, p90, p99 (nearest rank, as `percentile`) and max, in ms, of whole microseconds
+    (all None for no value)."""
     n = len(latencies_us)
     fractions = {"p50": 0.50, "p90": 0.90, "p99": 0.99, "max": 1.0}
+    if n == 0:
+        return dict.fromkeys(fractions)
     ranks = {name: min(max(1, math.ceil(f * n)), n) for name, f in fractions.items()}
     values = ranked(latencies_us, ranks.values())
-    return {name: round(values[rank] / 1000, 3) if n else 0.0 for name, rank in ranks.items()}
+    return {name: round(values[rank] / 1000, 3) for name, rank in ranks.items()}
 
 
 _BUCKET_BITS = 16  # a counting pass keeps at most 2^16 buckets
@@ -245,6 +290,10 @@ def to_json(summary: Summary) -> dict[str, Any]:
         "stop_reasons": summary.stop_reasons,
         "overlaps": summary.overlaps,
         "missing_shards": summary.missing_shards,
+        "stopped": summary.stopped,
+        "state": summary.state,
+        **({"live": summary.live} if summary.live else {}),
+        **({"pending_unlisted": summary.unlisted} if summary.unlisted else {}),
     }
 
 
@@ -275,10 +324,13 @@ def format_text(summary: Summary) -> str:
         f"attempts  {summary.attempts:>{width}}  in {summary.elapsed_s:.2f} s, "
         f"{summary.request_rate:.1f} requests/s"
     )
-    lines.append(
-        f"latency   p50 {lat['p50']:.1f} ms  p90 {lat['p90']:.1f} ms  "
-        f"p99 {lat['p99']:.1f} ms  max {lat['max']:.1f} ms"
-    )
+    if lat["p50"] is None or lat["p90"] is None or lat["p99"] is None or lat["max"] is None:
+        lines.append("latency   no answers (no attempt got an HTTP answer)")
+    else:
+        lines.append(
+            f"latency   p50 {lat['p50']:.1f} ms  p90 {lat['p90']:.1f} ms  "
+            f"p99 {lat['p99']:.1f} ms  max {lat['max']:.1f} ms"
+        )
     if len(summary.by_workspace) > 1:
         name_width = max(12, *(len(name) for name in summary.by_workspace))
         lines.append(f"{'by workspace':<{name_width + 2}}" + "".join(f"{k:>9}" for k in OUTCOMES))
@@ -293,9 +345,11 @@ def format_text(summary: Summary) -> str:
             f"missing   shard(s) {', '.join(summary.missing_shards)} have no ledger here; "
             "their jobs count as pending"
         )
-    stops = [reason for reason in summary.stop_reasons if reason != "complete"]
-    if stops:
-        lines.append(f"stopped   {', '.join(stops)}")
+    if summary.state_text:
+        lines.append(f"state     {summary.state_text}")
+    if summary.stopped:
+        lines.append(f"stopped   {', '.join(summary.stopped)}")
+    lines.extend(f"note      pending jobs not listed: {why}" for why in summary.unlisted)
     if summary.torn_tail:
         lines.append(f"note      torn last line skipped in {', '.join(summary.torn_tail)}")
     return "\n".join(lines)
@@ -337,6 +391,25 @@ def job_rows(history: History, outcomes: frozenset[str] | None = None) -> Iterat
             "request_id": request_id,
             "instance_id": instance_id,
             "reconciled": record.reconciled,
+        }
+
+
+def pending_rows(jobs: Iterable[Job]) -> Iterator[dict[str, Any]]:
+    """One `pending` row per never-sent job (see `launcher.run.unsent`), as `job_rows`."""
+    for job in jobs:
+        yield {
+            "job": job.id,
+            "name": job.name,
+            "project_id": job.project_id,
+            "workspace": job.workspace,
+            "outcome": "pending",
+            "attempts": 0,
+            "status": None,
+            "error_code": None,
+            "error_msg": None,
+            "request_id": None,
+            "instance_id": None,
+            "reconciled": False,
         }
 
 

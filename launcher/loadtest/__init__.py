@@ -2,7 +2,8 @@
 
 `schedule` holds the pure parts (ramps, thresholds, `LoadSettings`), `stats`
 the HDR histograms, `runner` the driver that sends on schedule whatever the
-answers, `output` the summary JSON, CSV, charts and Prometheus endpoint.
+answers, `output` the summary JSON, CSV and Prometheus endpoint, `charts` the
+`--report` page.
 """
 
 from __future__ import annotations

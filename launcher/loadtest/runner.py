@@ -50,19 +50,20 @@ from launcher.loadtest.output import (
     format_summary,
     live_line,
     metrics_server,
-    write_report,
     write_summary_json,
 )
 from launcher.loadtest.schedule import (
+    LoadAction,
     LoadSettings,
     Schedule,
     error_key,
     evaluate_thresholds,
     measure,
+    side_effect_warning,
 )
 from launcher.loadtest.stats import Recorder, SecondRow
 from launcher.logs import get_logger
-from launcher.models import Action, Job, Reply
+from launcher.models import Action, Job, JobStatus, Reply
 from launcher.run.connect import connect
 
 __all__ = [
@@ -104,6 +105,18 @@ class Service(Protocol):
     async def refresh_auth(self) -> bool:
         """Renew credentials after APIGW.0307; True when a retry may succeed."""
         ...
+
+    async def job_status(self, job: Job) -> JobStatus:
+        """GET the job list filtered by `job`'s name (`--action list`): changes nothing."""
+        ...
+
+
+async def send(service: Service, job: Job, action: LoadAction) -> Reply:
+    """One request of a load test. `list` is read-only whatever the manifest line says:
+    a line's own `action` is not followed then, so a probe can never start a job."""
+    if action == "list":
+        return (await service.job_status(job)).reply
+    return await service.call(job, job.action or action)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +198,7 @@ class LoadTest:
         self._err = err if err is not None else sys.stderr
         self._clock = clock
         self._start = 0.0
-        self.recorder = Recorder(0.0)
+        self.recorder = self._new_recorder(0.0)
         self.rows: list[SecondRow] = []
         self._requests: anyio.abc.TaskGroup | None = None
         self._schedule_scope = anyio.CancelScope()
@@ -196,6 +209,17 @@ class LoadTest:
         self._cpu_mark = (0.0, 0.0)
         self._writer: TimeseriesWriter | None = None
         self._random = random.Random()  # backoff jitter (only with --max-attempts > 1)
+        # Where each stage ends (seconds from the start), to tell a slot's stage in O(1).
+        spans = settings.schedule.spans()
+        self._stage_ends = [begin + duration for begin, duration in spans[:-1]]
+        self._stage = 0
+
+    def _new_recorder(self, start: float) -> Recorder:
+        stage_latency = any(
+            t.stage is not None and t.family in ("latency", "service")
+            for t in self.settings.thresholds
+        )
+        return Recorder(start, stages=self.settings.schedule.spans(), stage_latency=stage_latency)
 
     # -- the run -------------------------------------------------------------------------
 
@@ -208,7 +232,7 @@ class LoadTest:
         try:
             async with anyio.create_task_group() as helpers:
                 self._start = self._clock()
-                self.recorder = Recorder(self._start)
+                self.recorder = self._new_recorder(self._start)
                 self._cpu_mark = (self._start, time.process_time())
                 drain_scope = anyio.CancelScope()
                 helpers.start_soon(self._ticker)
@@ -247,26 +271,32 @@ class LoadTest:
 
     def _on_slot(self, deadline: float, now: float) -> bool:
         recorder = self.recorder
+        stage = self._stage
+        ends = self._stage_ends
+        # Deadlines only grow, so the stage only moves on (1 ns of slack for float sums).
+        while stage < len(ends) and deadline - self._start >= ends[stage] - 1e-9:
+            stage += 1
+        self._stage = stage
         if recorder.in_flight >= self.settings.max_in_flight:
-            recorder.slot(deadline, now, sent=False)  # k6's dropped iteration
+            recorder.slot(deadline, now, sent=False, stage=stage)  # k6's dropped iteration
             return True
         job = next(self._jobs, None)
         if job is None:
             return False
-        recorder.slot(deadline, now, sent=True)
+        recorder.slot(deadline, now, sent=True, stage=stage)
         assert self._requests is not None
-        self._requests.start_soon(self._request, job, deadline)
+        self._requests.start_soon(self._request, job, deadline, stage)
         return True
 
-    async def _request(self, job: Job, deadline: float) -> None:
+    async def _request(self, job: Job, deadline: float, stage: int = 0) -> None:
         settings = self.settings
-        action = job.action or settings.action
+        action = settings.action
         finished = False
         try:
             attempt = 1
             while True:
                 try:
-                    reply = await self._service.call(job, action)
+                    reply = await send(self._service, job, action)
                 except AuthFailed as error:  # an IAM login failed: nothing was sent
                     self._stop("auth", error)
                     return
@@ -286,7 +316,10 @@ class LoadTest:
                 )
                 attempt += 1
             self.recorder.done(
-                measure(deadline, self._clock(), reply.latency), error_key(reply, verdict)
+                measure(deadline, self._clock(), reply.latency),
+                error_key(reply, verdict),
+                answered=reply.status is not None,
+                stage=stage,
             )
             finished = True
         finally:
@@ -340,8 +373,8 @@ class LoadTest:
                 completed=row.completed,
                 in_flight=recorder.in_flight,
                 dropped=row.dropped,
-                p50_ms=round(row.p50_ms, 2),
-                p99_ms=round(row.p99_ms, 2),
+                p50_ms=None if row.p50_ms is None else round(row.p50_ms, 2),
+                p99_ms=None if row.p99_ms is None else round(row.p99_ms, 2),
                 errors=dict(row.error_codes),
                 cpu_pct=row.cpu_pct,
                 lag_ms=round(row.lag_ms, 2),
@@ -369,7 +402,7 @@ class LoadTest:
         )
         failed = [r for r in results if not r.passed]
         if failed:
-            names = ", ".join(r.threshold.text for r in failed)
+            names = ", ".join(f"{r.threshold.text} at {r.threshold.show(r.value)}" for r in failed)
             self._err.write(f"launcher: threshold breached ({names}): aborting the run\n")
             self._stop("threshold")
 
@@ -451,10 +484,16 @@ async def run_loadtest(
     *,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    confirm: Callable[[str], bool] | None = None,
 ) -> LoadResult:
-    """Validate the manifest as `run` does, connect, send a canary, load-test, write outputs.
+    """Validate the manifest as `run` does, warn, connect, send a canary, load-test, write
+    outputs.
 
-    Raises UsageError (exit 2) for bad input, before anything is sent, and
+    When the action has side effects (every action but `list`) and the
+    settings do not acknowledge them (`--yes`), a warning with the number of
+    calls goes to `err`; then `confirm` (the CLI passes one only when stdin
+    is a terminal) may refuse, and nothing is sent (UsageError). Raises
+    UsageError (exit 2) for bad input, before anything is sent, and
     AuthFailed (exit 3) when the canary's credentials are refused.
     """
     from launcher.run.plan import plan_manifest
@@ -466,6 +505,12 @@ async def run_loadtest(
     plan = plan_manifest(manifest, options)
     if plan.jobs == 0:
         raise UsageError(f"{manifest}: no jobs to send")
+    warning = side_effect_warning(settings, plan.jobs, options.endpoint or options.region or "")
+    if warning is not None and not settings.acknowledged:
+        stderr.write(f"launcher: warning: {warning}\n")
+        stderr.flush()
+        if confirm is not None and not confirm("Send them?"):
+            raise UsageError("not confirmed: nothing was sent (--yes skips the question)")
     async with connect(options, env, concurrency=settings.max_in_flight) as connection:
         jobs = job_cycle(plan.iter_jobs, jobs=plan.jobs, once=settings.once)
         engine = LoadTest(connection.client, jobs, settings, endpoint=connection.url, err=stderr)
@@ -514,13 +559,13 @@ def check_outputs(settings: LoadSettings) -> None:
             raise UsageError(f"{flag} {path}: cannot write there")
 
 
-async def _canary(client: Service, job: Job, action: Action) -> None:
+async def _canary(client: Service, job: Job, action: LoadAction) -> None:
     """Send one request before the clock starts, and stop at once if it is refused.
 
     Wrong credentials then cost one refusal, not a burst (five bad signatures
     lock an AK/SK pair). It also opens the first connection. It is in no figure.
     """
-    reply = await client.call(job, job.action or action)
+    reply = await send(client, job, action)
     verdict = classify(reply)
     if verdict is Verdict.REFRESH_AUTH and await client.refresh_auth():
         return
@@ -536,6 +581,8 @@ def _write_outputs(
     if settings.summary_json:
         write_summary_json(settings.summary_json, result.summary)
     if settings.report:
-        write_report(settings.report, result.summary, result.rows, recorder)
+        from launcher.loadtest.charts import write_report  # matplotlib: only for --report
+
+        write_report(settings.report, result.summary, result.rows, recorder, settings.thresholds)
     out.write(format_summary(result.summary) + "\n")
     out.flush()

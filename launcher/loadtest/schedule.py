@@ -27,12 +27,15 @@ import re
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from launcher.flow.pacing import parse_rate
 from launcher.flow.policy import RetryPolicy, Verdict, parse_duration
-from launcher.models import Action, Reply
+from launcher.models import Reply
 
 __all__ = [
+    "READ_ONLY",
+    "LoadAction",
     "LoadSettings",
     "Sample",
     "Schedule",
@@ -45,8 +48,16 @@ __all__ = [
     "measure",
     "parse_ramp",
     "parse_threshold",
+    "planned_calls",
+    "side_effect_warning",
 ]
 
+
+# What a load test sends: `run`'s actions, or `list`, a read-only GET of the job list
+# (filtered by the job's name) that probes the gateway, signing and service without
+# starting anything.
+LoadAction = Literal["start", "stop", "run-immediate", "list"]
+READ_ONLY: frozenset[str] = frozenset({"list"})
 
 # --- schedule ---------------------------------------------------------------------------
 
@@ -144,6 +155,12 @@ class Schedule:
             return 0.0
         index = bisect_right(self._begins, offset) - 1
         return self.stages[index].rate_at(offset - self._begins[index])
+
+    def spans(self) -> tuple[tuple[float, float], ...]:
+        """Each stage as (begin, duration), seconds from the start of the run."""
+        return tuple(
+            (begin, stage.duration) for begin, stage in zip(self._begins, self.stages, strict=True)
+        )
 
     def due_by(self, offset: float) -> float:
         """N(offset): how many requests have come due `offset` seconds into the run."""
@@ -252,8 +269,10 @@ _OPERATORS: Mapping[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
 }
 _THRESHOLD = re.compile(
-    r"^\s*(?P<metric>[A-Za-z_][\w.()]*)\s*(?P<op><=|>=|<|>)\s*(?P<value>.+?)\s*$"
+    r"^\s*(?P<metric>[A-Za-z_][\w.()]*)(?:\s*@\s*(?P<stage>\S*?))?"
+    r"\s*(?P<op><=|>=|<|>)\s*(?P<value>.+?)\s*$"
 )
+_STAGE = re.compile(r"^stage\s*(?P<n>\d+)$", re.IGNORECASE)
 _PERCENTILE = re.compile(r"^p\(?(?P<q>\d+(?:\.\d+)?)\)?$")
 _COUNTS = ("errors", "dropped", "requests")
 _FRACTIONS = ("error_rate", "drop_rate")
@@ -266,12 +285,15 @@ _METRIC_HINT = (
 
 @dataclass(frozen=True, slots=True)
 class Threshold:
-    """A pass/fail rule on one metric of the run.
+    """A pass/fail rule on one metric of the run, or of one stage of a ramp.
 
     `family` is `latency` or `service` (then `stat` is a percentile 0-100,
     `max` or `mean`, and `limit` is in milliseconds), `error_rate` or
     `drop_rate` (`limit` a fraction), `rate` (`limit` per second), or a count:
-    `errors`, `dropped`, `requests`.
+    `errors`, `dropped`, `requests`. `stage` (1-based) confines the rule to the
+    requests scheduled in that stage of `--ramp` (`rate@stage2>=290/s`); None
+    judges the whole run. `unit` is the unit the limit was written in (`ms`,
+    `s`, `%`, `/m`...), so values print the way the rule was written.
     """
 
     text: str
@@ -279,43 +301,107 @@ class Threshold:
     stat: float | str | None
     op: str
     limit: float
+    stage: int | None = None
+    unit: str = ""
 
     @property
     def live(self) -> bool:
         """Whether the rule may be judged before the end (`--abort-on-fail`).
 
         The achieved rate and the request count are only meaningful for the
-        whole run, so they are judged at the end alone.
+        whole run (or the whole stage), and a stage's rule only once the stage
+        is over, so those are judged at the end alone.
         """
-        return self.family not in ("rate", "requests")
+        return self.stage is None and self.family not in ("rate", "requests")
 
     def passes(self, value: float) -> bool:
         """True when `value` satisfies the rule."""
         return _OPERATORS[self.op](value, self.limit)
 
+    def show(self, value: float | None) -> str:
+        """`value` (in the rule's internal unit) in the unit the rule was written in.
 
-def parse_threshold(text: str) -> Threshold:
+        `error_rate<1%` shows 0.26%, `max<2s` shows 1.234 s, `rate>=120/m`
+        shows 118.2/m; None (no answer to judge) shows "no data".
+        """
+        if value is None:
+            return "no data"
+        unit = self.unit
+        if self.family in ("latency", "service"):
+            if unit in ("s", "m", "h"):
+                scaled = value / 1000.0 / _UNIT_SECONDS[unit]
+                return f"{scaled:.4g} {unit}"
+            return f"{value:.2f} ms"
+        if self.family in _FRACTIONS:
+            return f"{value * 100:.2f}%" if unit == "%" else f"{value:.4g}"
+        if self.family == "rate":
+            per = _RATE_UNITS.get(unit, 1.0)
+            return f"{value * per:.1f}{unit or '/s'}"
+        return f"{value:g}"
+
+
+# Seconds per unit of a latency limit, and per-second factors of a rate's unit.
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE_UNITS = {"/s": 1.0, "/m": 60.0, "/h": 3600.0}
+
+
+def parse_threshold(text: str, *, stages: int | None = None) -> Threshold:
     """Parse `p99<500ms`, `service_p95<=200ms`, `error_rate<1%`, `rate>=490/s`, `dropped<1`.
 
     Latency limits need a unit (`ms`, `s`, `m`): `p99<500` is refused rather
     than guessed. Error and drop rates take `1%` or `0.01`; `rate` takes
-    `490/s` or a bare per-second number. ValueError with a hint otherwise.
+    `490/s` or a bare per-second number. `METRIC@stageN` (N from 1) judges the
+    requests scheduled in the N-th stage of a ramp only; with `stages` given
+    (how many the schedule has), a stage past the last is refused. ValueError
+    with a hint otherwise.
     """
     match = _THRESHOLD.match(text)
     if match is None:
         raise ValueError(
             f"invalid threshold {text!r}: write METRIC OP VALUE, e.g. p99<500ms, "
-            "error_rate<1%, rate>=490/s (OP is <, <=, > or >=)"
+            "error_rate<1%, rate>=490/s, rate@stage2>=290/s (OP is <, <=, > or >=)"
         )
     name = match.group("metric").lower()
     op = match.group("op")
     value = match.group("value")
     family, stat = _metric(name, text)
+    stage = None
+    if match.group("stage") is not None:
+        numbered = _STAGE.match(match.group("stage"))
+        if numbered is None or int(numbered.group("n")) < 1:
+            raise ValueError(
+                f"invalid threshold {text!r}: name a stage of --ramp as @stage1, @stage2, ..."
+            )
+        stage = int(numbered.group("n"))
+        if stages is not None and stage > stages:
+            plural = "stage" if stages == 1 else "stages"
+            raise ValueError(
+                f"invalid threshold {text!r}: the schedule has {stages} {plural}, "
+                f"so there is no stage {stage}"
+            )
     try:
         limit = _limit(family, value)
     except ValueError as error:
         raise ValueError(f"invalid threshold {text!r}: {error}") from None
-    return Threshold(text.strip(), family, stat, op, limit)
+    return Threshold(text.strip(), family, stat, op, limit, stage, _unit(family, value))
+
+
+def _unit(family: str, value: str) -> str:
+    """The unit a limit was written in: `ms`, `s`, `m`, `h`, `%`, `/s`, `/m`, `/h` or ""."""
+    value = value.strip().lower()
+    if family in ("latency", "service"):
+        found = re.search(r"(ms|s|m|h)$", value)
+        # 1m30s is written in several units: show seconds.
+        units = re.findall(r"(ms|s|m|h)", value)
+        if found is None:
+            return "ms"
+        return found.group(1) if len(units) == 1 else "s"
+    if family in _FRACTIONS:
+        return "%" if value.endswith("%") else ""
+    if family == "rate":
+        found = re.search(r"/\s*([smh])[a-z]*$", value)
+        return f"/{found.group(1)}" if found else "/s"
+    return ""
 
 
 def _metric(name: str, text: str) -> tuple[str, float | str | None]:
@@ -399,7 +485,7 @@ class LoadSettings:
     """Everything a load test needs besides the client and the jobs."""
 
     schedule: Schedule
-    action: Action = "start"
+    action: LoadAction = "start"
     once: bool = False
     max_in_flight: int = 1024
     max_attempts: int = 1
@@ -414,5 +500,45 @@ class LoadSettings:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     handle_signals: bool = True
+    # --yes: the operator knows the calls have side effects; no warning, no question.
+    acknowledged: bool = False
     # The backoff between attempts (only with max_attempts > 1); its own max_attempts is unused.
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+# --- side effects -------------------------------------------------------------------------
+
+
+def planned_calls(settings: LoadSettings, jobs: int) -> int:
+    """How many requests the schedule sends (the canary not included): the schedule's
+    count, or the manifest's when `--once` ends it sooner."""
+    requests = settings.schedule.requests
+    if settings.once:
+        requests = min(requests, float(jobs))
+    return int(requests)
+
+
+def side_effect_warning(settings: LoadSettings, jobs: int, target: str) -> str | None:
+    """The warning a load test with side effects gives before sending (None: read-only).
+
+    Every `start` or `run-immediate` of a load test starts a real job on
+    `target`, and every `stop` stops one; the operator is told how many, and
+    how to probe without side effects.
+    """
+    if settings.action in READ_ONLY:
+        return None
+    calls = planned_calls(settings, jobs)
+    canary = 1 if settings.canary else 0
+    total = f"{calls + canary:,}"
+    detail = f" ({calls:,} + 1 canary)" if canary else ""
+    if settings.max_attempts > 1:
+        total = f"up to {(calls + canary) * settings.max_attempts:,}"
+        detail = f" ({calls + canary:,} x {settings.max_attempts} attempts)"
+    effect = "stops a job" if settings.action == "stop" else "starts a real job run"
+    where = f" to {target}" if target else ""
+    return (
+        f"this load test sends {total} {settings.action} calls{detail}{where}, "
+        f"and each {effect} (manifest lines that name their own action use it). "
+        "To probe the gateway without side effects use --action list (a read-only GET of "
+        "the job list); --yes acknowledges this and silences the warning"
+    )

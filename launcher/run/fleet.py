@@ -69,6 +69,7 @@ from launcher.ledger.report import format_text, summary_of
 from launcher.ledger.writer import Ledger, finish_merge, lock_part, open_fleet, part_name
 from launcher.logs import bind_log_context, get_logger
 from launcher.run.connect import connect
+from launcher.run.metrics import serving_metrics
 from launcher.run.plan import Plan
 from launcher.run.resume import Segment
 from launcher.run.segment import RunResult, WorkerRole, run_segment, show_run_progress
@@ -391,7 +392,10 @@ class Fleet:
         try:
             # Connect first: if the credentials or the endpoint are refused, the
             # ledger is left as it was, as a single process would leave it.
-            async with connect(local_options, self.env) as connection:
+            async with (
+                serving_metrics(options, self.tally),
+                connect(local_options, self.env) as connection,
+            ):
                 pending = open_fleet(
                     self.ledger_path,
                     {
@@ -446,6 +450,11 @@ class Fleet:
             parts = [self.local_fold, *(counts.get(index) for index in range(1, self.count))]
             history = fold_fleet(self.ledger_path, bounds, parts, disjoint=self.count_parts)
         summary = summary_of(history)
+        if summary.outcomes["pending"]:  # name the never-sent jobs' workspaces, as report does
+            from launcher.run.reports import add_never_sent  # only a cut-short run needs it
+
+            source = plan.iter_jobs if plan.shard is None else None
+            add_never_sent(summary, history, [str(self.ledger_path)], source)
         codes = [local_code if local_code is not None else 1]
         codes += [child.code if child.code is not None else 1 for child in self.children]
         all_started = summary.outcomes["started"] >= plan.jobs

@@ -29,6 +29,7 @@ from launcher.ledger.report import OUTCOMES
 from launcher.ledger.writer import read_ledger
 from launcher.logs import get_logger
 from launcher.manifest.validate import Defaults, file_sha256, iter_jobs
+from launcher.run.plan import has_content
 
 __all__ = [
     "ReplayPlan",
@@ -96,8 +97,15 @@ def plan_replay(
         Path(ledger) if ledger else Path("ledgers") / f"replay-{Path(source).stem}-{stamp}.jsonl"
     )
     manifest_path = ledger_path.with_name(ledger_path.stem + ".manifest.jsonl")
-    if manifest_path.exists():
-        raise UsageError(f"{manifest_path}: exists; choose another --ledger for this replay")
+    # A replay manifest whose ledger is empty or absent started nothing (a --dry-run
+    # wrote it, or the replay stopped before its first request): written anew. One
+    # whose ledger holds a run belongs to that run, which resumes from it.
+    if manifest_path.exists() and has_content(str(ledger_path)):
+        raise UsageError(
+            f"{manifest_path}: exists, and {ledger_path} holds the replay it started: continue "
+            f"it with `launcher run {manifest_path} --ledger {ledger_path} --resume`, or "
+            "choose another --ledger for a new replay"
+        )
     ledger_path.parent.mkdir(parents=True, exist_ok=True)
     count = from_manifest = 0
     with open(manifest_path, "wb") as out:

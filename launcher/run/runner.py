@@ -17,6 +17,7 @@ from typing import TextIO
 import anyio
 
 from launcher.config import RunOptions
+from launcher.dispatch import Tally
 from launcher.dlf.client import job_body, path_segment
 from launcher.dlf.transport import backend_options
 from launcher.flow.pacing import format_rate
@@ -24,6 +25,7 @@ from launcher.ledger.history import LiveFold, catch_up, fold, save_fold
 from launcher.ledger.report import format_text, summary_of
 from launcher.ledger.writer import Ledger, default_ledger_path, read_ledger
 from launcher.run.connect import connect, resolve_endpoint
+from launcher.run.metrics import serving_metrics
 from launcher.run.plan import Plan, plan_manifest
 from launcher.run.resume import Segment, plan_segment, resume_history
 from launcher.run.segment import RunResult, run_segment
@@ -121,14 +123,17 @@ async def _launch_here(
     stdout: TextIO,
 ) -> RunResult:
     """The run in this one process: dispatch, then the summary."""
-    async with connect(options, env) as connection:
+    tally = Tally()
+    async with serving_metrics(options, tally), connect(options, env) as connection:
         # A new ledger (plan_segment refused one with content) is folded as it is
         # written, for the summary (see LiveFold).
         fresh = segment.history is None
         ledger = Ledger(ledger_path, fsync=options.fsync, mirror=fresh)  # type: ignore[arg-type]
         live = LiveFold(ledger, plan.jobs) if fresh else None
         try:
-            exit_code = await run_segment(plan, options, connection, ledger, segment, live=live)
+            exit_code = await run_segment(
+                plan, options, connection, ledger, segment, live=live, tally=tally
+            )
         finally:
             ledger.close()
     if live is not None:
@@ -139,6 +144,12 @@ async def _launch_here(
     else:
         history = fold([read_ledger(ledger_path)])
     summary = summary_of(history)
+    if summary.outcomes["pending"]:  # name the never-sent jobs' workspaces, as report does
+        from launcher.run.reports import add_never_sent  # only a cut-short run needs it
+
+        # The plan's jobs, unless a shard: the report counts every shard's (from the manifest).
+        source = plan.iter_jobs if plan.shard is None else None
+        add_never_sent(summary, history, [ledger_path], source)
     stdout.write(format_text(summary) + "\n")
     stdout.flush()
     save_fold(history)  # for the next --resume or report of this ledger

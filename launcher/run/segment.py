@@ -105,8 +105,12 @@ async def run_segment(
     role: WorkerRole | None = None,
     *,
     live: LiveFold | None = None,
+    tally: Tally | None = None,
 ) -> int:
-    """Send this segment's jobs, recording every attempt; return the exit code."""
+    """Send this segment's jobs, recording every attempt; return the exit code.
+
+    `tally` (its total set here) is the caller's when it shows it too (metrics).
+    """
     shared = None
     if options.redis or options.shared_concurrency:  # before the header: bad Redis = exit 2
         from launcher.scale.limits import open_shared_limits  # redis-py loads only for --redis
@@ -120,7 +124,9 @@ async def run_segment(
     run_id = uuid.uuid4().hex
     started = time.time()
     _write_header(plan, options, connection, ledger, segment, role, run_id, started)
-    tally = Tally(total=max(0, plan.jobs - segment.already_settled))
+    if tally is None:
+        tally = Tally()
+    tally.total = max(0, plan.jobs - segment.already_settled)
     dispatcher = _build_dispatcher(options, connection, ledger, segment, tally, shared)
     # A worker takes every count-th job: a share that costs next to nothing to skip.
     # Which worker sends a job does not matter for resume: every worker folds

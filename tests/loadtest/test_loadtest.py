@@ -13,6 +13,7 @@ import math
 import random
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -69,7 +70,10 @@ def _command() -> list[str]:
 async def loadtest(*args: str, env: dict[str, str] | None = None) -> Completed:
     """Run the load-test CLI in a subprocess and wait for it."""
     result = await anyio.run_process(
-        [*_command(), *args], env=env if env is not None else sim_env(), check=False
+        [*_command(), *args],
+        env=env if env is not None else sim_env(),
+        check=False,
+        stdin=subprocess.DEVNULL,  # a script's stdin: a warning, never a question
     )
     return Completed(result.returncode, result.stdout.decode(), result.stderr.decode())
 
@@ -405,7 +409,7 @@ def test_recorder_closes_seconds_with_their_own_counts() -> None:
 
 
 def test_report_as_png_draws_even_a_run_with_drops(tmp_path: Path) -> None:
-    from launcher.loadtest.output import write_report
+    from launcher.loadtest.charts import write_report
 
     recorder = Recorder(0.0)
     rows = []
@@ -691,8 +695,9 @@ async def test_a_held_answer_breaches_p99_and_exits_99(tmp_path: Path) -> None:
     assert done.code == 99, done.stderr
     summary = _summary(summary_path)
     assert summary["latency_ms"]["p99"] >= 400.0
+    p99 = summary["latency_ms"]["p99"]
     assert summary["thresholds"] == [
-        {"threshold": "p99<200ms", "value": summary["latency_ms"]["p99"], "pass": False}
+        {"threshold": "p99<200ms", "value": p99, "shown": f"{p99:.2f} ms", "pass": False}
     ]
     assert "BREACHED" in done.stdout
     assert 280.0 <= server.rate() <= 320.0  # as the server saw it
@@ -825,7 +830,14 @@ async def test_prometheus_metrics_while_running_and_interrupt_exits_130(tmp_path
             with anyio.fail_after(15):
                 code = await process.wait()
     assert code == 130
-    assert 'launcher_loadtest_latency_seconds{quantile="0.99"}' in text
+    # Latency as a Prometheus histogram (aggregatable), quantiles under their own name with
+    # clean labels: "0.999", never 0.9990000000000001.
+    assert "# TYPE launcher_loadtest_latency_seconds histogram" in text
+    assert 'launcher_loadtest_latency_seconds_bucket{le="0.025"}' in text
+    assert 'launcher_loadtest_latency_seconds_bucket{le="+Inf"}' in text
+    assert "launcher_loadtest_latency_seconds_count" in text
+    assert 'launcher_loadtest_latency_quantile_seconds{quantile="0.999"}' in text
+    assert "0.9990000000000001" not in text
     assert "launcher_loadtest_in_flight" in text
     summary = _summary(summary_path)
     assert summary["stop_reason"] == "interrupted"

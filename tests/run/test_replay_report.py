@@ -102,7 +102,7 @@ async def test_report_reads_a_ledger_that_is_still_being_written(tmp_path: Path)
         ledger = await first_run(tmp_path, url)
     append_torn_line(ledger)
     done = await launcher("report", str(ledger), "--format", "json")
-    assert done.code == 0
+    assert done.code == 1  # five jobs failed (DLF.0100): not every job started
     assert orjson.loads(done.stdout)["torn_tail"] == [str(ledger)]
 
 
@@ -114,7 +114,21 @@ async def test_reports_of_several_ledgers_merge_and_flag_overlaps(tmp_path: Path
         b.mkdir()
         first = await first_run(a, url)
         second = await first_run(b, url)  # the same jobs again: every one overlaps
+    # Two runs of the same jobs: side by side, each whole (not 45 pending of 90).
+    apart = await launcher("report", str(first), str(second), "--format", "json")
+    runs = orjson.loads(apart.stdout)["runs"]
+    assert [run["jobs"] for run in runs] == [45, 45]
+    assert [run["outcomes"]["pending"] for run in runs] == [0, 0]
+    text = await launcher("report", str(first), str(second))
+    assert "== run 1 of 2" in text.stdout
+    assert "2 different runs, reported side by side" in text.stdout
+    csv_apart = await launcher("report", str(first), str(second), "--format", "csv")
+    assert csv_apart.code == 2
+    assert "2 different runs" in csv_apart.stderr
+    # --merge-runs, when a user means it: one run, the overlap flagged.
     merged = orjson.loads(
-        (await launcher("report", str(first), str(second), "--format", "json")).stdout
+        (
+            await launcher("report", str(first), str(second), "--format", "json", "--merge-runs")
+        ).stdout
     )
     assert merged["overlaps"] == 45

@@ -151,9 +151,10 @@ async def test_a_resumed_run_prints_what_report_says(tmp_path: Path) -> None:
 
     async def report_of() -> tuple[str, bool]:
         done = await launcher("report", str(ledger))
-        assert done.code == 0, done.stderr
         outcomes = report_json(ledger)["outcomes"]
-        return done.stdout, outcomes["started"] == sum(outcomes.values())
+        all_started = outcomes["started"] == sum(outcomes.values())
+        assert done.code == (0 if all_started else 1), done.stderr  # report's exit status
+        return done.stdout, all_started
 
     async with running(SimConfig(missing_prefix="missing-")) as (_sim, url):
         args = tuple(url if a == "" else a for a in run)
