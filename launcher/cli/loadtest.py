@@ -23,7 +23,8 @@ from typing import Any
 import anyio
 import click
 
-from launcher.config import RunOptions, load_config_file, resolve_options
+from launcher.cli.options import options_of
+from launcher.config import OPTIONS, RunOptions, did_you_mean, load_options, read_config_file
 from launcher.errors import EXIT_INTERRUPTED, LauncherError, UsageError
 from launcher.flow.pacing import parse_rate
 from launcher.flow.policy import parse_duration
@@ -40,66 +41,55 @@ from launcher.logs import configure_logging
 
 __all__ = ["load_config", "loadtest_command", "loadtest_settings"]
 
-# Keys of the [loadtest] table (also accepted with `-` for `_`).
-_TABLE_KEYS = frozenset(
-    {
-        "rate",
-        "duration",
-        "ramp",
-        "once",
-        "max_in_flight",
-        "thresholds",
-        "abort_on_fail",
-        "max_attempts",
-        "canary",
-        "live",
-        "summary_json",
-        "timeseries",
-        "report",
-        "metrics_port",
-        "metrics_host",
-    }
-)
 _PATH_KEYS = ("summary_json", "timeseries", "report")
 # `run`'s options a load test takes from flags, the file's top level and the environment.
-_RUN_FLAGS = (
-    "endpoint",
-    "region",
-    "project_id",
-    "workspace",
-    "timeout",
-    "ca_bundle",
-    "iam_endpoint",
-    "action",
-    "manifest_format",
-    "allow_duplicates",
-    "log_format",
-    "log_level",
-)
+_RUN_FLAGS = frozenset(option.name for option in OPTIONS if "loadtest" in option.commands)
 DEFAULT_MAX_IN_FLIGHT = 1024
 
 
 def load_config(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a TOML config: (`run`'s values as `load_config_file` gives them, the [loadtest] table).
 
+    Every problem in the file, in either part, is reported at once (UsageError).
+    """
+    values, problems = read_config_file(path)
+    table = _loadtest_table(path, values, problems)
+    if problems:
+        raise UsageError("\n".join(problems))
+    return values, table
+
+
+def _loadtest_table(path: str, values: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """Take the [loadtest] table out of a config file's values, its keys checked.
+
     `[workspaces]` limits pace `run`; a load test follows its own schedule, so
     they are dropped here.
     """
-    values = load_config_file(path)
     table = values.pop("loadtest", {})
     values.pop("workspaces", None)
+    known = _table_keys()
     loadtest: dict[str, Any] = {}
     for key, value in table.items():
         name = key.replace("-", "_")
         if name == "threshold":
             name = "thresholds"
-        if name not in _TABLE_KEYS:
-            raise UsageError(f"{path}: [loadtest]: unknown option {key!r}")
+        if name not in known:
+            spelled = sorted(known if "_" in key else {k.replace("_", "-") for k in known})
+            problems.append(
+                f"{path}: [loadtest]: unknown option {key!r}{did_you_mean(key, spelled)}"
+            )
+            continue
         if name in _PATH_KEYS and isinstance(value, str):
             # Paths in a config file are relative to the file, as `run`'s ledger is.
             value = str(Path(path).parent / value)
         loadtest[name] = value
-    return values, loadtest
+    return loadtest
+
+
+def _table_keys() -> frozenset[str]:
+    """Keys of the [loadtest] table: the command's own options (not `run`'s)."""
+    names = {param.name for param in loadtest_command.params if param.name}
+    return frozenset(names - _RUN_FLAGS - {"manifest", "config_path"})
 
 
 def loadtest_settings(
@@ -273,36 +263,7 @@ def _path(value: object, source: str) -> str | None:
 )
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
 @click.option("--metrics-host", help="Address for --metrics-port [127.0.0.1].")
-@click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), help="TOML file of options."
-)
-@click.option("--endpoint", help="DLF endpoint URL, or `sim` for the embedded simulator.")
-@click.option("--region", help="Region id; derives the endpoint (env HUAWEICLOUD_SDK_REGION).")
-@click.option("--project-id", help="Default project id (env HUAWEICLOUD_SDK_PROJECT_ID).")
-@click.option("--workspace", help="Default workspace for lines that name none.")
-@click.option("--timeout", type=float, help="Per-request timeout in seconds [10].")
-@click.option(
-    "--action",
-    type=click.Choice(["start", "stop", "run-immediate"]),
-    help="What to do to each job [start].",
-)
-@click.option(
-    "--ca-bundle", type=click.Path(dir_okay=False), help="Extra CA certificates (PEM) to trust."
-)
-@click.option("--iam-endpoint", help="IAM endpoint for password login (default from --region).")
-@click.option(
-    "--format",
-    "manifest_format",
-    type=click.Choice(["jsonl", "csv", "yaml"]),
-    help="Manifest format (default: by file suffix).",
-)
-@click.option("--allow-duplicates", is_flag=True, default=None, help="Accept the same job twice.")
-@click.option(
-    "--log-format", type=click.Choice(["auto", "console", "json"]), help="Logs on stderr [auto]."
-)
-@click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]"
-)
+@options_of("loadtest")
 def loadtest_command(manifest: str, config_path: str | None, **flags: Any) -> None:
     """Load-test the service with MANIFEST's jobs, open loop, at a fixed or ramping rate.
 
@@ -312,12 +273,16 @@ def loadtest_command(manifest: str, config_path: str | None, **flags: Any) -> No
     breached, 3 when the credentials are refused, 2 on bad usage or input.
     """
     try:
-        file_values, table = load_config(config_path) if config_path else ({}, {})
+        table: dict[str, Any] = {}
+
+        def take_table(values: dict[str, Any], problems: list[str]) -> None:
+            table.update(_loadtest_table(str(config_path), values, problems))
+
         run_flags = {name: flags.get(name) for name in _RUN_FLAGS}
-        options = resolve_options(run_flags, file_values, os.environ, config_path=config_path)
+        options, _ = load_options(run_flags, config_path, os.environ, more=take_table)
         load_flags = {k: v for k, v in flags.items() if k not in _RUN_FLAGS}
         settings = loadtest_settings(load_flags, table, options, config_path=config_path)
-        configure_logging(options.log_format, options.log_level)  # type: ignore[arg-type]
+        configure_logging(options.log_format, options.log_level)
         result = anyio.run(run_loadtest, manifest, options, settings, dict(os.environ))
     except LauncherError as error:
         click.echo(f"launcher: error: {error}", err=True)
