@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import click
@@ -45,6 +45,7 @@ _PATH_KEYS = ("summary_json", "timeseries", "report")
 # `run`'s options a load test takes from flags, the file's top level and the environment.
 _RUN_FLAGS = frozenset(option.name for option in OPTIONS if "loadtest" in option.commands)
 DEFAULT_MAX_IN_FLIGHT = 1024
+_T = TypeVar("_T")
 
 
 def load_config(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -114,44 +115,62 @@ def loadtest_settings(
 
     def pick(name: str) -> tuple[Any, str]:
         if flags.get(name) is not None:
-            return flags[name], f"--{name.replace('_', '-')}"
+            flag = "threshold" if name == "thresholds" else name.replace("_", "-")
+            return flags[name], f"--{flag}"
         return table.get(name), f"{config_path}: [loadtest] {name}"
 
-    once = bool(_flag(*pick("once")) or False)
-    schedule = _schedule(schedule_source, where, once=once)
-    thresholds_raw: Any = flags.get("thresholds") or table.get("thresholds") or ()
+    problems: list[str] = []
+
+    def check(convert: Callable[[], _T]) -> _T | None:
+        # Every problem is reported, not only the first.
+        try:
+            return convert()
+        except UsageError as error:
+            problems.append(str(error))
+            return None
+
+    once = bool(check(lambda: _flag(*pick("once"))) or False)
+    schedule = check(lambda: _schedule(schedule_source, where, once=once))
+    thresholds_raw, source = pick("thresholds")
     if isinstance(thresholds_raw, str):
         thresholds_raw = (thresholds_raw,)
-    if not isinstance(thresholds_raw, list | tuple) or not all(
-        isinstance(t, str) for t in thresholds_raw
-    ):
-        raise UsageError(f"{config_path}: [loadtest] thresholds: must be a list of strings")
     thresholds: list[Threshold] = []
-    for text in thresholds_raw:
-        try:
-            thresholds.append(parse_threshold(text))
-        except ValueError as error:
-            raise UsageError(f"--threshold: {error}") from None
-    max_in_flight = _whole(*pick("max_in_flight"), low=1) or DEFAULT_MAX_IN_FLIGHT
-    max_attempts = _whole(*pick("max_attempts"), low=1) or 1
-    metrics_port = _whole(*pick("metrics_port"), low=0, high=65535)
+    if not isinstance(thresholds_raw, list | tuple | None) or not all(
+        isinstance(t, str) for t in thresholds_raw or ()
+    ):
+        problems.append(f"{source}: must be a list of strings")
+    else:
+        for text in thresholds_raw or ():
+            try:
+                thresholds.append(parse_threshold(text))
+            except ValueError as error:
+                problems.append(f"{source}: {error}")
+    max_in_flight = check(lambda: _whole(*pick("max_in_flight"), low=1))
+    max_attempts = check(lambda: _whole(*pick("max_attempts"), low=1))
+    metrics_port = check(lambda: _whole(*pick("metrics_port"), low=0, high=65535))
     metrics_host, _ = pick("metrics_host")
-    canary = _flag(*pick("canary"))
-    live = _flag(*pick("live"))
+    canary = check(lambda: _flag(*pick("canary")))
+    live = check(lambda: _flag(*pick("live")))
+    abort_on_fail = check(lambda: _flag(*pick("abort_on_fail")))
+    summary_json = check(lambda: _path(*pick("summary_json")))
+    timeseries = check(lambda: _path(*pick("timeseries")))
+    report = check(lambda: _path(*pick("report")))
+    if problems or schedule is None:
+        raise UsageError("\n".join(problems))
     return LoadSettings(
         schedule=schedule,
         action=options.action,
         once=once,
-        max_in_flight=max_in_flight,
-        max_attempts=max_attempts,
+        max_in_flight=max_in_flight or DEFAULT_MAX_IN_FLIGHT,
+        max_attempts=max_attempts or 1,
         thresholds=tuple(thresholds),
-        abort_on_fail=bool(_flag(*pick("abort_on_fail")) or False),
+        abort_on_fail=bool(abort_on_fail),
         canary=True if canary is None else canary,
         live=True if live is None else live,
         live_json=options.log_format == "json",
-        summary_json=_path(*pick("summary_json")),
-        timeseries=_path(*pick("timeseries")),
-        report=_path(*pick("report")),
+        summary_json=summary_json,
+        timeseries=timeseries,
+        report=report,
         metrics_host=str(metrics_host) if metrics_host else "127.0.0.1",
         metrics_port=metrics_port,
     )
@@ -279,9 +298,20 @@ def loadtest_command(manifest: str, config_path: str | None, **flags: Any) -> No
             table.update(_loadtest_table(str(config_path), values, problems))
 
         run_flags = {name: flags.get(name) for name in _RUN_FLAGS}
-        options, _ = load_options(run_flags, config_path, os.environ, more=take_table)
         load_flags = {k: v for k, v in flags.items() if k not in _RUN_FLAGS}
-        settings = loadtest_settings(load_flags, table, options, config_path=config_path)
+        problems: list[str] = []
+        try:
+            options, _ = load_options(run_flags, config_path, os.environ, more=take_table)
+        except UsageError as error:
+            # The load test's own settings are checked too: every problem at once.
+            problems.append(str(error))
+            options = RunOptions()
+        try:
+            settings = loadtest_settings(load_flags, table, options, config_path=config_path)
+        except UsageError as error:
+            problems.append(str(error))
+        if problems:
+            raise UsageError("\n".join(problems))
         configure_logging(options.log_format, options.log_level)
         result = anyio.run(run_loadtest, manifest, options, settings, dict(os.environ))
     except LauncherError as error:

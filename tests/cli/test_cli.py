@@ -172,15 +172,20 @@ def test_validate_reports_every_config_problem_at_once(tmp_path: Path) -> None:
 
 def test_loadtest_config_problems_come_together_with_suggestions(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
-    config.write_text('timeout = 0\n[loadtest]\nrtae = "5/s"\nmax_in_fligt = 3\n')
+    config.write_text(
+        'timeout = 0\n[loadtest]\nrate = "5/s"\nduration = "1s"\nrtae = "5/s"\n'
+        "max_in_fligt = 3\nmax_in_flight = 0\nmetrics_port = 70000\n"
+    )
     result = CliRunner().invoke(
-        cli, ["loadtest", str(tmp_path / "m.jsonl"), "--config", str(config)]
+        cli, ["loadtest", str(tmp_path / "m.jsonl"), "--config", str(config), "--once"]
     )
     assert result.exit_code == 2
     assert result.output.splitlines() == [
         f"launcher: error: {config}: timeout: must be more than 0",
         f"{config}: [loadtest]: unknown option 'rtae'; did you mean 'rate'?",
         f"{config}: [loadtest]: unknown option 'max_in_fligt'; did you mean 'max_in_flight'?",
+        f"{config}: [loadtest] max_in_flight: must be at least 1",
+        f"{config}: [loadtest] metrics_port: must be at least 0 and at most 65535",
     ]
 
 
