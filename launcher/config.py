@@ -116,29 +116,23 @@ class Option:
 # out, ValueError with a message fit for the user otherwise.
 
 
-def _positive_int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError("must be a whole number")
-    number = _whole(value)
-    if number < 1:
-        raise ValueError("must be at least 1")
-    return number
+def _whole_at_least(low: int) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError("must be a whole number")
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+        if number < low:
+            raise ValueError(f"must be at least {low}" if low else "must be 0 or more")
+        return number
+
+    return check
 
 
-def _non_negative_int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError("must be a whole number")
-    number = _whole(value)
-    if number < 0:
-        raise ValueError("must be 0 or more")
-    return number
-
-
-def _whole(value: int | str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError("must be a whole number") from None
+_positive_int = _whole_at_least(1)
+_non_negative_int = _whole_at_least(0)
 
 
 def _positive_float(value: object) -> float:
