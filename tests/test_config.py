@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from launcher.config import (
     OPTIONS,
@@ -217,3 +220,31 @@ def test_load_options_gives_the_file_values_with_its_tables(tmp_path: Path) -> N
     assert (options.project_id, options.workspace) == ("p1", "w")
     assert options.workspaces == {"w": (0, 2.0, 1)}
     assert values["loadtest"] == {"rate": 1}
+
+
+@given(data=st.data())
+def test_a_value_means_the_same_from_a_flag_the_file_and_the_environment(
+    data: st.DataObject,
+) -> None:
+    """One converter per option: where a value comes from changes only who wins."""
+    option = data.draw(st.sampled_from([o for o in OPTIONS if o.kind != "flag"]))
+    if option.kind == "choice":
+        text = data.draw(st.sampled_from(option.choices))
+    elif option.kind == "int":
+        text = str(data.draw(st.integers(min_value=-5, max_value=10**6)))
+    elif option.kind == "float":
+        text = data.draw(st.sampled_from(["0", "0.5", "2", "1e3", "-1", "nan", "x"]))
+    else:
+        text = data.draw(st.sampled_from(["x", "a b", "7/s", "0", "1/2", "fail=3", "90s", ""]))
+
+    def outcome(**sources: Any) -> object:
+        try:
+            return getattr(resolve_options(**sources), option.name)
+        except UsageError as error:
+            return str(error).rpartition(": ")[2]  # the problem, without its source
+
+    from_flag = outcome(flags={option.name: text}, file_values={}, env={})
+    from_file = outcome(flags={}, file_values={option.name: text}, env={}, config_path="c.toml")
+    assert from_flag == from_file
+    if option.env and text:  # an empty variable is an unset one
+        assert outcome(flags={}, file_values={}, env={option.env: text}) == from_flag

@@ -1,7 +1,8 @@
-"""The command line: `launcher run | validate | report | sim`.
+"""The command line: `launcher run | validate | report | replay` (`loadtest`, `sim` lazily).
 
 Thin by design: parse, merge options (flag > config file > environment),
-call into `runner`, map errors to the exit codes of interface.md.
+call into `runner`, map errors to the exit codes of interface.md. The run
+options are generated from `launcher.config.OPTIONS` (see `launcher.cli.options`).
 """
 
 from __future__ import annotations
