@@ -294,6 +294,7 @@ class RunOptions:
         None,
         _shard,
         "Take the I-th of N disjoint parts of the manifest (0-based, by job identity)",
+        commands=_RUN | {"validate"},
         metavar="I/N",
     )
     force: bool = _option(False, _flag, "Resume even if the manifest changed")

@@ -108,11 +108,14 @@ def validate_command(manifest: str, config_path: str | None, **flags: Any) -> No
 
     try:
         options, _ = load_options(flags, config_path, os.environ)
-        result = plan_manifest(manifest, options).validation
+        plan = plan_manifest(manifest, options)
     except LauncherError as error:
         _fail(error)
         return
+    result = plan.validation
     click.echo(f"{manifest}: {result.jobs} job(s), valid (sha256 {result.sha256[:16]}…)")
+    if options.shard:
+        click.echo(f"shard {options.shard}: {plan.jobs} job(s)")
 
 
 @cli.command()

@@ -158,6 +158,24 @@ async def test_validate_refuses_what_run_refuses_a_missing_project(tmp_path: Pat
     assert sim.stats.requests == 0
 
 
+def test_validate_counts_a_shard_as_run_would_send_it(tmp_path: Path) -> None:
+    jobs = [{"name": f"j{n}", "project_id": "p"} for n in range(40)]
+    manifest = write_manifest(tmp_path / "m.jsonl", jobs)
+    counts = []
+    for index in range(3):
+        result = CliRunner().invoke(cli, ["validate", str(manifest), "--shard", f"{index}/3"])
+        assert result.exit_code == 0, result.output
+        first, shard = result.output.splitlines()
+        assert first.startswith(f"{manifest}: 40 job(s), valid")
+        assert shard.startswith(f"shard {index}/3: ")
+        counts.append(int(shard.split(": ")[1].split()[0]))
+    assert sum(counts) == 40
+    assert all(counts)
+    bad = CliRunner().invoke(cli, ["validate", str(manifest), "--shard", "3/3"])
+    assert bad.exit_code == 2
+    assert "--shard: " in bad.output
+
+
 def test_validate_reports_every_config_problem_at_once(tmp_path: Path) -> None:
     manifest = lines_without_project(tmp_path)
     config = tmp_path / "c.toml"
