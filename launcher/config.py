@@ -19,9 +19,9 @@ import difflib
 import os
 import tomllib
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar, get_args
+from typing import Any, Final, Literal, NamedTuple, TypeVar, get_args
 
 from launcher.errors import UsageError
 from launcher.flow.pacing import parse_rate
@@ -68,9 +68,11 @@ _MANIFEST: frozenset[Command] = _RUN | {"validate", "loadtest"}
 _SERVICE: frozenset[Command] = _RUN | {"loadtest"}
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
-    """One option of `OPTIONS`: everything the flag, the TOML key and the variable need."""
+class Option(NamedTuple):
+    """One option of `OPTIONS`: everything the flag, the TOML key and the variable need.
+
+    (A named tuple: a second frozen dataclass would cost every process's start ~1 ms.)
+    """
 
     name: str  # the RunOptions field and the TOML key (`max_attempts` or `max-attempts`)
     default: object
@@ -411,7 +413,7 @@ class RunOptions:
 
 # The table, in the order of the fields (the order of `--help`).
 OPTIONS: tuple[Option, ...] = tuple(
-    replace(f.metadata[_SPEC], name=f.name) for f in fields(RunOptions) if _SPEC in f.metadata
+    f.metadata[_SPEC]._replace(name=f.name) for f in fields(RunOptions) if _SPEC in f.metadata
 )
 _BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
 # The config file's tables besides the options.
