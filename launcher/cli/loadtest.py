@@ -114,7 +114,7 @@ def loadtest_settings(
         where = f"{config_path}: [loadtest] "
 
     def pick(name: str) -> tuple[Any, str]:
-        if flags.get(name) is not None:
+        if flags.get(name) not in (None, ()):  # () is a repeatable flag not given
             flag = "threshold" if name == "thresholds" else name.replace("_", "-")
             return flags[name], f"--{flag}"
         return table.get(name), f"{config_path}: [loadtest] {name}"

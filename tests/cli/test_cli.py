@@ -207,6 +207,19 @@ def test_loadtest_config_problems_come_together_with_suggestions(tmp_path: Path)
     ]
 
 
+def test_loadtest_thresholds_come_from_the_table_when_no_flag_gives_one(tmp_path: Path) -> None:
+    """click gives an unused repeatable --threshold as (): the table's thresholds stand."""
+    from launcher.cli.loadtest import load_config, loadtest_settings
+
+    config = tmp_path / "c.toml"
+    config.write_text('[loadtest]\nrate = "5/s"\nduration = "1s"\nthresholds = ["p99<1s"]\n')
+    _, table = load_config(str(config))
+    settings = loadtest_settings({"thresholds": ()}, table, RunOptions())
+    assert [t.text for t in settings.thresholds] == ["p99<1s"]
+    flagged = loadtest_settings({"thresholds": ("p50<2s",)}, table, RunOptions())
+    assert [t.text for t in flagged.thresholds] == ["p50<2s"]
+
+
 # --- help, version, completion --------------------------------------------------------------
 
 
