@@ -17,20 +17,20 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import click
 
-from launcher.config import RunOptions, load_config_file, resolve_options
+from launcher.cli.options import options_of
+from launcher.config import OPTIONS, RunOptions, did_you_mean, load_options, read_config_file
 from launcher.errors import EXIT_INTERRUPTED, LauncherError, UsageError
 from launcher.flow.pacing import parse_rate
 from launcher.flow.policy import parse_duration
 from launcher.loadtest.runner import run_loadtest
 from launcher.loadtest.schedule import (
-    LoadAction,
     LoadSettings,
     Schedule,
     Threshold,
@@ -42,68 +42,56 @@ from launcher.logs import configure_logging
 
 __all__ = ["load_config", "loadtest_command", "loadtest_settings"]
 
-# Keys of the [loadtest] table (also accepted with `-` for `_`).
-_TABLE_KEYS = frozenset(
-    {
-        "rate",
-        "duration",
-        "ramp",
-        "once",
-        "max_in_flight",
-        "thresholds",
-        "abort_on_fail",
-        "max_attempts",
-        "canary",
-        "live",
-        "summary_json",
-        "timeseries",
-        "report",
-        "metrics_port",
-        "metrics_host",
-        "yes",
-    }
-)
 _PATH_KEYS = ("summary_json", "timeseries", "report")
 # `run`'s options a load test takes from flags, the file's top level and the environment.
-_RUN_FLAGS = (
-    "endpoint",
-    "region",
-    "project_id",
-    "workspace",
-    "timeout",
-    "ca_bundle",
-    "iam_endpoint",
-    "proxy",
-    "action",
-    "manifest_format",
-    "allow_duplicates",
-    "log_format",
-    "log_level",
-)
+_RUN_FLAGS = frozenset(option.name for option in OPTIONS if "loadtest" in option.commands)
 DEFAULT_MAX_IN_FLIGHT = 1024
+_T = TypeVar("_T")
 
 
 def load_config(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a TOML config: (`run`'s values as `load_config_file` gives them, the [loadtest] table).
 
+    Every problem in the file, in either part, is reported at once (UsageError).
+    """
+    values, problems = read_config_file(path)
+    table = _loadtest_table(path, values, problems)
+    if problems:
+        raise UsageError("\n".join(problems))
+    return values, table
+
+
+def _loadtest_table(path: str, values: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """Take the [loadtest] table out of a config file's values, its keys checked.
+
     `[workspaces]` limits pace `run`; a load test follows its own schedule, so
     they are dropped here.
     """
-    values = load_config_file(path)
     table = values.pop("loadtest", {})
     values.pop("workspaces", None)
+    known = _table_keys()
     loadtest: dict[str, Any] = {}
     for key, value in table.items():
         name = key.replace("-", "_")
         if name == "threshold":
             name = "thresholds"
-        if name not in _TABLE_KEYS:
-            raise UsageError(f"{path}: [loadtest]: unknown option {key!r}")
+        if name not in known:
+            spelled = sorted(known if "_" in key else {k.replace("_", "-") for k in known})
+            problems.append(
+                f"{path}: [loadtest]: unknown option {key!r}{did_you_mean(key, spelled)}"
+            )
+            continue
         if name in _PATH_KEYS and isinstance(value, str):
             # Paths in a config file are relative to the file, as `run`'s ledger is.
             value = str(Path(path).parent / value)
         loadtest[name] = value
-    return values, loadtest
+    return loadtest
+
+
+def _table_keys() -> frozenset[str]:
+    """Keys of the [loadtest] table: the command's own options (not `run`'s)."""
+    names = {param.name for param in loadtest_command.params if param.name}
+    return frozenset(names - _RUN_FLAGS - {"manifest", "config_path"})
 
 
 def loadtest_settings(
@@ -127,49 +115,68 @@ def loadtest_settings(
         where = f"{config_path}: [loadtest] "
 
     def pick(name: str) -> tuple[Any, str]:
-        if flags.get(name) is not None:
-            return flags[name], f"--{name.replace('_', '-')}"
+        if flags.get(name) not in (None, ()):  # () is a repeatable flag not given
+            flag = "threshold" if name == "thresholds" else name.replace("_", "-")
+            return flags[name], f"--{flag}"
         return table.get(name), f"{config_path}: [loadtest] {name}"
 
-    once = bool(_flag(*pick("once")) or False)
-    schedule = _schedule(schedule_source, where, once=once)
-    thresholds_raw: Any = flags.get("thresholds") or table.get("thresholds") or ()
+    problems: list[str] = []
+
+    def check(convert: Callable[[], _T]) -> _T | None:
+        # Every problem is reported, not only the first.
+        try:
+            return convert()
+        except UsageError as error:
+            problems.append(str(error))
+            return None
+
+    once = bool(check(lambda: _flag(*pick("once"))) or False)
+    schedule = check(lambda: _schedule(schedule_source, where, once=once))
+    thresholds_raw, source = pick("thresholds")
     if isinstance(thresholds_raw, str):
         thresholds_raw = (thresholds_raw,)
-    if not isinstance(thresholds_raw, list | tuple) or not all(
-        isinstance(t, str) for t in thresholds_raw
-    ):
-        raise UsageError(f"{config_path}: [loadtest] thresholds: must be a list of strings")
     thresholds: list[Threshold] = []
-    for text in thresholds_raw:
-        try:
-            thresholds.append(parse_threshold(text, stages=len(schedule.stages)))
-        except ValueError as error:
-            raise UsageError(f"--threshold: {error}") from None
-    max_in_flight = _whole(*pick("max_in_flight"), low=1) or DEFAULT_MAX_IN_FLIGHT
-    max_attempts = _whole(*pick("max_attempts"), low=1) or 1
-    metrics_port = _whole(*pick("metrics_port"), low=0, high=65535)
+    if not isinstance(thresholds_raw, list | tuple | None) or not all(
+        isinstance(t, str) for t in thresholds_raw or ()
+    ):
+        problems.append(f"{source}: must be a list of strings")
+    else:
+        for text in thresholds_raw or ():
+            try:
+                stages = len(schedule.stages) if schedule is not None else None
+                thresholds.append(parse_threshold(text, stages=stages))
+            except ValueError as error:
+                problems.append(f"{source}: {error}")
+    max_in_flight = check(lambda: _whole(*pick("max_in_flight"), low=1))
+    max_attempts = check(lambda: _whole(*pick("max_attempts"), low=1))
+    metrics_port = check(lambda: _whole(*pick("metrics_port"), low=0, high=65535))
     metrics_host, _ = pick("metrics_host")
-    canary = _flag(*pick("canary"))
-    live = _flag(*pick("live"))
-    action: LoadAction = "list" if flags.get("probe") else options.action
+    canary = check(lambda: _flag(*pick("canary")))
+    live = check(lambda: _flag(*pick("live")))
+    abort_on_fail = check(lambda: _flag(*pick("abort_on_fail")))
+    summary_json = check(lambda: _path(*pick("summary_json")))
+    timeseries = check(lambda: _path(*pick("timeseries")))
+    report = check(lambda: _path(*pick("report")))
+    acknowledged = check(lambda: _flag(*pick("yes")))
+    if problems or schedule is None:
+        raise UsageError("\n".join(problems))
     return LoadSettings(
         schedule=schedule,
-        action=action,
+        action="list" if flags.get("probe") else options.action,
         once=once,
-        max_in_flight=max_in_flight,
-        max_attempts=max_attempts,
+        max_in_flight=max_in_flight or DEFAULT_MAX_IN_FLIGHT,
+        max_attempts=max_attempts or 1,
         thresholds=tuple(thresholds),
-        abort_on_fail=bool(_flag(*pick("abort_on_fail")) or False),
+        abort_on_fail=bool(abort_on_fail),
         canary=True if canary is None else canary,
         live=True if live is None else live,
         live_json=options.log_format == "json",
-        summary_json=_path(*pick("summary_json")),
-        timeseries=_path(*pick("timeseries")),
-        report=_path(*pick("report")),
+        summary_json=summary_json,
+        timeseries=timeseries,
+        report=report,
         metrics_host=str(metrics_host) if metrics_host else "127.0.0.1",
         metrics_port=metrics_port,
-        acknowledged=bool(_flag(*pick("yes")) or False),
+        acknowledged=bool(acknowledged),
     )
 
 
@@ -280,46 +287,13 @@ def _path(value: object, source: str) -> str | None:
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
 @click.option("--metrics-host", help="Address for --metrics-port [127.0.0.1].")
 @click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), help="TOML file of options."
-)
-@click.option("--endpoint", help="DLF endpoint URL, or `sim` for the embedded simulator.")
-@click.option("--region", help="Region id; derives the endpoint (env HUAWEICLOUD_SDK_REGION).")
-@click.option("--project-id", help="Default project id (env HUAWEICLOUD_SDK_PROJECT_ID).")
-@click.option("--workspace", help="Default workspace for lines that name none.")
-@click.option("--timeout", type=float, help="Per-request timeout in seconds [10].")
-@click.option(
-    "--action",
-    type=click.Choice(["start", "stop", "run-immediate", "list"]),
-    help="What to do to each job [start]; `list` is read-only: a GET of the job list "
-    "filtered by the job's name, to probe the gateway without side effects.",
-)
-@click.option(
     "--yes",
     is_flag=True,
     default=None,
     help="Acknowledge that start/stop/run-immediate calls have side effects: no warning, "
     "no question.",
 )
-@click.option(
-    "--ca-bundle",
-    type=click.Path(dir_okay=False),
-    help="CA certificates (PEM) to trust instead of the system store.",
-)
-@click.option("--proxy", metavar="URL", help="Forward proxy (default: HTTPS_PROXY etc.).")
-@click.option("--iam-endpoint", help="IAM endpoint for password login (default from --region).")
-@click.option(
-    "--format",
-    "manifest_format",
-    type=click.Choice(["jsonl", "csv", "yaml"]),
-    help="Manifest format (default: by file suffix).",
-)
-@click.option("--allow-duplicates", is_flag=True, default=None, help="Accept the same job twice.")
-@click.option(
-    "--log-format", type=click.Choice(["auto", "console", "json"]), help="Logs on stderr [auto]."
-)
-@click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]"
-)
+@options_of("loadtest")
 def loadtest_command(manifest: str, config_path: str | None, **flags: Any) -> None:
     """Load-test the service with MANIFEST's jobs, open loop, at a fixed or ramping rate.
 
@@ -333,16 +307,31 @@ def loadtest_command(manifest: str, config_path: str | None, **flags: Any) -> No
     probes with a read-only GET instead.
     """
     try:
-        file_values, table = load_config(config_path) if config_path else ({}, {})
+        table: dict[str, Any] = {}
+
+        def take_table(values: dict[str, Any], problems: list[str]) -> None:
+            table.update(_loadtest_table(str(config_path), values, problems))
+
         run_flags = {name: flags.get(name) for name in _RUN_FLAGS}
         probe = run_flags.get("action") == "list"
         if probe:  # not one of `run`'s actions: the load test alone knows it
             run_flags["action"] = None
-        options = resolve_options(run_flags, file_values, os.environ, config_path=config_path)
         load_flags = {k: v for k, v in flags.items() if k not in _RUN_FLAGS}
         load_flags["probe"] = probe
-        settings = loadtest_settings(load_flags, table, options, config_path=config_path)
-        configure_logging(options.log_format, options.log_level)  # type: ignore[arg-type]
+        problems: list[str] = []
+        try:
+            options, _ = load_options(run_flags, config_path, os.environ, more=take_table)
+        except UsageError as error:
+            # The load test's own settings are checked too: every problem at once.
+            problems.append(str(error))
+            options = RunOptions()
+        try:
+            settings = loadtest_settings(load_flags, table, options, config_path=config_path)
+        except UsageError as error:
+            problems.append(str(error))
+        if problems:
+            raise UsageError("\n".join(problems))
+        configure_logging(options.log_format, options.log_level)
         # A question only for a person at a terminal; a script gets the warning alone.
         confirm = None
         if not settings.acknowledged and sys.stdin is not None and sys.stdin.isatty():
@@ -365,6 +354,21 @@ def loadtest_command(manifest: str, config_path: str | None, **flags: Any) -> No
 def _ask(question: str) -> bool:
     return click.confirm(question, default=False, err=True)
 
+
+def _with_list_action(command: click.Command) -> click.Command:
+    """`--action` of a load test also takes `list`: a read-only probe `run` does not have."""
+    for param in command.params:
+        if param.name == "action" and isinstance(param.type, click.Choice):
+            param.type = click.Choice([*param.type.choices, "list"])
+            if isinstance(param, click.Option):
+                param.help = (
+                    "What to do to each job [start]; `list` is read-only: a GET of the job "
+                    "list filtered by the job's name, to probe the gateway without side effects."
+                )
+    return command
+
+
+_with_list_action(loadtest_command)
 
 if __name__ == "__main__":  # `python -m launcher.cli.loadtest` until the command is registered
     loadtest_command(prog_name="launcher loadtest")

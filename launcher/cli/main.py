@@ -1,7 +1,8 @@
-"""The command line: `launcher run | validate | report | sim`.
+"""The command line: `launcher run | validate | report | replay` (`loadtest`, `sim` lazily).
 
 Thin by design: parse, merge options (flag > config file > environment),
-call into `runner`, map errors to the exit codes of interface.md.
+call into `runner`, map errors to the exit codes of interface.md. The run
+options are generated from `launcher.config.OPTIONS` (see `launcher.cli.options`).
 """
 
 from __future__ import annotations
@@ -9,180 +10,19 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import click
 import orjson
 
 from launcher import __version__
-from launcher.config import load_config_file, resolve_options
-from launcher.errors import LauncherError, UsageError
+from launcher.cli.options import options_of
+from launcher.config import load_options
+from launcher.errors import EXIT_INTERRUPTED, HaltError, LauncherError, UsageError
 from launcher.ledger.report import format_text
 from launcher.logs import configure_logging
-from launcher.manifest.validate import Defaults, validate
 
 __all__ = ["cli", "main"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _run_options(func: F) -> F:
-    """The options shared by `run` (and later `replay`); every one may also come from --config."""
-    decorators = [
-        click.option(
-            "--config", "config_path", type=click.Path(dir_okay=False), help="TOML file of options."
-        ),
-        click.option("--endpoint", help="DLF endpoint URL, or `sim` for the embedded simulator."),
-        click.option(
-            "--region", help="Region id; derives the endpoint (env HUAWEICLOUD_SDK_REGION)."
-        ),
-        click.option("--project-id", help="Default project id (env HUAWEICLOUD_SDK_PROJECT_ID)."),
-        click.option("--workspace", help="Default workspace for lines that name none."),
-        click.option("--ledger", help="Ledger path (default ledgers/<manifest>-<UTC time>.jsonl)."),
-        click.option(
-            "--resume",
-            is_flag=True,
-            default=None,
-            help="Continue the run recorded in --ledger: settled jobs are skipped, "
-            "jobs in doubt are checked with the service before any resend.",
-        ),
-        click.option(
-            "--force", is_flag=True, default=None, help="Resume even if the manifest changed."
-        ),
-        click.option(
-            "--retry-failed",
-            is_flag=True,
-            default=None,
-            help="On --resume, send permanent failures (DLF.* errors) again too.",
-        ),
-        click.option(
-            "--shard",
-            metavar="I/N",
-            help="Take the I-th of N disjoint parts of the manifest (0-based, by job identity).",
-        ),
-        click.option("--concurrency", type=int, help="Most requests in flight at once [64]."),
-        click.option(
-            "--per-workspace", type=int, help="Most requests in flight per workspace [no limit]."
-        ),
-        click.option(
-            "--rate", help="Most requests started per second: 30/s, 120/m, 0 = unlimited [30/s]."
-        ),
-        click.option(
-            "--burst", type=int, help="Requests that may go back to back after idling [1]."
-        ),
-        click.option("--max-attempts", type=int, help="Attempts per job, the first included [5]."),
-        click.option("--timeout", type=float, help="Per-request timeout in seconds [10]."),
-        click.option(
-            "--action",
-            type=click.Choice(["start", "stop", "run-immediate"]),
-            help="What to do to each job [start].",
-        ),
-        click.option(
-            "--allow-duplicates", is_flag=True, default=None, help="Accept the same job twice."
-        ),
-        click.option(
-            "--dry-run",
-            is_flag=True,
-            default=None,
-            help="Validate and print the plan; send nothing.",
-        ),
-        click.option(
-            "--no-canary",
-            "canary",
-            flag_value=False,
-            default=None,
-            help="Do not send the first request alone.",
-        ),
-        click.option(
-            "--adaptive/--no-adaptive",
-            default=None,
-            help="Slow down on 429s and recover along a CUBIC curve [on].",
-        ),
-        click.option("--backoff-base", type=float, help="First retry waits up to this [0.1 s]."),
-        click.option("--backoff-cap", type=float, help="No retry waits longer [20 s]."),
-        click.option(
-            "--retry-budget",
-            type=int,
-            help="Run-wide retry tokens (a retry costs 5, a success refunds 1); 0 = off [500].",
-        ),
-        click.option("--halt", help="Stop dispatching when failures cross fail=N or fail=P%."),
-        click.option("--deadline", help="Bound the whole run (30m, 90s); unsent jobs end pending."),
-        click.option(
-            "--ca-bundle",
-            type=click.Path(dir_okay=False),
-            help="CA certificates (PEM) to trust instead of the system store.",
-        ),
-        click.option(
-            "--proxy",
-            metavar="URL",
-            help="Forward proxy for every call, IAM too (default: HTTPS_PROXY, HTTP_PROXY, "
-            "NO_PROXY; '' for none).",
-        ),
-        click.option(
-            "--iam-endpoint", help="IAM endpoint for password login (default from --region)."
-        ),
-        click.option(
-            "--fsync",
-            type=click.Choice(["always", "batch", "never"]),
-            help="Ledger durability [batch].",
-        ),
-        click.option(
-            "--format",
-            "manifest_format",
-            type=click.Choice(["jsonl", "csv", "yaml"]),
-            help="Manifest format (default: by file suffix).",
-        ),
-        click.option(
-            "--log-format",
-            type=click.Choice(["auto", "console", "json"]),
-            help="Logs on stderr [auto].",
-        ),
-        click.option(
-            "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]"
-        ),
-        click.option(
-            "--progress",
-            type=click.Choice(["auto", "bar", "lines", "off"]),
-            help="Progress display [auto].",
-        ),
-        click.option(
-            "--redis",
-            help="Share the rate limit with every launcher on the same --limit-key through "
-            "this Redis (redis://[:PASSWORD@]HOST:PORT/DB; env LAUNCHER_REDIS_URL).",
-        ),
-        click.option(
-            "--limit-key",
-            help="Redis key of the shared limit [from the endpoint host and the AK].",
-        ),
-        click.option(
-            "--redis-optional",
-            is_flag=True,
-            default=None,
-            help="If Redis is unreachable at start, warn and apply local limits (else exit 2).",
-        ),
-        click.option(
-            "--shared-concurrency",
-            type=int,
-            help="Most requests in flight across every launcher on the key; 0 = off [0].",
-        ),
-        click.option(
-            "--metrics-port",
-            type=int,
-            help="Serve Prometheus metrics of the run (jobs by outcome, attempts, in flight, "
-            "failures by code) on this port.",
-        ),
-        click.option("--metrics-host", help="Address for --metrics-port [127.0.0.1]."),
-        click.option(
-            "--workers",
-            metavar="N|auto",
-            help="Dispatch processes: auto uses every core at --rate 0 or a rate one "
-            "process cannot reach, and one process otherwise [auto].",
-        ),
-    ]
-    for decorator in reversed(decorators):
-        func = decorator(func)
-    return func
 
 
 def _fail(error: LauncherError) -> None:
@@ -220,17 +60,32 @@ def cli() -> None:
     """Launch DataArts Factory (DLF) jobs in bulk: fast, paced, recorded, resumable."""
 
 
-@cli.command()
+# `run --help` ends with the exit codes (from the errors that carry them) and examples.
+_RUN_EPILOG = f"""\b
+Exit codes:
+  0    every job started
+  1    the run finished; some jobs failed, ended unknown, or were never sent
+  {UsageError.exit_code}    bad usage or bad input: nothing was sent
+  {HaltError.exit_code}    halted by a safety stop (auth failure, --halt, unwritable ledger)
+  {EXIT_INTERRUPTED}  interrupted (SIGINT/SIGTERM): continue it with --resume
+
+\b
+Examples:
+  launcher run nightly.jsonl --region cn-north-4 --project-id 0123abcd --rate 30/s
+  launcher run nightly.jsonl --config nightly.toml --ledger ledgers/n.jsonl --resume
+"""
+
+
+@cli.command(epilog=_RUN_EPILOG)
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@_run_options
+@options_of("run")
 def run(manifest: str, config_path: str | None, **flags: Any) -> None:
     """Launch every job in MANIFEST."""
     from launcher.run.runner import launch
 
     try:
-        file_values = load_config_file(config_path) if config_path else {}
-        options = resolve_options(flags, file_values, os.environ, config_path=config_path)
-        configure_logging(options.log_format, options.log_level)  # type: ignore[arg-type]
+        options, _ = load_options(flags, config_path, os.environ)
+        configure_logging(options.log_format, options.log_level)
         result = launch(manifest, options, dict(os.environ))
     except LauncherError as error:
         _fail(error)
@@ -240,31 +95,26 @@ def run(manifest: str, config_path: str | None, **flags: Any) -> None:
 
 @cli.command("validate")
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("--project-id", help="Default project id applied before the duplicate check.")
-@click.option("--workspace", help="Default workspace applied before the duplicate check.")
-@click.option("--allow-duplicates", is_flag=True, help="Accept the same job twice.")
-@click.option("--format", "manifest_format", type=click.Choice(["jsonl", "csv", "yaml"]))
-def validate_command(
-    manifest: str,
-    project_id: str | None,
-    workspace: str | None,
-    allow_duplicates: bool,
-    manifest_format: str | None,
-) -> None:
-    """Check MANIFEST exactly as `run` would, and send nothing."""
+@options_of("validate")
+def validate_command(manifest: str, config_path: str | None, **flags: Any) -> None:
+    """Check MANIFEST exactly as `run` would, and send nothing.
+
+    The options, a --config file and the environment are read as `run` reads
+    them (and checked: a bad value in the file is an error here too), so a
+    manifest valid here is one `run` accepts with the same ones.
+    """
+    from launcher.run import plan_manifest
+
     try:
-        project = project_id or os.environ.get("HUAWEICLOUD_SDK_PROJECT_ID") or None
-        result = validate(
-            manifest,
-            Defaults(project_id=project, workspace=workspace),
-            allow_duplicates=allow_duplicates,
-            fmt=manifest_format,
-        )
-        result.raise_if_invalid()
+        options, _ = load_options(flags, config_path, os.environ)
+        plan = plan_manifest(manifest, options)
     except LauncherError as error:
         _fail(error)
         return
+    result = plan.validation
     click.echo(f"{manifest}: {result.jobs} job(s), valid (sha256 {result.sha256[:16]}…)")
+    if options.shard:
+        click.echo(f"shard {options.shard}: {plan.jobs} job(s)")
 
 
 @cli.command()
@@ -363,7 +213,7 @@ def report(ledgers: tuple[str, ...], fmt: str, outcome: str | None, merge_runs: 
 
 @cli.command()
 @click.argument("source", metavar="LEDGER", type=click.Path(dir_okay=False))
-@_run_options
+@options_of("replay")
 @click.option(
     "--only",
     help="Replay only jobs with these final outcomes: started,failed,unknown,pending [all].",
@@ -389,9 +239,8 @@ def replay(
     from launcher.run.runner import launch
 
     try:
-        file_values = load_config_file(config_path) if config_path else {}
-        options = resolve_options(flags, file_values, os.environ, config_path=config_path)
-        configure_logging(options.log_format, options.log_level)  # type: ignore[arg-type]
+        options, file_values = load_options(flags, config_path, os.environ)
+        configure_logging(options.log_format, options.log_level)
         if options.resume:
             raise UsageError(
                 "replay --resume: resume a replay with `launcher run REPLAY.manifest.jsonl "

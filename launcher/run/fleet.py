@@ -479,7 +479,7 @@ class Fleet:
         try:
             async with connect(options, self.env) as connection:
                 folds = self.count_parts
-                ledger = Ledger(part, fsync=options.fsync, mirror=folds)  # type: ignore[arg-type]
+                ledger = Ledger(part, fsync=options.fsync, mirror=folds)
                 live = LiveFold(ledger, share(self.plan.jobs, index, self.count)) if folds else None
                 try:
                     role = WorkerRole(index, self.count, self.fleet, _companion(orders, reports))
@@ -562,7 +562,7 @@ def _local_part_ledger(
     hashes of this process's seed); the other workers' come as counts.
     """
     fresh = segment.history is None
-    ledger = Ledger(path, fsync=options.fsync, mirror=fresh)  # type: ignore[arg-type]
+    ledger = Ledger(path, fsync=options.fsync, mirror=fresh)
     return ledger, LiveFold(ledger, jobs) if fresh else None
 
 

@@ -128,7 +128,7 @@ async def _launch_here(
         # A new ledger (plan_segment refused one with content) is folded as it is
         # written, for the summary (see LiveFold).
         fresh = segment.history is None
-        ledger = Ledger(ledger_path, fsync=options.fsync, mirror=fresh)  # type: ignore[arg-type]
+        ledger = Ledger(ledger_path, fsync=options.fsync, mirror=fresh)
         live = LiveFold(ledger, plan.jobs) if fresh else None
         try:
             exit_code = await run_segment(
