@@ -41,8 +41,8 @@ import anyio
 import anyio.abc
 
 from launcher.config import RunOptions
-from launcher.dispatch import auth_failure_message, tls_failure_message
 from launcher.errors import EXIT_INTERRUPTED, AuthFailed, TlsFailed, UsageError
+from launcher.flow.dispatch import auth_failure_message, tls_failure_message
 from launcher.flow.policy import Verdict, classify, retry_delay
 from launcher.loadtest.output import (
     TimeseriesWriter,

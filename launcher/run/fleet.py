@@ -53,9 +53,9 @@ import anyio
 import orjson
 
 from launcher.config import RunOptions
-from launcher.dispatch import Dispatcher, Tally
 from launcher.dlf.transport import backend_options
 from launcher.errors import EXIT_INTERRUPTED, LauncherError, UsageError
+from launcher.flow.dispatch import Dispatcher, Tally
 from launcher.flow.policy import parse_halt
 from launcher.ledger.history import (
     CountedPart,

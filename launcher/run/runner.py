@@ -17,9 +17,9 @@ from typing import TextIO
 import anyio
 
 from launcher.config import RunOptions
-from launcher.dispatch import Tally
 from launcher.dlf.client import job_body, path_segment
 from launcher.dlf.transport import backend_options
+from launcher.flow.dispatch import Tally
 from launcher.flow.pacing import format_rate
 from launcher.ledger.history import LiveFold, catch_up, fold, save_fold
 from launcher.ledger.report import format_text, summary_of

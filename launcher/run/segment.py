@@ -26,9 +26,9 @@ import anyio
 
 from launcher import __version__
 from launcher.config import RunOptions
-from launcher.dispatch import Dispatcher, DispatchSettings, Tally, WorkspaceLimits
 from launcher.errors import EXIT_INTERRUPTED, HaltError, LedgerFailed
 from launcher.flow.adaptive import AdaptiveRate
+from launcher.flow.dispatch import Dispatcher, DispatchSettings, Tally, WorkspaceLimits
 from launcher.flow.pacing import Pacer, RateGate, TokenBucket, format_rate
 from launcher.flow.policy import RetryBudget, RetryPolicy, parse_halt
 from launcher.ledger.history import LiveFold

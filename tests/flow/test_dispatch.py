@@ -14,8 +14,8 @@ from typing import Any
 import anyio
 import pytest
 
-from launcher.dispatch import Dispatcher, DispatchSettings
 from launcher.errors import AuthFailed, TlsFailed
+from launcher.flow.dispatch import Dispatcher, DispatchSettings
 from launcher.flow.pacing import Pacer, TokenBucket
 from launcher.flow.policy import RetryPolicy
 from launcher.ledger.report import Summary, summarize
