@@ -3,7 +3,7 @@
 The ledger is the single source of truth: `launcher run` prints its summary by
 reading back the ledger it just wrote (a resumed run: the history it folded to
 resume, caught up with what it appended), so the run's summary and a later
-`launcher report` cannot disagree. Folding rules live in `launcher.ledger.history`.
+`launcher report` cannot disagree. Folding rules live in `launcher.ledger.fold`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from typing import Any, TextIO
 
 import orjson
 
-from launcher.ledger.history import History, fold
+from launcher.ledger.fold import fold
+from launcher.ledger.folded import History
 from launcher.ledger.lineage import active_seconds
-from launcher.ledger.writer import LedgerRead
+from launcher.ledger.read import LedgerRead
 from launcher.models import Job
 
 __all__ = [

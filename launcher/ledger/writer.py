@@ -24,8 +24,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -33,6 +32,7 @@ import anyio
 import orjson
 
 from launcher.errors import LedgerFailed, UsageError
+from launcher.ledger.read import LedgerRead, Unmerged, part_name, part_paths, read_ledger
 from launcher.models import Action, Job, Reply
 
 __all__ = [
@@ -322,145 +322,6 @@ def _line(event: Mapping[str, Any]) -> bytes:
     return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
 
 
-class LedgerRead:
-    """A ledger's events, streamed: iterate it once (memory stays flat at any size).
-
-    Works on a ledger that a running launcher is still appending to: a last
-    line without its newline is treated as not yet written. After iteration,
-    `torn_tail` says whether such a line was skipped (a crash mid-write, or a
-    write in progress) and `bad_lines` lists other unreadable lines.
-
-    A run with several worker processes (`--workers`) writes a `workers`
-    record naming one part file per worker, and when they are done copies the
-    parts into the ledger and writes a `merged` record. Reading follows the
-    parts while they exist (a run in progress, or one that crashed before
-    merging) and skips any partial copy of them; `unmerged` then says where
-    the copy belongs, for `finish_merge`. `end` limits reading to the first
-    `end` bytes (what a fleet's workers resume from).
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, end: int | None = None) -> None:
-        self.path = Path(path)
-        self.end = end
-        self.torn_tail = False
-        self.bad_lines: list[int] = []
-        self.unmerged: Unmerged | None = None
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        loads = orjson.loads
-        end = self.end
-        skipping: str | None = None  # a fleet whose copy in this file is read from its parts
-        expected: dict[str, list[str]] = {}  # fleets whose parts are gone: merged, they said
-        try:
-            with open(self.path, "rb") as handle:
-                offset = 0
-                for number, raw in enumerate(handle, 1):
-                    offset += len(raw)
-                    if end is not None and offset > end:
-                        break
-                    if not raw.endswith(b"\n"):
-                        if raw.strip() and skipping is None:
-                            self.torn_tail = True
-                        continue
-                    if skipping is not None:
-                        if raw.startswith(MERGED_PREFIX):
-                            marker = _loads_or_none(raw)
-                            if marker is not None and marker.get("fleet") == skipping:
-                                skipping = None
-                        continue
-                    try:
-                        event = loads(raw)
-                    except orjson.JSONDecodeError:
-                        if raw.strip():
-                            self.bad_lines.append(number)
-                        continue
-                    if not isinstance(event, dict):
-                        self.bad_lines.append(number)
-                        continue
-                    if raw.startswith(WORKERS_PREFIX):
-                        parts = parts_pending(self.path, event)
-                        fleet = str(event.get("fleet"))
-                        yield event
-                        if parts:
-                            # Not merged yet (or merged, not yet cleaned up): the parts
-                            # are the record; a copy that follows here is skipped.
-                            self.unmerged = Unmerged(offset, event, parts)
-                            for part in parts:
-                                read = LedgerRead(part)
-                                yield from read
-                                self.torn_tail = self.torn_tail or read.torn_tail
-                            skipping = fleet
-                        else:
-                            expected[fleet] = [p.name for p in part_paths(self.path, event)]
-                        continue
-                    if raw.startswith(MERGED_PREFIX):
-                        expected.pop(str(event.get("fleet")), None)
-                    yield event
-        except OSError as error:
-            raise UsageError(f"{self.path}: cannot read the ledger: {error.strerror}") from None
-        if expected and end is None:
-            raise missing_parts(self.path, expected)
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        """Every event as a list: for small ledgers and tests only."""
-        return list(self)
-
-
-# orjson keeps insertion order and every event starts with its kind: a prefix
-# test finds the rare fleet records without decoding the common lines twice.
-WORKERS_PREFIX = b'{"event":"workers"'
-MERGED_PREFIX = b'{"event":"merged"'
-
-
-def parts_pending(ledger: str | os.PathLike[str], record: Mapping[str, Any]) -> list[Path]:
-    """The parts of a `workers` record that are still to be read instead of the ledger's
-    copy (all of them exist: not merged, or merged but not yet removed), else []."""
-    parts = part_paths(ledger, record)
-    return parts if parts and all(part.exists() for part in parts) else []
-
-
-def missing_parts(ledger: str | os.PathLike[str], expected: Mapping[str, list[str]]) -> UsageError:
-    """The error for `workers` records whose parts are gone without a `merged` record."""
-    missing = ", ".join(name for names in expected.values() for name in names)
-    return UsageError(
-        f"{ledger}: the worker ledgers {missing} are missing and were never merged "
-        "into this ledger; restore them next to it"
-    )
-
-
-def _loads_or_none(raw: bytes) -> dict[str, Any] | None:
-    try:
-        event = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return event if isinstance(event, dict) else None
-
-
-@dataclass(frozen=True, slots=True)
-class Unmerged:
-    """A `workers` record whose parts are still separate files."""
-
-    offset: int  # where the record ends in the ledger: the copy of the parts goes here
-    record: dict[str, Any]
-    parts: list[Path]
-
-
-def part_paths(ledger: str | os.PathLike[str], record: Mapping[str, Any]) -> list[Path]:
-    """The part files a `workers` record names (names relative to the ledger's folder)."""
-    names = record.get("parts")
-    if not isinstance(names, list):
-        return []
-    folder = Path(ledger).parent
-    return [folder / Path(str(name)).name for name in names]
-
-
-def part_name(ledger: str | os.PathLike[str], fleet: str, index: int) -> str:
-    """The file name of worker `index`'s part of `ledger` (next to it)."""
-    path = Path(ledger)
-    return f"{path.stem}.{fleet[:8]}.w{index}{path.suffix or '.jsonl'}"
-
-
 def open_fleet(ledger: str | os.PathLike[str], record: Mapping[str, Any]) -> Unmerged:
     """Create the (empty) part files, then append the `workers` record naming them.
 
@@ -568,8 +429,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def read_ledger(path: str | os.PathLike[str], *, end: int | None = None) -> LedgerRead:
-    """A streaming reader of the ledger at `path` (nothing is read until iterated)."""
-    return LedgerRead(path, end=end)

@@ -16,19 +16,20 @@ from fold_helpers import observed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import launcher.ledger.history as history_module
+import launcher.ledger.parallel as parallel_module
 from launcher.errors import UsageError
-from launcher.ledger.history import (
+from launcher.ledger import (
     NOT_TAKEN,
     PERMANENT,
     JobRecord,
-    JobState,
+    LedgerRead,
     catch_up,
     fold,
     job_key,
-    pack_state,
-    unpack_state,
+    part_name,
+    read_ledger,
 )
+from launcher.ledger.folder import Folder
 from launcher.ledger.report import (
     OUTCOMES,
     job_rows,
@@ -37,7 +38,7 @@ from launcher.ledger.report import (
     ranked,
     summary_of,
 )
-from launcher.ledger.writer import LedgerRead, part_name, read_ledger
+from launcher.ledger.state import JobState, pack_state, unpack_state
 from launcher.run.resume import Next, next_step, step_lookup
 
 STATES = st.builds(
@@ -612,20 +613,20 @@ def test_a_table_with_no_header_grows_as_jobs_come(tmp_path: Path) -> None:
 def parallel_parts(cpus: int) -> Iterator[list[int]]:
     """Fold every file in up to `cpus` parallel parts, however small; yields the forks made."""
     forks: list[int] = []
-    fork = history_module._fork
+    fork = parallel_module._fork
 
     def counted(*args: Any) -> Any:
         forks.append(1)
         return fork(*args)
 
-    saved = (history_module._PARALLEL_PART_BYTES, history_module._cpus, history_module._fork)
-    history_module._PARALLEL_PART_BYTES = 1
-    history_module._cpus = lambda: cpus
-    history_module._fork = counted
+    saved = (parallel_module.PART_BYTES, parallel_module.usable_cpus, parallel_module._fork)
+    parallel_module.PART_BYTES = 1
+    parallel_module.usable_cpus = lambda: cpus
+    parallel_module._fork = counted
     try:
         yield forks
     finally:
-        (history_module._PARALLEL_PART_BYTES, history_module._cpus, history_module._fork) = saved
+        (parallel_module.PART_BYTES, parallel_module.usable_cpus, parallel_module._fork) = saved
 
 
 @settings(max_examples=120, deadline=None)
@@ -703,18 +704,18 @@ def test_parts_hand_jobs_that_straddle_them_to_the_parent(
     write_lines(path, lines, torn)
     want = fold([Iterated(read_ledger(path))])
     merged: list[bool] = []
-    merge = history_module._Folder.merge
+    merge = Folder.merge
 
     def noted(folder: Any, ordinal: int, part: Any) -> bool:
         merged.append(merge(folder, ordinal, part))
         return merged[-1]
 
-    history_module._Folder.merge = noted  # type: ignore[method-assign]
+    Folder.merge = noted  # type: ignore[method-assign]
     try:
         with parallel_parts(3) as forks:
             got = fold([read_ledger(path)], parallel=True)
     finally:
-        history_module._Folder.merge = merge  # type: ignore[method-assign]
+        Folder.merge = merge  # type: ignore[method-assign]
     assert len(forks) == 2
     # Merged, but for the part with a verdict the launcher never writes: folded again.
     assert merged == ([True, False] if odd_verdict else [True, True])
@@ -806,13 +807,13 @@ def test_a_child_that_fails_leaves_its_part_to_the_parent(tmp_path: Path) -> Non
     def broken(*args: Any) -> Any:
         raise RuntimeError("the child failed")
 
-    saved = history_module._Folder.part
-    history_module._Folder.part = broken  # type: ignore[method-assign]
+    saved = parallel_module.fold_part
+    parallel_module.fold_part = broken
     try:
         with parallel_parts(2) as forks:
             got = fold([read_ledger(path)], parallel=True)
     finally:
-        history_module._Folder.part = saved  # type: ignore[method-assign]
+        parallel_module.fold_part = saved
     assert forks
     ids = [f"{n:032x}" for n in range(300)]
     assert observed(got, ids) == observed(want, ids)

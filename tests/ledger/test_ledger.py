@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from launcher.errors import LedgerFailed
-from launcher.ledger.writer import Ledger, default_ledger_path, read_ledger
+from launcher.ledger import Ledger, default_ledger_path, read_ledger
 from launcher.models import Failure, Job, JobParam, Reply
 
 JOB = Job(

@@ -14,19 +14,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from launcher.flow.policy import Verdict
-from launcher.ledger.history import (
+from launcher.ledger import (
     CountedPart,
     FoldedPart,
+    Ledger,
     LiveFold,
     catch_up,
+    finish_merge,
     fold,
     fold_fleet,
     load_fold,
+    open_fleet,
+    part_name,
+    read_ledger,
     save_fold,
     snapshot_path,
+    summary_of,
 )
-from launcher.ledger.report import summary_of
-from launcher.ledger.writer import Ledger, finish_merge, open_fleet, part_name, read_ledger
 from launcher.models import Failure, Job, JobParam, Reply
 
 JOBS = [
