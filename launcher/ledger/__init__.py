@@ -2,8 +2,9 @@
 (`fold`, into a `History`) and reported (`report`).
 
 Modules, lowest first (each imports only those before it):
-`compact` (CompactMap) · `state` (a job's packed state) · `read` (the line
-decoder, `LedgerRead`, worker part names) · `writer` (`Ledger`, fleet merges)
+`compact` (CompactMap) · `state` (a job's packed state) · `check` (what an
+event may hold, worker part names) · `read` (the line decoder, `LedgerRead`,
+regular files only) · `writer` (`Ledger`, fleet merges)
 · `folded` (`History`) · `parts` (parts folded elsewhere) · `folder` (the fold
 pass) · `parallel` (forked parts, `usable_cpus`) · `fold` (`fold`,
 `catch_up`) · `live` (`LiveFold`) · `snapshot` (`.fold` files) · `fleet_fold`

@@ -11,6 +11,7 @@ from launcher.errors import UsageError
 from launcher.ledger.folded import History, Source
 from launcher.ledger.folder import Folder
 from launcher.ledger.parts import CountedPart, FoldedPart
+from launcher.ledger.read import open_regular
 
 __all__ = ["fold_fleet"]
 
@@ -50,7 +51,7 @@ def fold_fleet(
     # The table holds only the jobs merged or read: counted parts' jobs are not in it.
     folder.sized_by_headers = False
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             info = os.fstat(handle.fileno())
             folder.range(handle, 0, 0, bounds[0])
             counts_fit = disjoint and history.job_count == 0

@@ -2,7 +2,7 @@
 
 How a ledger is read: the fold reads a `LedgerRead`'s file itself, a
 megabyte at a time, with exactly the semantics of iterating it (torn tail,
-bad lines, `end`, worker parts), and keeps where it stopped: `catch_up` then
+bad lines refused, `end`, worker parts), and keeps where it stopped: `catch_up` then
 folds only what a ledger gained since, which is how a resumed run summarizes
 its ledger without reading it twice. A file of at least two 32 MB parts, on a
 machine with more than one CPU, may be folded in parts by forked children
@@ -20,7 +20,7 @@ from launcher.errors import UsageError
 from launcher.ledger.folded import History, Source, extends
 from launcher.ledger.folder import CountedOnly, Folder, PartsUnmerged
 from launcher.ledger.parallel import fold_parallel, part_bounds
-from launcher.ledger.read import LedgerRead
+from launcher.ledger.read import LedgerRead, open_regular
 
 __all__ = ["catch_up", "fold", "fold_file"]
 
@@ -38,7 +38,7 @@ def fold(
     process' pages included).
 
     A `LedgerRead` is read here, a chunk at a time, exactly as iterating it
-    reads it (torn tail, bad lines, `end`, merged or missing worker parts),
+    reads it (torn tail, bad lines refused, `end`, merged or missing worker parts),
     and the fold remembers where it stopped in each ledger, for `catch_up`.
     Only a run whose worker parts are still separate files is left to
     `LedgerRead`, which follows them. Any other iterable of events is folded
@@ -55,7 +55,7 @@ def fold(
         folder = Folder(history)
         for read in reads:
             if type(read) is LedgerRead:
-                read.torn_tail, read.bad_lines = False, []  # as new: read again
+                read.torn_tail = False  # as new: read again
             _read(folder, read, direct=False)
     return history
 
@@ -94,7 +94,7 @@ def _read(folder: Folder, read: LedgerRead, *, direct: bool) -> None:
     if direct and type(read) is LedgerRead:
         end = getattr(read, "end", None)
         fold_file(folder, source, ordinal, end)
-        read.torn_tail, read.bad_lines = source.torn, folder.bad_lines
+        read.torn_tail = source.torn
         if end is not None:
             source.offset = -1  # not all of it was read: `catch_up` starts again
     else:
@@ -114,10 +114,9 @@ def fold_file(folder: Folder, source: Source, ordinal: int, end: int | None) -> 
     path = folder.path = Path(source.path)
     start = max(source.offset, 0)
     folder.number = source.lines
-    folder.bad_lines = []
     folder.expected = {}
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             info = os.fstat(handle.fileno())
             bounds = part_bounds(folder, handle, start, info.st_size) if end is None else []
             if bounds:

@@ -29,6 +29,7 @@ from typing import Any
 
 from launcher.errors import UsageError
 from launcher.ledger.compact import CompactMap
+from launcher.ledger.read import open_regular
 from launcher.ledger.state import (
     KNOWN_VERDICTS,
     LABEL_MAX,
@@ -243,7 +244,7 @@ class Source:
     jobs: int = 0  # the most jobs a `run` header of this ledger announced
     torn: bool = False  # its last line had no newline (yet)
     offset: int = -1  # bytes folded, to the end of the last complete line (-1: cannot continue)
-    lines: int = 0  # complete lines folded (for bad line numbers)
+    lines: int = 0  # complete lines folded (to number lines)
     identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file read
     tail: bytes = b""  # the last bytes before `offset`, to recognise the file again
 
@@ -253,11 +254,11 @@ def extends(source: Source) -> bool:
     if source.offset < 0:
         return False
     try:
-        with open(source.path, "rb") as handle:
+        with open_regular(source.path) as handle:
             info = os.fstat(handle.fileno())
             if (info.st_dev, info.st_ino) != source.identity or info.st_size < source.offset:
                 return False
             handle.seek(source.offset - len(source.tail))
             return handle.read(len(source.tail)) == source.tail
-    except OSError:
+    except (OSError, UsageError):
         return False

@@ -3,7 +3,8 @@
 The fold is split by concern (see `launcher.ledger`): `state` (packed job
 states), `folded` (`History`), `folder` and `fold` (the pass itself),
 `parallel` (forked parts), `live` (`LiveFold`), `snapshot` (`.fold` files),
-`parts` and `fleet_fold` (a fleet's workers' folds). New code imports from
+`parts` and `fleet_fold` (a fleet's workers' folds), `read` and `check` (the
+line decoder, and what each field may hold). New code imports from
 `launcher.ledger`; nothing in `launcher.ledger` imports this module.
 """
 

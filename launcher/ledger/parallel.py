@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 from launcher.ledger.folded import History, Source
 from launcher.ledger.folder import Folder, part_of
 from launcher.ledger.parts import FoldedPart, Tail
-from launcher.ledger.read import decode_lines
+from launcher.ledger.read import LedgerInvalid, decode_lines, open_regular
 
 __all__ = ["MAX_PARTS", "PART_BYTES", "fold_parallel", "fold_part", "part_bounds", "usable_cpus"]
 
@@ -103,7 +103,10 @@ def _announced_jobs(handle: BinaryIO, start: int) -> int:
     handle.seek(start)
     for _ in range(4):
         line = handle.readline()
-        events = decode_lines([line[:-1]], 1, []) if line.endswith(b"\n") else []
+        try:
+            events = decode_lines([line[:-1]], 1, "") if line.endswith(b"\n") else []
+        except LedgerInvalid:  # the fold will say where
+            events = []
         manifest = events[0].get("manifest") if events else None
         jobs = manifest.get("jobs") if isinstance(manifest, dict) else None
         if type(jobs) is int and jobs > 0:
@@ -172,6 +175,6 @@ def fold_part(folder: Folder, ordinal: int, start: int, end: int | None, hint: i
     child = Folder(history)
     child.path = folder.path
     child.orphans = []
-    with open(folder.path, "rb") as handle:
+    with open_regular(folder.path) as handle:
         tail = child.range(handle, ordinal, start, end)
     return part_of(child, tail, ordinal)

@@ -70,7 +70,6 @@ class FoldedPart(Totals):
 
     tail: Tail
     lines: int
-    bad_lines: list[int]  # numbered from the part's start
     fleet_ops: list[tuple[str, list[str] | None]]
     orphans: list[dict[str, Any]]  # events of jobs not new in the part, for the parent to fold
     keys: array[int]  # the part's jobs (new ones only) and their states

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from collections import Counter
@@ -10,7 +11,10 @@ from pathlib import Path
 
 import orjson
 
+from launcher.errors import UsageError
+from launcher.ledger.check import MAX_TIME, problem
 from launcher.ledger.folded import History, Source, extends
+from launcher.ledger.read import MAX_LINE_BYTES, open_regular
 from launcher.ledger.state import unpack_state
 
 __all__ = ["SNAPSHOT_SUFFIX", "load_fold", "save_fold", "snapshot_path"]
@@ -65,10 +69,16 @@ def save_fold(history: History) -> bool:
     }
     target = snapshot_path(source.path)
     temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    try:  # a new file (0600, never through a link): one found there is not ours to touch
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return False
     try:
-        with open(temporary, "wb") as out:
+        with open(fd, "wb") as out:
             out.write(orjson.dumps(head, option=orjson.OPT_APPEND_NEWLINE))
             history.latencies_us.tofile(out)
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            raise OSError("not a snapshot file")  # replaced by no snapshot of ours
         os.replace(temporary, target)
     except (OSError, TypeError):  # TypeError: a header orjson cannot write; no snapshot then
         with contextlib.suppress(OSError):
@@ -77,14 +87,36 @@ def save_fold(history: History) -> bool:
     return True
 
 
+def _plausible(history: History) -> bool:
+    """Whether a loaded snapshot holds only what a fold of a valid ledger can."""
+    events = [*history.headers, *history.footers]
+    return (
+        all(type(event) is dict and problem(event) is None for event in events)
+        and all(event.get("event") == "run" for event in history.headers)
+        and all(event.get("event") == "end" for event in history.footers)
+        and all(
+            (workspace is None or isinstance(workspace, str))
+            and (failure is None or isinstance(failure, str))
+            for workspace, failure in history._labels
+        )
+        and all(n > 0 for n in (history._counted or {}).values())
+        and history.attempts >= 0
+        and history.declared_jobs >= 0
+        and all(isinstance(job, str) for job in history.overlap_examples)
+        and (
+            history.first_t == math.inf or -MAX_TIME < history.first_t <= history.last_t < MAX_TIME
+        )
+    )
+
+
 def load_fold(ledger: str | os.PathLike[str]) -> History | None:
     """The saved counts of `ledger`'s fold (`History.counted_only`), if the snapshot still
     describes the file exactly; else None."""
     path = os.fspath(ledger)
     history = History()
     try:
-        with open(snapshot_path(path), "rb") as handle:
-            head = orjson.loads(handle.readline())
+        with open_regular(snapshot_path(path), follow=False) as handle:
+            head = orjson.loads(handle.readline(MAX_LINE_BYTES))
             if head["snapshot"] != _SNAPSHOT_VERSION or head["byteorder"] != sys.byteorder:
                 return None
             history.latencies_us.fromfile(handle, head["latencies"])
@@ -106,7 +138,11 @@ def load_fold(ledger: str | os.PathLike[str]) -> History | None:
             history.first_t, history.last_t = float(head["t"][0]), float(head["t"][1])
         history.headers, history.footers = list(head["headers"]), list(head["footers"])
         history.overlap_examples = list(head["overlap_examples"])
-    except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError):
+        # A snapshot is a cache, and input like the ledger: what a summary reads of it
+        # must be what a fold of the ledger could hold, else the ledger is folded.
+        if not _plausible(history):
+            return None
+    except (OSError, UsageError, EOFError, ValueError, TypeError, KeyError, IndexError):
         return None  # (orjson.JSONDecodeError is a ValueError)
     history._label_index = {pair: n for n, pair in enumerate(history._labels)}
     history._verdict_index = {verdict: n for n, verdict in enumerate(history._verdicts)}
