@@ -8,7 +8,8 @@ regular files only) · `writer` (`Ledger`, fleet merges)
 · `folded` (`History`) · `parts` (parts folded elsewhere) · `folder` (the fold
 pass) · `parallel` (forked parts, `usable_cpus`) · `fold` (`fold`,
 `catch_up`) · `live` (`LiveFold`) · `snapshot` (`.fold` files) · `fleet_fold`
-· `lineage` (which ledgers are one run) · `report`. Other rooms import the names below from `launcher.ledger`.
+· `lineage` (which ledgers are one run) · `report`. Other rooms import the
+names below from `launcher.ledger`.
 """
 
 from launcher.ledger.compact import CompactMap
