@@ -64,7 +64,7 @@ from launcher.loadtest.schedule import (
 from launcher.loadtest.stats import Recorder, SecondRow
 from launcher.logs import get_logger
 from launcher.models import Action, Job, JobStatus, Reply
-from launcher.run.connect import connect
+from launcher.run.connect import connect, resolve_endpoint
 
 __all__ = [
     "EXIT_THRESHOLDS",
@@ -501,6 +501,9 @@ async def run_loadtest(
     stdout = out if out is not None else sys.stdout
     stderr = err if err is not None else sys.stderr
     check_outputs(settings)
+    # Before anything is printed or sent: no user info in the endpoint (the
+    # warning below names it), no control character in a credential.
+    resolve_endpoint(options, env)
     # The same validation as `run`: same messages, exit 2, nothing sent.
     plan = plan_manifest(manifest, options)
     if plan.jobs == 0:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from launcher.config import RunOptions
-from launcher.dlf.auth import Auth, NoAuth, auth_from_env
+from launcher.dlf.auth import Auth, NoAuth, auth_from_env, check_credentials, check_url
 from launcher.dlf.client import DlfClient, endpoint_for_region
 from launcher.dlf.proxy import ProxySettings
 from launcher.errors import UsageError
@@ -25,9 +25,19 @@ if TYPE_CHECKING:
 __all__ = ["Connection", "connect", "resolve_endpoint"]
 
 
-def resolve_endpoint(options: RunOptions) -> str:
-    """`--endpoint` as given, else derived from `--region`; UsageError when neither is set."""
+def resolve_endpoint(options: RunOptions, env: Mapping[str, str] | None = None) -> str:
+    """`--endpoint` as given, else derived from `--region`; UsageError when neither is set.
+
+    Checked first, so that a run refuses them before anything is read, written or
+    sent: endpoint URLs with user info or a control character (`check_url`), and,
+    with `env`, credential variables holding a control character (`check_credentials`).
+    """
+    if options.iam_endpoint:
+        check_url(options.iam_endpoint, "--iam-endpoint")
+    if env is not None and options.endpoint != "sim":
+        check_credentials(env)
     if options.endpoint:
+        check_url(options.endpoint, "--endpoint")
         return options.endpoint
     if options.region:
         return endpoint_for_region(options.region)
@@ -59,7 +69,7 @@ async def connect(
     Raises UsageError for a missing endpoint or credentials and AuthFailed
     when a login is refused; nothing has been sent to DLF in either case.
     """
-    endpoint = resolve_endpoint(options)
+    endpoint = resolve_endpoint(options, env)
     async with _base_url(endpoint, options) as (url, simulated):
 
         def make_auth(session: Callable[[], aiohttp.ClientSession]) -> Auth:

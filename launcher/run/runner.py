@@ -74,7 +74,7 @@ def launch(
     # (~1.5 µs a start) and found little; at 10,000 it does ~5 for 0.01 s.
     gc.set_threshold(10_000)
     stdout = out if out is not None else sys.stdout
-    endpoint = resolve_endpoint(options)
+    endpoint = resolve_endpoint(options, env)
     ledger_path = options.ledger or str(default_ledger_path(manifest))
     # A resume folds its ledger first: its latest header may spare re-validation.
     resumed = resume_history(ledger_path) if options.resume and not options.dry_run else None
