@@ -21,6 +21,7 @@ from launcher.config import load_options
 from launcher.errors import EXIT_INTERRUPTED, HaltError, LauncherError, UsageError
 from launcher.ledger.report import format_text
 from launcher.logs import configure_logging
+from launcher.manifest.lines import stdin_spooled
 
 __all__ = ["cli", "main"]
 
@@ -86,7 +87,8 @@ def run(manifest: str, config_path: str | None, **flags: Any) -> None:
     try:
         options, _ = load_options(flags, config_path, os.environ)
         configure_logging(options.log_format, options.log_level)
-        result = launch(manifest, options, dict(os.environ))
+        with stdin_spooled(manifest) as path:  # `-`: stdin, read whole before it is checked
+            result = launch(path, options, dict(os.environ))
     except LauncherError as error:
         _fail(error)
         return
@@ -107,7 +109,8 @@ def validate_command(manifest: str, config_path: str | None, **flags: Any) -> No
 
     try:
         options, _ = load_options(flags, config_path, os.environ)
-        plan = plan_manifest(manifest, options)
+        with stdin_spooled(manifest) as path:
+            plan = plan_manifest(path, options)
     except LauncherError as error:
         _fail(error)
         return
@@ -254,7 +257,8 @@ def replay(
             ledger=options.ledger,
         )
         click.echo(f"replay: {plan.jobs} job(s) from {source} -> {plan.manifest}", err=True)
-        options = replace(options, ledger=str(plan.ledger))
+        # Nothing to replay (no job had those outcomes) is an answer, not an error.
+        options = replace(options, ledger=str(plan.ledger), allow_empty=True)
         result = launch(str(plan.manifest), options, dict(os.environ))
     except LauncherError as error:
         _fail(error)

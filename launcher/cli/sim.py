@@ -19,6 +19,8 @@ from typing import Any
 import anyio
 import click
 
+from launcher.errors import LauncherError
+from launcher.manifest.lines import open_regular
 from launcher.simulator import SimConfig, Simulator
 
 __all__ = ["load_known_jobs", "sim_command"]
@@ -36,9 +38,9 @@ def load_known_jobs(path: str) -> list[str]:
 
 def _file_table(path: str) -> dict[str, object]:
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path, "config file") as handle:
             document = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as error:
+    except (OSError, tomllib.TOMLDecodeError, LauncherError) as error:
         raise click.BadParameter(str(error), param_hint="--config") from None
     table = document.get("sim", {})
     if not isinstance(table, dict):

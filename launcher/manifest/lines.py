@@ -7,7 +7,13 @@ Memory stays one chunk plus one line, and a line is capped at `MAX_LINE_BYTES`.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import stat
+import sys
+import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from itertools import islice
 from pathlib import Path
 from typing import IO, Final, Protocol
@@ -26,6 +32,8 @@ __all__ = [
     "_raw_lines",
     "_too_long",
     "_utf8_problem",
+    "open_regular",
+    "stdin_spooled",
 ]
 
 # Longer lines are reported, not parsed, so that one runaway line (a binary file,
@@ -96,10 +104,69 @@ _sha256 = hashlib.sha256
 
 
 def _open(path: str | Path) -> IO[bytes]:
+    return open_regular(path, "manifest", hint="; give - to read the manifest from stdin")
+
+
+def open_regular(path: str | os.PathLike[str], what: str, *, hint: str = "") -> IO[bytes]:
+    """Open a regular file for reading, or raise `UsageError` (exit 2) saying why not.
+
+    A FIFO, a device (`/dev/zero`, `/dev/urandom`, a terminal), a socket or a
+    directory is refused: reading one may never end. The open itself does not
+    block (O_NONBLOCK: a FIFO without a writer would wait forever), and the
+    check is on the descriptor opened, so nothing can be swapped in between.
+    """
     try:
-        return open(path, "rb")  # the caller closes it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise UsageError(f"{path}: cannot read: Is a directory")
+        if not stat.S_ISREG(mode):
+            raise UsageError(
+                f"{path}: not a regular file ({_file_kind(mode)}): a {what} must be a regular "
+                f"file{hint}"
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")  # the caller closes it
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a plain file"
+
+
+@contextmanager
+def stdin_spooled(path: str) -> Iterator[str]:
+    """`path`, or for ``-`` a private copy of stdin (0600, removed on exit).
+
+    The manifest is read from stdin whole, into a file only this user can read,
+    before it is validated: validation, the send pass and every worker then
+    read the same regular file, and nothing is sent before the whole input
+    has been checked.
+    """
+    if path != "-":
+        yield path
+        return
+    fd, spool = tempfile.mkstemp(prefix="launcher-stdin-")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out, _CHUNK)
+        yield spool
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(spool)
 
 
 def _chunks(f: IO[bytes], path: str, hasher: _Hasher | None) -> Iterator[bytes]:

@@ -450,10 +450,16 @@ def _scan(
     check = _Checker(path, defaults)
     # The CSV and YAML scanners (and PyYAML, ~20 ms) are imported by the runs that read them.
     if kind == "yaml":
-        from launcher.manifest.yaml_nodes import _scan_yaml
+        from launcher.manifest.yaml_nodes import MAX_YAML_BYTES, _scan_yaml, _too_large
 
-        data = b"".join(_chunks(f, path, hasher))
-        return _scan_yaml(data, path, check)
+        parts: list[bytes] = []
+        size = 0
+        for chunk in _chunks(f, path, hasher):
+            size += len(chunk)
+            if size > MAX_YAML_BYTES:  # read no further: it is refused whole
+                return iter((_too_large(path),))
+            parts.append(chunk)
+        return _scan_yaml(b"".join(parts), path, check)
     lines = _raw_lines(f, path, hasher)
     if kind == "csv":
         from launcher.manifest.csv_rows import _scan_csv

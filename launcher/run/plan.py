@@ -23,7 +23,7 @@ from typing import Any
 
 from launcher import __version__
 from launcher.config import RunOptions
-from launcher.errors import ManifestChanged, ManifestInvalid
+from launcher.errors import ManifestChanged, ManifestInvalid, UsageError
 from launcher.flow.shard import parse_shard, shard_of
 from launcher.logs import get_logger
 from launcher.manifest.validate import (
@@ -130,6 +130,12 @@ def plan_manifest(
             ]
             if missing:
                 raise ManifestInvalid(missing[:20], len(missing))
+    if validation.jobs == 0 and not options.allow_empty:
+        # An empty manifest is most often a generator that failed: not a success.
+        raise UsageError(
+            f"{manifest}: no jobs in the manifest (empty, or only blank and comment lines); "
+            "pass --allow-empty when nothing to do is expected"
+        )
     shard = parse_shard(options.shard) if options.shard else None
     plan = Plan(manifest, validation, defaults, options.manifest_format, shard, validation.jobs)
     if shard is not None:
