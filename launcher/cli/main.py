@@ -51,6 +51,16 @@ class _LazyGroup(click.Group):
             return command
         return super().get_command(ctx, cmd_name)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        # Ctrl-C outside a run's own signal handling (reading or validating the
+        # manifest, folding a ledger, a report): click would say "Aborted!" and
+        # exit 1; every command exits 130, as `run` does when interrupted.
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("launcher: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
 
 @click.group(
     cls=_LazyGroup,

@@ -64,7 +64,7 @@ from launcher.loadtest.schedule import (
 from launcher.loadtest.stats import Recorder, SecondRow
 from launcher.logs import get_logger
 from launcher.models import Action, Job, JobStatus, Reply
-from launcher.run.connect import connect, resolve_endpoint
+from launcher.run.connect import connect, ensure_descriptors, resolve_endpoint
 
 __all__ = [
     "EXIT_THRESHOLDS",
@@ -508,6 +508,7 @@ async def run_loadtest(
     plan = plan_manifest(manifest, options)
     if plan.jobs == 0:
         raise UsageError(f"{manifest}: no jobs to send")
+    ensure_descriptors(settings.max_in_flight, "--max-in-flight")
     warning = side_effect_warning(settings, plan.jobs, options.endpoint or options.region or "")
     if warning is not None and not settings.acknowledged:
         stderr.write(f"launcher: warning: {warning}\n")
