@@ -67,6 +67,7 @@ from launcher.models import Action, Job, JobStatus, Reply
 from launcher.run.connect import connect, ensure_descriptors, resolve_endpoint
 
 __all__ = [
+    "EXIT_ALL_FAILED",
     "EXIT_THRESHOLDS",
     "LoadResult",
     "LoadSettings",
@@ -79,6 +80,9 @@ __all__ = [
 ]
 
 EXIT_THRESHOLDS = 99  # a --threshold was breached (k6's exit code for the same)
+# Not one request was answered with a start (all errors, or none completed),
+# thresholds or not: a load test of nothing but failures did not pass.
+EXIT_ALL_FAILED = 98
 # Manifests up to this many jobs are cycled from memory; longer ones are streamed
 # from the file again at each end, so memory never grows with the manifest.
 CACHE_JOBS = 100_000
@@ -445,6 +449,8 @@ class LoadTest:
             exit_code = EXIT_INTERRUPTED
         elif not passed or reason == "threshold":
             exit_code = EXIT_THRESHOLDS
+        elif recorder.scheduled > 0 and recorder.completed == recorder.error_count:
+            exit_code = EXIT_ALL_FAILED
         else:
             exit_code = 0
         summary = build_summary(
@@ -561,6 +567,8 @@ def check_outputs(settings: LoadSettings) -> None:
             raise UsageError(f"{flag} {path}: no such directory {directory}")
         if not os.access(directory, os.W_OK) or Path(path).is_dir():
             raise UsageError(f"{flag} {path}: cannot write there")
+        if Path(path).is_symlink():  # (and `private_file` opens with O_NOFOLLOW)
+            raise UsageError(f"{flag} {path}: is a symbolic link; refused")
 
 
 async def _canary(client: Service, job: Job, action: LoadAction) -> None:
