@@ -156,8 +156,9 @@ def test_an_unchanged_file_streams_every_job_with_the_check(tmp_path: Path) -> N
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_a_streamed_manifest_overwritten_mid_run_stops_with_exit_3_and_resumes(
-    tmp_path: Path,
+    tmp_path: Path, workers: str
 ) -> None:
     manifest = tmp_path / "big.jsonl"
     original = _lines(9000, "old")  # ~8.6 MB: over the 8 MiB kept in memory, so streamed
@@ -165,7 +166,7 @@ async def test_a_streamed_manifest_overwritten_mid_run_stops_with_exit_3_and_res
     manifest.write_bytes(original)
     ledger = tmp_path / "l.jsonl"
     args = ["--endpoint", "URL", "--project-id", "p1", "--ledger", str(ledger),
-            "--workers", "1", "--progress", "off"]  # fmt: skip
+            "--workers", workers, "--progress", "off"]  # fmt: skip
     async with running(SimConfig()) as (sim, url):
         args[1] = url
         err = tmp_path / "stderr"
@@ -191,7 +192,8 @@ async def test_a_streamed_manifest_overwritten_mid_run_stops_with_exit_3_and_res
         assert names
         assert all(name.startswith("old-") for name in names)
         assert len(names) < 9000
-        assert ledger_events(ledger)[-1]["reason"] == "manifest_changed"
+        reasons = {event.get("reason") for event in ledger_events(ledger)}
+        assert "manifest_changed" in reasons
 
         manifest.write_bytes(original)  # the validated file back: resume finishes the run
         done = await anyio.run_process(
