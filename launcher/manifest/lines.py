@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
 import sys
 import tempfile
@@ -159,14 +158,33 @@ def stdin_spooled(path: str) -> Iterator[str]:
     if path != "-":
         yield path
         return
+    if sys.stdin.isatty():
+        raise UsageError("-: the manifest is read from stdin, but stdin is a terminal; pipe it in")
     fd, spool = tempfile.mkstemp(prefix="launcher-stdin-")  # mode 0600
     try:
         with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(sys.stdin.buffer, out, _CHUNK)
+            _copy_capped(sys.stdin.buffer, out)
         yield spool
     finally:
         with suppress(FileNotFoundError):
             os.unlink(spool)
+
+
+# Stdin is copied to disk before it is checked: a runaway producer (`cat
+# /dev/urandom |`) must not fill the disk. A larger manifest can be a file.
+MAX_STDIN_BYTES: Final = 1 << 30
+
+
+def _copy_capped(source: IO[bytes], out: IO[bytes]) -> None:
+    copied = 0
+    while chunk := source.read(_CHUNK):
+        copied += len(chunk)
+        if copied > MAX_STDIN_BYTES:
+            raise UsageError(
+                f"-: stdin holds more than {MAX_STDIN_BYTES >> 30} GiB; give a manifest "
+                "this large as a file"
+            )
+        out.write(chunk)
 
 
 def _chunks(f: IO[bytes], path: str, hasher: _Hasher | None) -> Iterator[bytes]:

@@ -5,8 +5,10 @@ The real CLI in a subprocess, real FIFOs and devices, a raw listener for the wir
 
 from __future__ import annotations
 
+import io
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import anyio
@@ -15,6 +17,8 @@ import pytest
 from launch_helpers import job_lines, launcher, sim_env, write_manifest
 from raw_listener import raw_listener
 
+from launcher.errors import UsageError
+from launcher.manifest import lines
 from launcher.manifest.validate import validate
 from launcher.manifest.yaml_nodes import MAX_YAML_BYTES
 from launcher.simulator.app import running
@@ -171,3 +175,24 @@ async def test_empty_manifest_exits_2_unless_allowed(tmp_path: Path, content: by
 async def launcher_out(*args: str) -> tuple[int, str]:
     done = await launcher(*args)
     return done.code, done.stdout + done.stderr
+
+
+def test_stdin_is_capped_and_a_terminal_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tty = False
+
+    class _Stdin(io.TextIOWrapper):
+        def isatty(self) -> bool:
+            return tty
+
+    monkeypatch.setattr(lines, "MAX_STDIN_BYTES", 3 << 20)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(sys, "stdin", _Stdin(io.BytesIO(b'{"name": "a"}\n' * 300_000)))
+    with pytest.raises(UsageError, match="stdin holds more than"), lines.stdin_spooled("-"):
+        pass
+    assert os.listdir(tmp_path) == []  # the partial copy is removed
+    tty = True
+    monkeypatch.setattr(sys, "stdin", _Stdin(io.BytesIO(b"")))
+    with pytest.raises(UsageError, match="stdin is a terminal"), lines.stdin_spooled("-"):
+        pass
