@@ -8,12 +8,15 @@ repeat a key (every key is followed by its own colon); only a line with more
 colons (a colon inside a value, or a repeated key) is parsed again, with the
 standard library's parser, which hands every pair to a hook. Counting only
 some of the keys is safe (colons >= key tokens >= keys counted): a short
-count only sends more lines down the slow path.
+count only sends more lines down the slow path. A line with colons in its
+values is settled by counting `":` instead, when no escaped quote or
+whitespace before a colon can make that count wrong.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["duplicate_key"]
@@ -22,8 +25,21 @@ __all__ = ["duplicate_key"]
 def duplicate_key(raw: bytes | str, parsed: Any, prefix: str = "") -> str | None:
     """The field path of the first repeated key in `raw` (``name``, ``params.date``,
     ``params[1].value``), under `prefix`; or None. `parsed` is `raw` as orjson read it."""
-    colons = raw.count(b":") if isinstance(raw, bytes) else raw.count(":")
-    if colons <= _keys(parsed):
+    data = raw if isinstance(raw, bytes) else raw.encode()
+    keys = _keys(parsed)
+    if data.count(b":") <= keys:
+        return None
+    # Colons inside values (times, URLs): without escaped quotes every `"` delimits
+    # a string, and a string followed by `:` is a key; without whitespace before
+    # a colon every key is followed by `":` itself. Then `":` counts the keys.
+    if (
+        b'\\"' not in data  # no escaped quote
+        and b" :" not in data  # and no JSON whitespace before a colon
+        and b"\t:" not in data
+        and b"\n:" not in data
+        and b"\r:" not in data
+        and data.count(b'":') <= keys
+    ):
         return None
     try:
         tree = json.loads(raw, object_pairs_hook=_Object.of)
@@ -34,15 +50,19 @@ def duplicate_key(raw: bytes | str, parsed: Any, prefix: str = "") -> str | None
 
 def _keys(value: Any) -> int:
     """How many keys the objects in `value` hold, nested ones included."""
-    kind = type(value)
-    if kind is dict:
-        return len(value) + sum(_keys(v) for v in value.values() if type(v) in _NESTED)
-    if kind is list:
-        return sum(_keys(v) for v in value if type(v) in _NESTED)
-    return 0
-
-
-_NESTED = (dict, list)
+    items: Iterable[Any]
+    if type(value) is dict:
+        count = len(value)
+        items = value.values()
+    elif type(value) is list:
+        count = 0
+        items = value
+    else:
+        return 0
+    for item in items:
+        if type(item) is dict or type(item) is list:
+            count += _keys(item)
+    return count
 
 
 class _Object(dict[str, Any]):

@@ -63,12 +63,23 @@ def _scan_jsonl(
             )
             continue
         if keys:
-            # No key can repeat when the line has no more colons than the keys
-            # counted (see `duplicate_key`); counted inline for the common job.
+            # No key can repeat when the line has no more colons (or, when no
+            # escaped quote or whitespace before a colon can skew that count, no
+            # more `":`) than the keys counted: see `duplicate_key`, whose two
+            # first tests are made inline here for the common job.
+            counted = len(obj)
             colons = raw.count(b":")
-            if colons > len(obj):
+            if colons > counted:
                 params = obj.get("params")
-                if not (type(params) is dict and colons <= len(obj) + len(params)):
+                if type(params) is dict:
+                    counted += len(params)
+                if colons > counted and (
+                    raw.count(b'":') > counted
+                    or b'\\"' in raw
+                    or b" :" in raw
+                    or b"\t:" in raw
+                    or b"\r:" in raw
+                ):
                     repeated = duplicate_key(raw, obj)
                     if repeated is not None:
                         yield _repeated_key(path, lineno, repeated)
