@@ -35,8 +35,8 @@ _SECONDS = click.FloatRange(min=0.0)
 
 def load_known_jobs(path: str) -> list[str]:
     """Job names from a file: one per line; blank lines and `#` comments are skipped."""
-    with open(path, encoding="utf-8") as handle:
-        names = [line.strip() for line in handle]
+    with open_regular(path, "job list") as handle:  # (not a FIFO or a device)
+        names = [line.strip() for line in handle.read().decode("utf-8").splitlines()]
     return [name for name in names if name and not name.startswith("#")]
 
 
@@ -208,7 +208,7 @@ def sim_command(
     if known_jobs is not None:
         try:
             values["known_jobs"] = load_known_jobs(known_jobs)
-        except (OSError, UnicodeDecodeError) as error:
+        except (OSError, UnicodeDecodeError, LauncherError) as error:
             raise click.BadParameter(str(error), param_hint="--known-jobs") from None
     from_env = _env_secrets(os.environ)
     file_aksk = values.get("aksk")

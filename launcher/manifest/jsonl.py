@@ -9,7 +9,7 @@ import orjson
 from launcher.manifest.json_keys import duplicate_key
 from launcher.manifest.lines import _BOM, _too_long, _utf8_problem
 from launcher.manifest.records import Problem, _Record
-from launcher.manifest.rules import _Checker, _kind
+from launcher.manifest.rules import _Checker, _kind, _show
 
 __all__ = ["_scan_jsonl"]
 
@@ -93,7 +93,7 @@ def _scan_jsonl(
 
 def _repeated_key(path: str, line: int, field: str) -> Problem:
     return Problem(
-        path, line, field, "the same key twice in one object (JSON would keep only the last)"
+        path, line, _show(field), "the same key twice in one object (JSON would keep only the last)"
     )
 
 

@@ -159,7 +159,7 @@ class _Checker:
                 else:
                     repeated = duplicate_key(cell, value, "params")
                     if repeated is not None:
-                        errs.append((repeated, _REPEATED_KEY))
+                        errs.append((_show(repeated), _REPEATED_KEY))
                     elif value is not None:
                         self.json_params(value, "params", errs, params, seen)
         return self.finish(fields, params, errs, line, None)

@@ -15,6 +15,7 @@ from launch_helpers import ledger_events, report_json, sim_env
 
 from launcher.errors import ManifestChanged, ManifestInvalid
 from launcher.manifest.json_keys import duplicate_key
+from launcher.manifest.rules import _show
 from launcher.manifest.validate import iter_jobs, validate
 from launcher.simulator.app import SimConfig, running
 
@@ -55,6 +56,14 @@ def test_repeated_key_in_the_csv_params_column(tmp_path: Path) -> None:
     result = validate(path)
     assert result.jobs == 1
     assert [f"{p.line}:{p.field}" for p in result.problems] == ["2:params.x", "3:params[0].name"]
+
+
+def test_a_repeated_key_with_control_characters_is_shown_escaped(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'{"name": "a", "params": {"x\\u001b[2J": "1", "x\\u001b[2J": "2"}}\n')
+    (problem,) = validate(path).problems
+    assert "\x1b" not in str(problem)
+    assert problem.field == '"params.x\\u001b[2J"'
 
 
 def test_a_run_refuses_a_repeated_name(tmp_path: Path) -> None:
@@ -206,3 +215,50 @@ async def test_a_streamed_manifest_overwritten_mid_run_stops_with_exit_3_and_res
         for n in range(9000):
             assert sim.stats.took_effect("start", "p1", f"old-{n:05d}") == 1
     assert report_json(ledger)["outcomes"]["started"] == 9000
+
+
+_names = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=8
+)
+_texts = st.text(st.sampled_from(['"', "\\", ":", " ", "\t", "a", "é", "/"]), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    params=st.dictionaries(_names, _texts, min_size=1, max_size=5),
+    repeat=st.one_of(st.none(), st.integers(0, 4)),
+    layout=st.sampled_from([(",", ":"), (", ", ": "), (" , ", " : "), ("\t,", "\t:\t")]),
+    name_twice=st.booleans(),
+)
+def test_a_manifest_line_is_refused_exactly_when_a_key_repeats(
+    tmp_path_factory: pytest.TempPathFactory,
+    params: dict[str, str],
+    repeat: int | None,
+    layout: tuple[str, str],
+    name_twice: bool,
+) -> None:
+    comma, colon = layout
+
+    def obj(pairs: list[tuple[str, str]]) -> str:
+        return "{" + comma.join(f"{orjson.dumps(k).decode()}{colon}{v}" for k, v in pairs) + "}"
+
+    pairs = [(k, orjson.dumps(v).decode()) for k, v in params.items()]
+    if repeat is not None:
+        key = list(params)[repeat % len(params)]
+        pairs.append((key, '"again:\\" "'))
+    top = [("name", '"job: one"'), ("params", obj(pairs))]
+    if name_twice:
+        top.append(("name", '"job: two"'))
+    path = tmp_path_factory.mktemp("m") / "m.jsonl"
+    path.write_text(obj(top) + "\n")
+    result = validate(path)
+    fields = {p.field for p in result.problems}
+    expected = set()
+    if name_twice:
+        expected.add("name")
+    elif repeat is not None:
+        expected.add(_show(f"params.{list(params)[repeat % len(params)]}"))
+    if expected:
+        assert fields == expected, result.problems
+    else:
+        assert result.problem_count == 0, result.problems

@@ -3,6 +3,7 @@ the environment (out of `ps`), proved with real runs against it."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -102,3 +103,17 @@ async def test_secrets_on_the_command_line_still_work_with_a_warning() -> None:
         pass
     assert any("visible to every local user" in line for line in err), err
     assert not any(SK in line for line in err)
+
+
+async def test_a_fifo_as_the_job_list_or_config_is_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "jobs"
+    os.mkfifo(fifo)
+    for option in ("--known-jobs", "--config"):
+        with anyio.fail_after(20):
+            done = await anyio.run_process(
+                [sys.executable, "-m", "launcher", "sim", option, str(fifo)],
+                env=clean_env(),
+                check=False,
+            )
+        assert done.returncode == 2, done.stderr
+        assert b"not a regular file (a FIFO)" in done.stderr
