@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from launch_helpers import clean_env, job_lines, launcher, sim_env, write_manifest
 from raw_listener import raw_listener
 
@@ -186,3 +188,36 @@ def test_check_url_refuses_user_info(url: str) -> None:
 )
 def test_check_url_accepts_plain_urls(url: str) -> None:
     check_url(url, "--endpoint")
+
+
+_CONTROLS = [chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20),
+    variable=st.sampled_from(
+        [
+            "HUAWEICLOUD_SDK_AK",
+            "HUAWEICLOUD_SDK_SK",
+            "HUAWEICLOUD_SDK_SECURITY_TOKEN",
+            "HUAWEICLOUD_IAM_TOKEN",
+            "HUAWEICLOUD_IAM_USERNAME",
+            "HUAWEICLOUD_IAM_PASSWORD",
+            "HUAWEICLOUD_IAM_DOMAIN",
+            "HUAWEICLOUD_SDK_PROJECT_ID",
+            "HUAWEICLOUD_SDK_REGION",
+            "HUAWEICLOUD_SDK_IAM_ENDPOINT",
+        ]
+    ),
+)
+def test_a_credential_is_refused_exactly_when_it_holds_a_control_character(
+    text: str, variable: str
+) -> None:
+    env = {variable: text}
+    if any(c in _CONTROLS for c in text):
+        with pytest.raises(UsageError) as caught:
+            check_credentials(env)
+        assert variable in str(caught.value)
+    else:
+        check_credentials(env)
