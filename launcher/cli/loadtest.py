@@ -39,6 +39,7 @@ from launcher.loadtest.schedule import (
     parse_threshold,
 )
 from launcher.logs import configure_logging
+from launcher.manifest import stdin_spooled
 
 __all__ = ["load_config", "loadtest_command", "loadtest_settings"]
 
@@ -337,11 +338,12 @@ def loadtest_command(manifest: str, config_path: str | None, **flags: Any) -> No
         confirm = None
         if not settings.acknowledged and sys.stdin is not None and sys.stdin.isatty():
             confirm = _ask
-        result = anyio.run(
-            functools.partial(
-                run_loadtest, manifest, options, settings, dict(os.environ), confirm=confirm
+        with stdin_spooled(manifest) as path:  # `-`: stdin, read whole before it is checked
+            result = anyio.run(
+                functools.partial(
+                    run_loadtest, path, options, settings, dict(os.environ), confirm=confirm
+                )
             )
-        )
     except LauncherError as error:
         click.echo(f"launcher: error: {error}", err=True)
         sys.exit(error.exit_code)

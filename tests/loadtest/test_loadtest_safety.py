@@ -4,6 +4,7 @@ The real CLI against the simulator."""
 
 from __future__ import annotations
 
+import os
 import stat
 import sys
 from pathlib import Path
@@ -88,3 +89,18 @@ async def test_a_link_planted_at_an_output_path_is_refused(tmp_path: Path) -> No
     assert "symbolic link" in output
     assert sim.stats.requests == 0  # refused before anything was sent
     assert target.read_text() == "keep me\n"
+
+
+async def test_the_manifest_can_come_from_stdin(tmp_path: Path) -> None:
+    data = b"".join(orjson.dumps(line) + b"\n" for line in job_lines(7))
+    async with running() as (sim, url):
+        done = await anyio.run_process(
+            [sys.executable, "-m", "launcher", "loadtest", "-", "--endpoint", url,
+             "--project-id", "p1", "--rate", "100/s", "--once", "--no-canary", "--no-live"],
+            input=data,
+            env=sim_env(TMPDIR=str(tmp_path)),
+            check=False,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert sum(sim.stats.starts.values()) == 7
+    assert os.listdir(tmp_path) == []  # the copy of stdin is gone
