@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, TextIO
@@ -511,7 +511,8 @@ async def run_loadtest(
     # warning below names it), no control character in a credential.
     resolve_endpoint(options, env)
     # The same validation as `run`: same messages, exit 2, nothing sent.
-    plan = plan_manifest(manifest, options)
+    # (Its own message for an empty manifest: `run`'s names --allow-empty, not ours.)
+    plan = plan_manifest(manifest, replace(options, allow_empty=True))
     if plan.jobs == 0:
         raise UsageError(f"{manifest}: no jobs to send")
     ensure_descriptors(settings.max_in_flight, "--max-in-flight")

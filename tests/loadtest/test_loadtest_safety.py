@@ -104,3 +104,14 @@ async def test_the_manifest_can_come_from_stdin(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr.decode()
     assert sum(sim.stats.starts.values()) == 7
     assert os.listdir(tmp_path) == []  # the copy of stdin is gone
+
+
+async def test_an_empty_manifest_is_refused_without_naming_runs_flag(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("# nothing\n")
+    code, output = await _loadtest(
+        str(manifest), "--endpoint", "sim", "--rate", "10/s", "--duration", "1s"
+    )
+    assert code == 2, output
+    assert "no jobs to send" in output
+    assert "--allow-empty" not in output
