@@ -196,3 +196,14 @@ def test_stdin_is_capped_and_a_terminal_is_refused(
     monkeypatch.setattr(sys, "stdin", _Stdin(io.BytesIO(b"")))
     with pytest.raises(UsageError, match="stdin is a terminal"), lines.stdin_spooled("-"):
         pass
+
+
+async def test_validate_refuses_an_empty_manifest_as_run_does(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("# nothing yet\n")
+    code, output = await _launcher("validate", str(manifest))
+    assert code == 2, output
+    assert "no jobs in the manifest" in output
+    code, output = await _launcher("validate", str(manifest), "--allow-empty")
+    assert code == 0, output
+    assert "0 job(s), valid" in output
