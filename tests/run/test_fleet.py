@@ -76,7 +76,9 @@ from launcher.simulator import SimConfig, Simulator, running
         ({"rate": 0.0, "workspaces": {"ws": (1, 0.0, 1)}}, 50_000, 8, 1),
         ({"rate": 0.0, "endpoint": "sim"}, 50_000, 8, 1),  # the simulator lives in-process
         ({"rate": 0.0, "dry_run": True}, 50_000, 8, 1),
-        ({"workers": 4}, 100, 1, 4),  # asked for: given, whatever the rate and cores
+        ({"workers": 4}, 100, 8, 4),  # asked for: given, whatever the rate
+        ({"workers": 4}, 100, 1, 1),  # but not more than the usable cores
+        ({"workers": 100_000}, 50_000, 2, 2),
         ({"workers": 4}, 3, 8, 3),  # but not more than there are jobs
     ],
 )
