@@ -14,6 +14,7 @@ from launcher.manifest.lines import open_regular, stdin_spooled
 from launcher.manifest.validate import (
     Defaults,
     Validation,
+    counted_digests,
     detect_format,
     file_digests,
     file_sha256,
@@ -25,6 +26,7 @@ from launcher.manifest.validate import (
 __all__ = [
     "Defaults",
     "Validation",
+    "counted_digests",
     "detect_format",
     "file_digests",
     "file_sha256",

@@ -15,7 +15,7 @@ from launcher.manifest.lines import _BOM, _too_long, _utf8_problem
 from launcher.manifest.records import Problem, _Column, _Record
 from launcher.manifest.rules import MAX_PARAM_NAME, _Checker, _show, _too_long_name, _unknown
 
-__all__ = ["_scan_csv"]
+__all__ = ["_count_csv", "_scan_csv"]
 
 _CSV_FIELDS: Final = ("name", "workspace", "project_id", "id", "action")
 _CSV_COLUMNS: Final = (*_CSV_FIELDS, "params")
@@ -111,6 +111,29 @@ def _scan_csv(
     # on only so that `validate`'s hash covers the whole file.
     for _ in lines:
         pass
+
+
+def _count_csv(lines: Iterator[bytes | None], path: str) -> int | None:
+    """The jobs of a valid CSV manifest: its rows after the header that are not all empty,
+    split as `_scan_csv` splits them (`_CsvSource`, `csv.reader`) but with no cell
+    checked. None for bytes that cannot be valid (a line over the cap, bad UTF-8,
+    a CSV error).
+    """
+    src = _CsvSource(lines, path)
+    reader = csv.reader(src, strict=True)
+    rows = -1  # the header is no job
+    while True:
+        src.at_start = True
+        try:
+            row = next(reader)
+        except StopIteration:
+            return max(rows, 0)
+        except csv.Error:
+            return None
+        if src.bad:
+            return None
+        if rows < 0 or any(row):
+            rows += 1
 
 
 def _csv_layout(row: list[str], path: str, line: int) -> tuple[list[_Column], list[Problem]]:

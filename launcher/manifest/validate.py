@@ -91,7 +91,7 @@ import orjson
 
 from launcher.errors import ManifestChanged, ManifestInvalid, UsageError
 from launcher.manifest.dupes import _FirstLines, _key64
-from launcher.manifest.jsonl import _scan_jsonl
+from launcher.manifest.jsonl import _count_jsonl, _scan_jsonl
 from launcher.manifest.lines import (
     MAX_LINE_BYTES,
     _chunks,
@@ -119,6 +119,7 @@ __all__ = [
     "Defaults",
     "Problem",
     "Validation",
+    "counted_digests",
     "detect_format",
     "file_digests",
     "file_sha256",
@@ -361,6 +362,38 @@ def file_digests(path: str | Path) -> tuple[str, tuple[bytes, ...]]:
         for _ in _chunks(f, str(path), hasher):
             pass
     return hasher.whole.hexdigest(), tuple(hasher.chunks)
+
+
+def counted_digests(
+    path: str | Path, fmt: str | None = None
+) -> tuple[str, tuple[bytes, ...], int | None]:
+    """`file_digests`, and in the same pass how many jobs the file holds if it is valid.
+
+    For a file whose bytes passed `validate` before (the same SHA-256): its
+    count, taken from its own bytes rather than from anyone's record of it,
+    without checking a job again. JSONL: the lines that are neither blank nor
+    comments; CSV: the rows after the header that are not all empty. None for
+    YAML (`validate` it: it is small) and for bytes that cannot be valid.
+    """
+    kind = _resolve_format(path, fmt)
+    name = str(path)
+    hasher = _Digests()
+    jobs: int | None = None
+    with _open(path) as f:
+        if kind == "yaml":
+            for _ in _chunks(f, name, hasher):
+                pass
+        else:
+            lines = _raw_lines(f, name, hasher)
+            if kind == "csv":
+                from launcher.manifest.csv_rows import _count_csv
+
+                jobs = _count_csv(lines, name)
+            else:
+                jobs = _count_jsonl(lines)
+            for _ in lines:  # (after a line that ends the count: hash the rest)
+                pass
+    return hasher.whole.hexdigest(), tuple(hasher.chunks), jobs
 
 
 # --- from the file to a scanner -----------------------------------------------

@@ -6,8 +6,9 @@ records this very manifest (the same SHA-256), this launcher version and the
 same options that decide identities and validity (`project_id`, `workspace`,
 `allow_duplicates`, `manifest_format`, and the format the file name implies),
 the manifest passed exactly this validation when that segment started, so it
-is only hashed (0.03 s instead of 2.5 s at 300,000 lines); anything different,
-and it is validated in full as on a first run.
+is only hashed and its jobs counted, in one pass that checks no job (0.1 s
+instead of 2.5 s at 300,000 lines; the count is the file's own, never the
+header's); anything different, and it is validated in full as on a first run.
 
 `--shard I/N` takes the I-th of N disjoint parts, by a stable hash of each
 job's identity (`shard_of`).
@@ -29,8 +30,8 @@ from launcher.logs import get_logger
 from launcher.manifest.validate import (
     Defaults,
     Validation,
+    counted_digests,
     detect_format,
-    file_digests,
     iter_jobs,
     scan,
     validate,
@@ -111,7 +112,6 @@ def plan_manifest(
     """
     defaults = Defaults(project_id=options.project_id, workspace=options.workspace)
     validation = _validated_before(manifest, options, recorded)
-    reused = validation is not None
     if validation is None:
         validation = validate(
             manifest,
@@ -139,13 +139,9 @@ def plan_manifest(
     shard = parse_shard(options.shard) if options.shard else None
     plan = Plan(manifest, validation, defaults, options.manifest_format, shard, validation.jobs)
     if shard is not None:
-        # The shard's size, for progress, reports and exit codes: recorded in the
-        # header of a segment that ran this very shard, else one more streaming pass.
-        shard_jobs = ((recorded or {}).get("manifest") or {}).get("jobs")
-        same_shard = reused and recorded is not None and recorded.get("shard") == options.shard
-        if not same_shard or not isinstance(shard_jobs, int):
-            shard_jobs = sum(1 for _ in plan.iter_jobs())
-        plan = replace(plan, jobs=shard_jobs)
+        # The shard's size, for progress, reports and exit codes: counted from the
+        # manifest (one more streaming pass), never taken from a ledger's claim.
+        plan = replace(plan, jobs=sum(1 for _ in plan.iter_jobs()))
     return plan
 
 
@@ -176,19 +172,19 @@ def _validated_before(
 
     The header is written only after its segment validated the manifest, with
     the hash of exactly the bytes it checked; the same bytes under the same
-    rules and options pass again, so only the hash needs computing.
+    rules and options pass again, so only the hash needs computing. The count
+    of jobs is the file's own, taken in the same pass (`counted_digests`): a
+    ledger is data, and a count it claims could make a resume think every job
+    settled and send none of the rest.
     """
     if recorded is None or not same_identities(recorded, manifest, options):
         return None
     described = recorded.get("manifest") or {}
-    total = described.get("total_jobs")
-    if not isinstance(total, int) or isinstance(total, bool):
-        return None
-    digest, chunks = file_digests(manifest)
-    if digest != described.get("sha256"):
+    digest, chunks, jobs = counted_digests(manifest, options.manifest_format)
+    if digest != described.get("sha256") or jobs is None:
         return None
     log.info("manifest unchanged since the ledger's last segment: not validated again")
-    return Validation(manifest, total, (), 0, digest, chunks=chunks)
+    return Validation(manifest, jobs, (), 0, digest, chunks=chunks)
 
 
 def file_size(path: str) -> int:

@@ -352,12 +352,6 @@ def test_text_reports_strip_control_and_bidi_characters(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="run/'s `_validated_before` takes `total_jobs` from the ledger's header when "
-    "the manifest hash matches; the count must come from the manifest (a run/ change: "
-    "see the hledger report)",
-)
 async def test_a_forged_total_jobs_does_not_make_resume_skip_unsent_jobs(
     tmp_path: Path,
 ) -> None:

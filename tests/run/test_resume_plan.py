@@ -118,7 +118,7 @@ def test_changed_bytes_or_another_version_mean_a_full_validation(
     assert plan.jobs == 31
 
 
-def test_a_shard_takes_its_size_from_the_header_of_the_same_shard(
+def test_a_shard_counts_its_size_from_the_manifest_not_the_header(
     tmp_path: Path, validations: list[str]
 ) -> None:
     manifest = write_manifest(tmp_path / "m.jsonl", job_lines(60))
@@ -126,10 +126,32 @@ def test_a_shard_takes_its_size_from_the_header_of_the_same_shard(
     first = planning.plan_manifest(str(manifest), sharded)  # validates, counts the shard
     write_run(tmp_path / "l.jsonl", manifest, sharded, settle=0)
     header = latest_header(tmp_path / "l.jsonl")
-    header["manifest"]["jobs"] = first.jobs
+    header["manifest"]["jobs"] = 1  # a forged claim: the shard's jobs are counted
     again = planning.plan_manifest(str(manifest), sharded, recorded=header)
     assert validations == [str(manifest)]  # only the first time
     assert again.jobs == first.jobs < 60
+    assert again.jobs > 1
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "jobs"),
+    [
+        ("m.jsonl", b'\xef\xbb\xbf{"name":"a"}\n\n  # c\n\t\n{"name":"b"}\n  {"name":"c"}', 3),
+        ("m.csv", b'name,param:d\n# c\n\n,\na,1\nb,"2\n# in a cell"\n', 2),
+    ],
+)
+def test_the_count_of_an_unchanged_manifest_is_its_own(
+    tmp_path: Path, validations: list[str], name: str, text: bytes, jobs: int
+) -> None:
+    manifest = tmp_path / name
+    manifest.write_bytes(text)
+    assert planning.plan_manifest(str(manifest), OPTIONS).jobs == jobs  # validated
+    write_run(tmp_path / "l.jsonl", manifest, OPTIONS, settle=0)
+    header = latest_header(tmp_path / "l.jsonl")
+    header["manifest"]["total_jobs"] = header["manifest"]["jobs"] = 1000
+    plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=header)
+    assert validations == [str(manifest)]  # the resume counted, did not validate
+    assert (plan.jobs, plan.validation.jobs) == (jobs, jobs)
 
 
 def test_nothing_left_skips_the_manifest_pass(tmp_path: Path) -> None:
