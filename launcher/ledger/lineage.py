@@ -15,7 +15,8 @@ this one. `active_seconds` counts the time segments actually ran (the union of
 their spans), not the gaps between an interruption and its resume.
 
 Pure functions over `run` headers and `end` footers (the fold keeps both),
-except `pid_alive`, which asks the operating system.
+except `pid_alive`, which asks the operating system, and `segment_last_writes`,
+which reads a few lines of a ledger through the checked decoder every reader uses.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+from launcher.ledger.read import LedgerInvalid, checked_event, open_regular
 
 __all__ = [
     "SegmentState",
@@ -136,44 +137,48 @@ def segment_last_writes(path: str | os.PathLike[str]) -> dict[str, float]:
     A killed segment has no `end` record; its last line before the next
     `run` header says when it stopped. Found with a byte search for header
     lines (orjson writes `{"event":"run",` first), so a ledger of any size
-    costs a scan at memory speed and a few parsed lines.
+    costs a scan at memory speed and a few parsed lines. Each line parsed is
+    decoded and checked as every reader does (`checked_event`): a bad one is
+    `LedgerInvalid`, `FILE:LINE: problem` (exit 2).
     """
     found: dict[str, float] = {}
-    try:
-        with open(path, "rb") as handle:
-            if os.fstat(handle.fileno()).st_size == 0:
-                return found
-            view = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError):
-        return found
+    with open_regular(path) as handle:  # (a FIFO or a device: refused, never waited on)
+        if os.fstat(handle.fileno()).st_size == 0:
+            return found
+        view = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     with view:
         position = view.find(_HEADER_LINE)
         while position >= 0:
             end = view.find(b"\n", position + 1)
-            try:
-                header = orjson.loads(view[position + 1 : end if end >= 0 else len(view)])
-            except orjson.JSONDecodeError:
-                header = {}
-            resumes = header.get("resumes") if isinstance(header, dict) else None
+            header = _event(view, position + 1, end if end >= 0 else len(view), path)
+            resumes = header.get("resumes")
             if isinstance(resumes, str):
-                t = _last_time_before(view, position)
+                t = _last_time_before(view, position, path)
                 if t is not None:
                     found[resumes] = t
             position = view.find(_HEADER_LINE, position + 1)
     return found
 
 
-def _last_time_before(view: mmap.mmap, position: int) -> float | None:
-    """The `t` of the last readable event line ending at `position` (a torn one is skipped)."""
+def _event(view: mmap.mmap, start: int, end: int, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checked event of the line at `view[start:end]` (its number is counted only
+    when it is refused: a scan of the bytes before it)."""
+    line = view[start:end]
+    try:
+        return checked_event(line, 0, path)
+    except LedgerInvalid:
+        number = view[:start].count(b"\n") + 1
+        return checked_event(line, number, path)  # refused again, naming its line
+
+
+def _last_time_before(view: mmap.mmap, position: int, path: str | os.PathLike[str]) -> float | None:
+    """The `t` of the last event line ending at `position` that has one (a few lines back)."""
     end = position
-    for _ in range(4):  # a torn line or two before a resume, at most
+    for _ in range(4):
         start = view.rfind(b"\n", 0, end) + 1
-        try:
-            event = orjson.loads(view[start:end])
-        except orjson.JSONDecodeError:
-            event = None
-        if isinstance(event, dict) and isinstance(event.get("t"), int | float):
-            return float(event["t"])
+        t = _event(view, start, end, path).get("t")
+        if isinstance(t, int | float):
+            return float(t)
         if start == 0:
             return None
         end = start - 1

@@ -30,6 +30,7 @@ __all__ = [
     "LedgerInvalid",
     "LedgerRead",
     "Unmerged",
+    "checked_event",
     "decode_lines",
     "missing_parts",
     "part_name",
@@ -84,6 +85,18 @@ def decode_lines(
 
 
 _DICT = frozenset({dict})
+
+
+def checked_event(line: bytes, number: int, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The event of one complete line (numbered `number`) of the ledger `path`, decoded
+    by `decode_lines` and its fields checked (`check.problem`): else `LedgerInvalid`,
+    `FILE:LINE: problem`. For readers that pick single lines out of a ledger.
+    """
+    event = decode_lines([line], number, path)[0]
+    found = problem(event, path)
+    if found is not None:
+        raise LedgerInvalid(f"{path}:{number}: {found}")
+    return event
 
 
 class LedgerRead:

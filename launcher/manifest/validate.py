@@ -303,7 +303,7 @@ def iter_jobs(
     *,
     fmt: str | None = None,
     lines: tuple[int, int] | None = None,
-    checked: Validation | None = None,
+    checked: Validation | Sequence[bytes] | None = None,
     on_change: Callable[[ManifestChanged], None] | None = None,
 ) -> Iterator[Job]:
     """Stream Jobs from an already validated manifest; raise `ManifestInvalid` on any Problem.
@@ -312,7 +312,8 @@ def iter_jobs(
     in between: the iterator raises at that line instead of skipping it. Opening
     happens now, so a missing file raises `UsageError` before the first job.
 
-    `checked`: the validation of this file (with its `chunks`). Each 1 MiB chunk
+    `checked`: the validation of this file (with its `chunks`), or the chunk
+    digests `file_digests` gave for the bytes hashed. Each 1 MiB chunk
     read is then compared with the one validated before any job in it is
     yielded, and the iterator raises `ManifestChanged` at the first chunk that
     differs (or when the file grew or shrank): only checked bytes are sent.
@@ -323,8 +324,9 @@ def iter_jobs(
     kind = _resolve_format(path, fmt)
     _check_defaults(defaults)
     verifier = None
-    if checked is not None and checked.chunks is not None:
-        verifier = _Verifier(str(path), checked.chunks)
+    chunks = checked.chunks if isinstance(checked, Validation) else checked
+    if chunks is not None:
+        verifier = _Verifier(str(path), chunks)
     return _only_jobs(_open(path), str(path), kind, defaults, lines, verifier, on_change)
 
 

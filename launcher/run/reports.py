@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from launcher.errors import LauncherError, UsageError
+from launcher.errors import LauncherError, ManifestChanged, UsageError
 from launcher.ledger.history import History, fold, load_fold
 from launcher.ledger.lineage import (
     describe_run,
@@ -36,9 +36,10 @@ from launcher.ledger.lineage import (
     segment_last_writes,
     segment_states,
 )
+from launcher.ledger.read import checked_event, open_regular
 from launcher.ledger.report import Summary, summary_of
 from launcher.ledger.writer import read_ledger
-from launcher.manifest.validate import Defaults, file_sha256, iter_jobs
+from launcher.manifest.validate import Defaults, file_digests, iter_jobs
 from launcher.models import Job
 
 __all__ = [
@@ -68,19 +69,17 @@ def first_record(path: str) -> dict[str, Any]:
     UsageError (exit 2) when `path` is missing or is not a ledger, e.g. a
     manifest given to `report` by mistake (which would otherwise report 0 jobs).
     """
-    try:
-        with open(path, "rb") as handle:
-            line = handle.readline(1 << 20)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except OSError as error:
-        raise UsageError(f"{path}: cannot read it: {error.strerror}") from None
+    if not os.path.lexists(path):
+        raise UsageError(f"{path}: no such file")
+    with open_regular(path) as handle:  # (a FIFO or a device: refused, never waited on)
+        line = handle.readline(1 << 20)
     try:
         record = orjson.loads(line) if line.strip() else None
     except orjson.JSONDecodeError:
         record = None
     if isinstance(record, dict) and record.get("event") in ("run", "workers"):
-        return record
+        # A ledger's: checked as every reader checks a line.
+        return checked_event(line.rstrip(b"\n"), 1, path)
     looks = (
         ": it looks like a manifest (a job per line)"
         if isinstance(record, dict) and "name" in record
@@ -250,31 +249,40 @@ def never_sent(history: History, headers: Sequence[Mapping[str, Any]] | None = N
         if key in seen or not isinstance(path, str):
             continue
         seen.add(key)
-        problem = _unreadable(path, digest)
+        problem, chunks = _the_runs(path, digest)
         if problem is not None:
             unsent.missing.append(problem)
             continue
         defaults = Defaults(
             project_id=options.get("project_id"), workspace=options.get("workspace")
         )
-        try:
-            for job in iter_jobs(path, defaults, fmt=options.get("manifest_format")):
+        found: list[Job] = []
+        try:  # only the bytes just hashed: a chunk that differs ends the listing
+            for job in iter_jobs(
+                path, defaults, fmt=options.get("manifest_format"), checked=chunks
+            ):
                 if job.id not in listed and not history.state(job.id):
                     listed.add(job.id)
-                    unsent.jobs.append(job)
+                    found.append(job)
+        except ManifestChanged:
+            unsent.missing.append(f"{path}: the manifest changed while it was read")
+            continue
         except LauncherError as error:
             unsent.missing.append(f"{path}: {error}")
+            continue
+        unsent.jobs.extend(found)
     return unsent
 
 
-def _unreadable(path: str, digest: object) -> str | None:
-    """Why the manifest at `path` cannot list the run's jobs (None: it can)."""
+def _the_runs(path: str, digest: object) -> tuple[str | None, tuple[bytes, ...]]:
+    """Why the manifest at `path` cannot list the run's jobs (None: it can), and the
+    digests of its chunks (what its jobs are read against)."""
     if not os.path.isfile(path):
-        return f"{path}: the run's manifest is not there any more"
+        return f"{path}: the run's manifest is not there any more", ()
     try:
-        now = file_sha256(path)
+        now, chunks = file_digests(path)
     except LauncherError as error:
-        return str(error)
+        return str(error), ()
     if now != digest:
-        return f"{path}: the manifest changed since the run (its SHA-256 differs)"
-    return None
+        return f"{path}: the manifest changed since the run (its SHA-256 differs)", ()
+    return None, chunks

@@ -38,7 +38,9 @@ from launcher.ledger import (
     summary_of,
     write_csv,
 )
+from launcher.ledger.lineage import segment_last_writes
 from launcher.ledger.read import MAX_LINE_BYTES, LedgerInvalid, Unmerged
+from launcher.run.reports import read_runs
 from launcher.simulator.app import running
 
 FLEET = "0123456789abcdef0123456789abcdef"
@@ -348,6 +350,62 @@ def test_text_reports_strip_control_and_bidi_characters(tmp_path: Path) -> None:
     assert "gnp.exe  FAKE OK" in row
 
 
+# -- lineage reads its lines through the same checked decoder ------------------------
+
+KILLED = {"event": "run", "t": 1000.25, "run_id": "r1", "manifest": {"jobs": 1, "sha256": "ab"}}
+RESUMED = {**KILLED, "t": 2000.5, "run_id": "r2", "resumes": "r1"}
+
+
+def killed_then_resumed(ledger: Path) -> bytes:
+    """r1 killed after its result (no `end`), r2 resuming it and ending."""
+    return lines_of(
+        KILLED, {**INTENT, "t": 1000.5}, {**RESULT, "t": 1001.25}, RESUMED,
+        {"event": "end", "t": 2001.5, "run_id": "r2", "reason": "complete"},
+    )  # fmt: skip
+
+
+def overwrite_in_place(path: Path, data: bytes) -> None:
+    with open(path, "r+b") as out:  # the same file (inode), the same size
+        out.write(data)
+
+
+@pytest.mark.anyio
+async def test_report_checks_the_lines_lineage_reads_past_a_saved_fold(tmp_path: Path) -> None:
+    ledger = tmp_path / "l.jsonl"
+    ledger.write_bytes(killed_then_resumed(ledger))
+    assert save_fold(fold([read_ledger(ledger)]))  # a report would read these counts
+    fine = await launcher("report", str(ledger), "--format", "json")
+    assert fine.code == 0, fine.stderr
+    assert orjson.loads(fine.stdout)["elapsed_s"] == pytest.approx(1.0 + 1.0)
+    # Edited in place (same size, same file): the saved fold still matches, and the
+    # killed segment's last time is read from the ledger by lineage alone.
+    overwrite_in_place(ledger, ledger.read_bytes().replace(b'"t":1001.25', b'"t":1.0e300'))
+    assert load_fold(ledger) is not None
+    for fmt in ("text", "json"):
+        done = await launcher("report", str(ledger), "--format", fmt)
+        assert done.code == 2, done.stdout + done.stderr
+        assert f"{ledger}:3: t: " in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_lineage_refuses_a_bad_line_naming_it_and_reads_no_fifo(tmp_path: Path) -> None:
+    ledger = tmp_path / "l.jsonl"
+    good = killed_then_resumed(ledger)
+    ledger.write_bytes(good)
+    assert segment_last_writes(ledger) == {"r1": 1001.25}
+    for spoilt, where in (
+        (good.replace(b'"t":1001.25', b'"t":"1001"'), 3),  # the line before a resume
+        (good.replace(b'"resumes":"r1"', b'"resumes":["r"]'), 4),  # the header itself
+        (good.replace(b'{"event":"result",', b"{not json} x      "), 3),
+    ):
+        ledger.write_bytes(spoilt)
+        with pytest.raises(LedgerInvalid, match=f"^{ledger}:{where}: "):
+            segment_last_writes(ledger)
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    with pytest.raises(UsageError, match="regular file"):
+        segment_last_writes(tmp_path / "fifo.jsonl")
+
+
 # -- counts from the manifest, not from the header's claims ---------------------------
 
 
@@ -431,7 +489,10 @@ def test_no_hostile_ledger_gets_a_traceback_or_touches_a_file(data: st.DataObjec
         ledger = folder / "l.jsonl"
         lines = data.draw(st.lists(hostile_lines(str(folder)), max_size=12))
         torn = data.draw(st.sampled_from([b"", b'{"event":"inte']))
-        ledger.write_bytes(lines_of(HEADER) + b"".join(line + b"\n" for line in lines) + torn)
+        # A resume after them: `report` reads the line before it again (lineage).
+        resume = lines_of({**HEADER, "run_id": "r2", "resumes": "r1"}) if lines else b""
+        body = b"".join(line + b"\n" for line in lines) + data.draw(st.sampled_from([b"", resume]))
+        ledger.write_bytes(lines_of(HEADER) + body + torn)
         before = snapshot(Path(top))
         for keep in (frozenset(), frozenset({"details"}), frozenset({"descriptions"})):
             failure: LauncherError | None = None
@@ -445,6 +506,15 @@ def test_no_hostile_ledger_gets_a_traceback_or_touches_a_file(data: st.DataObjec
                     write_csv(rows, io.StringIO())
                     format_rows(rows)
             except LauncherError as error:  # the only way to fail: a clean error, exit 2
+                failure = error
+            if failure is not None:
+                assert failure.exit_code == 2, failure
+                assert str(failure).startswith(str(folder)), failure
+        for report in (lambda: segment_last_writes(ledger), lambda: read_runs([str(ledger)])):
+            failure = None
+            try:  # what `launcher report` reads, lineage included
+                report()
+            except LauncherError as error:
                 failure = error
             if failure is not None:
                 assert failure.exit_code == 2, failure
