@@ -40,6 +40,7 @@ from launcher.ledger.state import NOT_TAKEN, PERMANENT, JobExtras, JobRecord, jo
 from launcher.ledger.writer import (
     FsyncPolicy,
     Ledger,
+    create_private,
     default_ledger_path,
     finish_merge,
     lock_part,
@@ -65,6 +66,7 @@ __all__ = [
     "Summary",
     "Unmerged",
     "catch_up",
+    "create_private",
     "default_ledger_path",
     "dumps_json",
     "exit_status",

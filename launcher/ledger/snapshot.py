@@ -16,6 +16,7 @@ from launcher.ledger.check import MAX_TIME, problem
 from launcher.ledger.folded import History, Source, extends
 from launcher.ledger.read import MAX_LINE_BYTES, open_regular
 from launcher.ledger.state import unpack_state
+from launcher.ledger.writer import create_private
 
 __all__ = ["SNAPSHOT_SUFFIX", "load_fold", "save_fold", "snapshot_path"]
 
@@ -70,7 +71,7 @@ def save_fold(history: History) -> bool:
     target = snapshot_path(source.path)
     temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     try:  # a new file (0600, never through a link): one found there is not ours to touch
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = create_private(temporary)
     except OSError:
         return False
     try:

@@ -43,6 +43,7 @@ __all__ = [
     "Ledger",
     "LedgerRead",
     "Unmerged",
+    "create_private",
     "default_ledger_path",
     "finish_merge",
     "lock_part",
@@ -325,6 +326,16 @@ class Ledger:
             os.close(self._fd)
 
 
+def create_private(path: str | os.PathLike[str], flags: int = os.O_WRONLY) -> int:
+    """A new file at `path`, opened with `flags`: created 0600 with `O_EXCL` (never one
+    that exists) and `O_NOFOLLOW` (never through a symbolic link); `OSError` as `os.open`
+    raises it. What the launcher writes names jobs, parameters and hosts: ledgers,
+    worker parts, `.fold` snapshots and replay manifests are all made here.
+    """
+    flags |= os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(path, flags, 0o600)
+
+
 def open_for_append(path: Path) -> int:
     """A ledger (or part) opened to append: created 0600 if new (`O_EXCL`), never
     through a symbolic link, and only if it is a regular file (else `UsageError`).
@@ -336,7 +347,7 @@ def open_for_append(path: Path) -> int:
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
-            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = create_private(path, flags)
         except FileExistsError:
             fd = os.open(path, flags | os.O_NONBLOCK)  # a FIFO: ENXIO, not a wait
     except OSError as error:
@@ -396,7 +407,7 @@ def open_fleet(ledger: str | os.PathLike[str], record: Mapping[str, Any]) -> Unm
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         for part in parts:  # new files only, 0600, never through a link
-            os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+            os.close(create_private(part))
         fd = open_for_append(path)
         try:
             _write_all(fd, _line({"event": "workers", **record}))

@@ -14,21 +14,22 @@ exactly like a run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
-from launcher.errors import UsageError
+from launcher.errors import ManifestChanged, UsageError
 from launcher.ledger.history import History, fold
 from launcher.ledger.report import OUTCOMES
-from launcher.ledger.writer import read_ledger
+from launcher.ledger.writer import create_private, read_ledger
 from launcher.logs import get_logger
-from launcher.manifest.validate import Defaults, file_sha256, iter_jobs
+from launcher.manifest.validate import Defaults, file_digests, iter_jobs
 from launcher.run.plan import has_content
 
 __all__ = [
@@ -106,9 +107,8 @@ def plan_replay(
             f"it with `launcher run {manifest_path} --ledger {ledger_path} --resume`, or "
             "choose another --ledger for a new replay"
         )
-    ledger_path.parent.mkdir(parents=True, exist_ok=True)
     count = from_manifest = 0
-    with open(manifest_path, "wb") as out:
+    with _new_manifest(manifest_path) as out:
         for line in replay_jobs(
             history, only=only, project_id=project_id, workspace_map=workspace_map
         ):
@@ -130,6 +130,21 @@ def plan_replay(
     return ReplayPlan(manifest_path, ledger_path, count, from_manifest)
 
 
+def _new_manifest(path: Path) -> BinaryIO:
+    """The replay's manifest, made anew as ledgers are: 0600, never through a link.
+
+    One left by a replay that started nothing (see `plan_replay`) is removed
+    first; a symbolic link there is removed, never followed.
+    """
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return open(create_private(path), "wb")
+    except OSError as error:
+        raise UsageError(f"{path}: cannot write the replay manifest: {error.strerror}") from None
+
+
 def _never_sent(
     history: History, project_id: str | None, workspace_map: Mapping[str, str]
 ) -> Iterator[dict[str, Any]]:
@@ -142,24 +157,34 @@ def _never_sent(
             "never-sent jobs cannot be replayed: the original manifest is gone", manifest=path
         )
         return
-    if file_sha256(path) != manifest.get("sha256"):
+    digest, chunks = file_digests(path)
+    if digest != manifest.get("sha256"):
         log.warning(
             "never-sent jobs cannot be replayed: the original manifest changed", manifest=path
         )
         return
     options = header.get("options") or {}
     defaults = Defaults(project_id=options.get("project_id"), workspace=options.get("workspace"))
-    for job in iter_jobs(path, defaults, fmt=manifest.get("format")):
-        if job.id in history:
-            continue
-        description = {
-            "name": job.name,
-            "workspace": job.workspace,
-            "project_id": job.project_id,
-            "params": [[p.name, p.value, p.param_type] for p in job.params],
-            "action": job.action,
-        }
-        yield replay_line(job.id, description, project_id, workspace_map)
+    # Only the bytes just hashed (and found to be the run's) are read: a chunk
+    # that differs stops the replay before anything is sent.
+    jobs = iter_jobs(path, defaults, fmt=manifest.get("format"), checked=chunks)
+    try:
+        for job in jobs:
+            if job.id in history:
+                continue
+            description = {
+                "name": job.name,
+                "workspace": job.workspace,
+                "project_id": job.project_id,
+                "params": [[p.name, p.value, p.param_type] for p in job.params],
+                "action": job.action,
+            }
+            yield replay_line(job.id, description, project_id, workspace_map)
+    except ManifestChanged:
+        raise UsageError(
+            f"{path}: the original manifest changed while it was read for the replay "
+            "(its bytes differ from the run's); nothing was sent"
+        ) from None
 
 
 def replay_jobs(
