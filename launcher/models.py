@@ -13,7 +13,17 @@ from typing import Literal, NamedTuple
 
 import orjson
 
-__all__ = ["ACTIONS", "Action", "Failure", "Job", "JobParam", "JobStatus", "Reply", "job_identity"]
+__all__ = [
+    "ACTIONS",
+    "Action",
+    "Failure",
+    "Job",
+    "JobParam",
+    "JobStatus",
+    "Reply",
+    "failure_key",
+    "job_identity",
+]
 
 Action = Literal["start", "stop", "run-immediate"]
 ACTIONS: tuple[Action, ...] = ("start", "stop", "run-immediate")
@@ -81,6 +91,24 @@ class Failure(StrEnum):
     TLS = "tls"  # the certificate or host name did not verify: nothing was sent, permanent
     TIMEOUT = "timeout"
     DISCONNECT = "disconnect"
+
+
+def failure_key(
+    error_code: str | None, status: int | None, failure: str | None, detail: str | None = None
+) -> str:
+    """How a failed attempt is counted, in run reports and load-test reports alike.
+
+    Its error code (`DLF.0100`, `APIGW.0308`), else its HTTP status (`HTTP 503`:
+    a bare number reads as a code), else how the request failed (`timeout`,
+    `connect`, `disconnect`; `error` when nothing says), with its reason when
+    one is given (`connect: cannot connect to ...`).
+    """
+    if error_code:
+        return error_code
+    if status is not None:
+        return f"HTTP {status}"
+    kind = str(failure) if failure else "error"  # (a `Failure` member: its plain value)
+    return f"{kind}: {detail}" if detail else kind
 
 
 class Reply(NamedTuple):

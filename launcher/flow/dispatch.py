@@ -31,7 +31,7 @@ from launcher.errors import AuthFailed, HaltError, TlsFailed
 from launcher.flow.adaptive import AdaptiveRate
 from launcher.flow.pacing import Pacer, RateGate, TokenBucket
 from launcher.flow.policy import HaltRule, RetryBudget, RetryPolicy, Verdict, classify, retry_delay
-from launcher.models import Action, Job, JobStatus, Reply
+from launcher.models import Action, Job, JobStatus, Reply, failure_key
 
 __all__ = [
     "DispatchSettings",
@@ -41,7 +41,6 @@ __all__ = [
     "Tally",
     "WorkspaceLimits",
     "auth_failure_message",
-    "failure_key",
     "tls_failure_message",
 ]
 
@@ -124,17 +123,6 @@ class Tally:
     in_flight: int = 0
     throttled: int = 0
     failures: Counter[str] = field(default_factory=Counter)
-
-
-def failure_key(reply: Reply) -> str:
-    """How a failed reply is counted in reports: its error code, else `HTTP 503`, else
-    the transport failure with its reason (`connect: cannot connect to ...`)."""
-    if reply.error_code:
-        return reply.error_code
-    if reply.status is not None:
-        return f"HTTP {reply.status}"
-    failure = reply.failure.value if reply.failure is not None else "error"
-    return f"{failure}: {reply.detail}" if reply.detail else failure
 
 
 # What a status check says about an ambiguous `start`/`stop`.
@@ -488,7 +476,9 @@ class Dispatcher:
         elif outcome == "failed":
             tally.failed += 1
             if reply is not None:
-                tally.failures[failure_key(reply)] += 1
+                tally.failures[
+                    failure_key(reply.error_code, reply.status, reply.failure, reply.detail)
+                ] += 1
             halt = self._settings.halt
             if halt is not None and halt.tripped(tally.failed, tally.done, tally.total):
                 self.stop(

@@ -67,6 +67,7 @@ from launcher.ledger.state import (
     UNKNOWN_BITS,
     JobExtras,
 )
+from launcher.models import failure_key
 
 __all__ = ["CHUNK", "CountedOnly", "Folder", "PartsUnmerged", "part_of", "settle"]
 
@@ -565,15 +566,8 @@ def settle(
         failure = event.get("failure")
         if problem(event) is not None:  # its error code, status, failure: every field used
             raise _Bad(event)
-        if error_code is not None:
-            failure = error_code
-        elif status is not None:
-            failure = f"HTTP {status}"
-        else:
-            failure = failure or "error"
-            detail = event.get("detail")
-            if isinstance(detail, str) and detail:
-                failure = f"{failure}: {detail}"  # the summary groups failures by reason
+        # (the summary groups transport failures by reason: `detail`)
+        failure = failure_key(error_code, status, failure, event.get("detail"))
     workspace, before = labels[state >> LABEL_SHIFT]
     if failure != before:
         state = (state & BELOW_LABEL) | label(workspace, failure) << LABEL_SHIFT

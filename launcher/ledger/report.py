@@ -24,7 +24,7 @@ from launcher.ledger.fold import fold
 from launcher.ledger.folded import History
 from launcher.ledger.lineage import active_seconds
 from launcher.ledger.read import LedgerRead
-from launcher.models import Job
+from launcher.models import Job, failure_key
 
 __all__ = [
     "CSV_COLUMNS",
@@ -458,7 +458,8 @@ def format_rows(rows: Iterable[dict[str, Any]]) -> str:
     """Per-job lines for people: outcome, name, workspace, and why."""
     lines = []
     for row in rows:
-        why = row["error_code"] or (f"HTTP {row['status']}" if row["status"] else "")
+        code, status = row["error_code"], row["status"]
+        why = failure_key(code, status, None) if code or status else ""
         if row["error_msg"]:
             why = f"{why} {row['error_msg']}".strip()
         where = f" [{row['workspace']}]" if row["workspace"] else ""

@@ -31,7 +31,7 @@ from typing import Literal
 
 from launcher.flow.pacing import parse_rate
 from launcher.flow.policy import RetryPolicy, Verdict, parse_duration
-from launcher.models import Reply
+from launcher.models import Reply, failure_key
 
 __all__ = [
     "READ_ONLY",
@@ -244,20 +244,14 @@ def measure(scheduled: float, answered: float, service: float) -> Sample:
 
 
 def error_key(reply: Reply, verdict: Verdict) -> str | None:
-    """How an answer is counted: None for a start, else its error code, status or failure.
-
-    `APIGW.0308`, `DLF.0100` when the body names a code; `503`, `404` when it
-    does not; `timeout`, `connect`, `disconnect` when no answer was read.
+    """How an answer is counted: None for a start, else `models.failure_key` (as run
+    reports count failures): `APIGW.0308`, `DLF.0100` when the body names a code;
+    `HTTP 503`, `HTTP 404` when it does not; `timeout`, `connect`, `disconnect` when
+    no answer was read (without the reason: a load test's keys stay a few).
     """
     if verdict is Verdict.STARTED:
         return None
-    if reply.error_code:
-        return reply.error_code
-    if reply.status is not None:
-        return str(reply.status)
-    if reply.failure is not None:
-        return str(reply.failure)
-    return "unknown"
+    return failure_key(reply.error_code, reply.status, reply.failure)
 
 
 # --- thresholds -------------------------------------------------------------------------

@@ -267,7 +267,7 @@ def test_latency_counts_from_the_scheduled_time(
         (Reply(200, 0.01, instance_id=5), None),
         (Reply(429, 0.01, error_code="APIGW.0308"), "APIGW.0308"),
         (Reply(400, 0.01, error_code="DLF.0100"), "DLF.0100"),
-        (Reply(503, 0.01), "503"),
+        (Reply(503, 0.01), "HTTP 503"),  # as run reports count it
         (Reply(None, 1.0, failure=Failure.TIMEOUT), "timeout"),
         (Reply(None, 0.0, failure=Failure.CONNECT), "connect"),
         (Reply(None, 0.1, failure=Failure.DISCONNECT), "disconnect"),
@@ -280,7 +280,7 @@ def test_errors_are_keyed_by_code_status_or_failure(reply: Reply, key: str | Non
 
 
 def test_unclassifiable_reply_is_still_an_error() -> None:
-    assert error_key(Reply(None, 0.0), Verdict.AMBIGUOUS) == "unknown"
+    assert error_key(Reply(None, 0.0), Verdict.AMBIGUOUS) == "error"
 
 
 # --- thresholds ---------------------------------------------------------------------------
