@@ -77,8 +77,8 @@ async def launcher(*args: str, env: Mapping[str, str] | None = None) -> Complete
 
 def report_json(ledger: Path) -> dict[str, Any]:
     """`launcher report LEDGER --format json`, in-process (pure file reading)."""
+    from launcher.ledger import read_ledger
     from launcher.ledger.report import summarize, to_json
-    from launcher.ledger.writer import read_ledger
 
     return to_json(summarize([read_ledger(ledger)]))
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from launch_helpers import clean_env, job_lines, launcher, write_manifest
 
+from launcher.ledger import read_ledger
 from launcher.ledger.report import dumps_json, format_text, summarize
-from launcher.ledger.writer import read_ledger
 from launcher.simulator import IamUser, SimConfig, running
 
 pytestmark = pytest.mark.anyio

@@ -19,7 +19,7 @@ from launcher import __version__
 from launcher.cli.options import options_of
 from launcher.config import load_options
 from launcher.errors import EXIT_INTERRUPTED, HaltError, LauncherError, UsageError
-from launcher.ledger.report import format_text
+from launcher.ledger import format_text
 from launcher.logs import configure_logging
 from launcher.manifest.lines import stdin_spooled
 

@@ -45,6 +45,7 @@ from launcher.ledger.writer import (
     finish_merge,
     lock_part,
     open_fleet,
+    write_all,
 )
 
 __all__ = [
@@ -89,5 +90,6 @@ __all__ = [
     "summary_of",
     "to_json",
     "usable_cpus",
+    "write_all",
     "write_csv",
 ]

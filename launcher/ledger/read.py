@@ -107,8 +107,7 @@ class LedgerRead:
     `torn_tail` says whether such a line was skipped (a crash mid-write, or a
     write in progress). Any other line that is not a valid event is refused
     (`LedgerInvalid`, exit 2): a ledger is data, and a corrupt line in the
-    middle of one is not skipped silently. `bad_lines` stays empty (kept for
-    callers that read it).
+    middle of one is not skipped silently.
 
     A run with several worker processes (`--workers`) writes a `workers`
     record naming one part file per worker, and when they are done copies the
@@ -135,7 +134,6 @@ class LedgerRead:
         self.end = end
         self.part = part  # a worker's part: it may not name parts itself
         self.torn_tail = False
-        self.bad_lines: list[int] = []
         self.unmerged: Unmerged | None = None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

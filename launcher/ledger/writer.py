@@ -34,23 +34,19 @@ import anyio
 import orjson
 
 from launcher.errors import LedgerFailed, UsageError
-from launcher.ledger.read import LedgerRead, Unmerged, part_name, part_paths, read_ledger
+from launcher.ledger.read import Unmerged, part_paths
 from launcher.logs import get_logger
 from launcher.models import Action, Job, Reply
 
 __all__ = [
     "FsyncPolicy",
     "Ledger",
-    "LedgerRead",
-    "Unmerged",
     "create_private",
     "default_ledger_path",
     "finish_merge",
     "lock_part",
     "open_fleet",
-    "part_name",
-    "part_paths",
-    "read_ledger",
+    "write_all",
 ]
 
 FsyncPolicy = Literal["always", "batch", "never"]
@@ -410,7 +406,7 @@ def open_fleet(ledger: str | os.PathLike[str], record: Mapping[str, Any]) -> Unm
             os.close(create_private(part))
         fd = open_for_append(path)
         try:
-            _write_all(fd, _line({"event": "workers", **record}))
+            write_all(fd, _line({"event": "workers", **record}))
             os.fsync(fd)
             offset = os.fstat(fd).st_size
         finally:
@@ -557,7 +553,8 @@ def _copy_complete_lines(fd: int, out: BinaryIO) -> None:
         out.write(piece)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to `fd` (`os.write` may take less at a time); OSError as it raises."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

@@ -57,16 +57,22 @@ from launcher.dlf.transport import backend_options
 from launcher.errors import EXIT_INTERRUPTED, LauncherError, UsageError
 from launcher.flow.dispatch import Dispatcher, Tally
 from launcher.flow.policy import parse_halt
-from launcher.ledger.history import (
+from launcher.ledger import (
     CountedPart,
     FoldedPart,
+    Ledger,
     LiveFold,
     catch_up,
+    finish_merge,
     fold_fleet,
+    format_text,
+    lock_part,
+    open_fleet,
+    part_name,
     save_fold,
+    summary_of,
+    write_all,
 )
-from launcher.ledger.report import format_text, summary_of
-from launcher.ledger.writer import Ledger, finish_merge, lock_part, open_fleet, part_name
 from launcher.logs import bind_log_context, get_logger
 from launcher.run.connect import connect
 from launcher.run.metrics import serving_metrics
@@ -94,14 +100,6 @@ MIN_JOBS_PER_WORKER = 5000
 TALLY_PERIOD = 0.25  # seconds between a worker's progress reports
 
 log = get_logger("launcher.run.fleet")
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def choose_workers(options: RunOptions, jobs: int, cpus: int) -> int:
@@ -575,15 +573,13 @@ def _local_part_ledger(
 _COUNTS_PREFIX = b"C"
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
+def _tell_parent(fd: int, data: bytes) -> None:
     with contextlib.suppress(OSError):  # the parent is gone: the orders pipe tells us
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
 
 
 def _send_counts(reports: int, counts: CountedPart) -> None:
-    _write_all(reports, _COUNTS_PREFIX + counts.to_json() + b"\n")
+    _tell_parent(reports, _COUNTS_PREFIX + counts.to_json() + b"\n")
 
 
 def _read_counts(line: bytes, index: int) -> CountedPart | None:
@@ -607,7 +603,7 @@ def _companion(
 
         async def report() -> None:
             while True:
-                _write_all(reports, _tally_message(tally))
+                _tell_parent(reports, _tally_message(tally))
                 await anyio.sleep(TALLY_PERIOD)
 
         async def obey() -> None:
@@ -624,6 +620,6 @@ def _companion(
                 tg.start_soon(report)
                 tg.start_soon(obey)
         finally:
-            _write_all(reports, _tally_message(tally))
+            _tell_parent(reports, _tally_message(tally))
 
     return accompany

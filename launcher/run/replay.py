@@ -25,9 +25,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from launcher.errors import ManifestChanged, UsageError
-from launcher.ledger.history import History, fold
-from launcher.ledger.report import OUTCOMES
-from launcher.ledger.writer import create_private, read_ledger
+from launcher.ledger import OUTCOMES, History, create_private, fold, read_ledger
 from launcher.logs import get_logger
 from launcher.manifest.validate import Defaults, file_digests, iter_jobs
 from launcher.run.plan import has_content

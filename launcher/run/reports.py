@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from launcher.errors import LauncherError, ManifestChanged, UsageError
-from launcher.ledger.history import History, fold, load_fold
+from launcher.ledger import History, Summary, fold, load_fold, read_ledger, summary_of
 from launcher.ledger.lineage import (
     describe_run,
     describe_state,
@@ -37,8 +37,6 @@ from launcher.ledger.lineage import (
     segment_states,
 )
 from launcher.ledger.read import checked_event, open_regular
-from launcher.ledger.report import Summary, summary_of
-from launcher.ledger.writer import read_ledger
 from launcher.manifest.validate import Defaults, file_digests, iter_jobs
 from launcher.models import Job
 

@@ -23,8 +23,15 @@ from enum import Enum
 
 from launcher.config import RunOptions
 from launcher.errors import UsageError
-from launcher.ledger.history import NOT_TAKEN, History, JobRecord, fold, load_fold
-from launcher.ledger.writer import finish_merge, read_ledger
+from launcher.ledger import (
+    NOT_TAKEN,
+    History,
+    JobRecord,
+    finish_merge,
+    fold,
+    load_fold,
+    read_ledger,
+)
 from launcher.logs import get_logger
 from launcher.models import Job
 from launcher.run.plan import GRACE_SECONDS, Plan, has_content, same_identities

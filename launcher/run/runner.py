@@ -21,9 +21,18 @@ from launcher.dlf.client import job_body, path_segment
 from launcher.dlf.transport import backend_options
 from launcher.flow.dispatch import Tally
 from launcher.flow.pacing import format_rate
-from launcher.ledger.history import LiveFold, catch_up, fold, save_fold
-from launcher.ledger.report import format_text, summary_of
-from launcher.ledger.writer import Ledger, default_ledger_path, read_ledger
+from launcher.ledger import (
+    Ledger,
+    LiveFold,
+    catch_up,
+    default_ledger_path,
+    fold,
+    format_text,
+    read_ledger,
+    save_fold,
+    summary_of,
+    usable_cpus,
+)
 from launcher.run.connect import connect, ensure_descriptors, resolve_endpoint
 from launcher.run.metrics import serving_metrics
 from launcher.run.plan import Plan, plan_manifest
@@ -97,7 +106,7 @@ def launch(
     # in forked workers, copy every page it touched.
     gc.freeze()
     if not segment.nothing_left and options.workers != 1:
-        from launcher.run.fleet import choose_workers, start_fleet, usable_cpus
+        from launcher.run.fleet import choose_workers, start_fleet
 
         unsettled = plan.jobs - segment.already_settled
         workers = choose_workers(options, unsettled, usable_cpus())

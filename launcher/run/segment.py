@@ -31,9 +31,7 @@ from launcher.flow.adaptive import AdaptiveRate
 from launcher.flow.dispatch import Dispatcher, DispatchSettings, Tally, WorkspaceLimits
 from launcher.flow.pacing import Pacer, RateGate, TokenBucket, format_rate
 from launcher.flow.policy import RetryBudget, RetryPolicy, parse_halt
-from launcher.ledger.history import LiveFold
-from launcher.ledger.report import Summary
-from launcher.ledger.writer import Ledger
+from launcher.ledger import Ledger, LiveFold, Summary
 from launcher.logs import get_logger
 from launcher.models import Job
 from launcher.run.connect import Connection

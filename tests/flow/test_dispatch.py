@@ -18,8 +18,8 @@ from launcher.errors import AuthFailed, TlsFailed
 from launcher.flow.dispatch import Dispatcher, DispatchSettings
 from launcher.flow.pacing import Pacer, TokenBucket
 from launcher.flow.policy import RetryPolicy
+from launcher.ledger import Ledger, read_ledger
 from launcher.ledger.report import Summary, summarize
-from launcher.ledger.writer import Ledger, read_ledger
 from launcher.models import Action, Failure, Job, JobStatus, Reply
 
 pytestmark = pytest.mark.anyio

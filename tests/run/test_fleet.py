@@ -35,10 +35,10 @@ from launch_helpers import (
 
 from launcher.config import RunOptions, resolve_options
 from launcher.errors import UsageError
-from launcher.ledger.history import fold
-from launcher.ledger.writer import (
+from launcher.ledger import (
     Ledger,
     finish_merge,
+    fold,
     lock_part,
     open_fleet,
     part_name,
@@ -232,7 +232,7 @@ def test_merging_copies_complete_lines_and_removes_the_parts(tmp_path: Path) -> 
     assert (kinds.count("result"), kinds.count("run")) == (6, 2)
     read = read_ledger(ledger)
     assert fold([read]).job_count == 6
-    assert (read.unmerged, read.torn_tail, read.bad_lines) == (None, False, [])
+    assert (read.unmerged, read.torn_tail) == (None, False)
 
 
 def test_a_merge_cut_short_by_a_crash_is_skipped_then_redone(tmp_path: Path) -> None:
@@ -243,7 +243,6 @@ def test_a_merge_cut_short_by_a_crash_is_skipped_then_redone(tmp_path: Path) -> 
         handle.write(data[: len(data) // 2])
     read = read_ledger(ledger)
     assert fold([read]).job_count == 6  # the copy is skipped, the parts are read
-    assert not read.bad_lines
     assert read.unmerged is not None
     finish_merge(ledger, read.unmerged)
     assert _outcomes(ledger) == Counter(started=6)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.ledger.history import JobRecord, fold
-from launcher.ledger.writer import Ledger, read_ledger
+from launcher.ledger import JobRecord, Ledger, fold, read_ledger
 from launcher.models import Failure, Job, JobParam, Reply
 from launcher.run.replay import replay_jobs
 from launcher.run.resume import Next, next_step, step_lookup

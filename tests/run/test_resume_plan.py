@@ -13,8 +13,7 @@ from launch_helpers import job_lines, write_manifest
 
 from launcher import __version__
 from launcher.config import RunOptions
-from launcher.ledger.history import fold
-from launcher.ledger.writer import Ledger, read_ledger
+from launcher.ledger import Ledger, fold, read_ledger
 from launcher.manifest.validate import Defaults, file_sha256, iter_jobs
 from launcher.models import Reply
 from launcher.run import plan as planning

@@ -15,7 +15,7 @@ import pytest
 from launch_helpers import job_lines, report_json, sim_env, write_manifest
 from raw_listener import raw_listener
 
-from launcher.run.fleet import usable_cpus
+from launcher.ledger import usable_cpus
 from launcher.simulator.app import running
 
 pytestmark = pytest.mark.anyio
