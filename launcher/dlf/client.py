@@ -68,10 +68,12 @@ def endpoint_for_region(region: str) -> str:
 
 
 class DlfClient:
-    """DLF job calls over one aiohttp session whose pool matches the concurrency.
+    """DLF job calls over a pool of keep-alive connections (`HttpPool`) as large as the
+    concurrency, plus a small pool for status checks and listings.
 
-    Use as an async context manager. `auth_factory` gets the session, so that
-    an IAM password login can reuse the same pool.
+    Use as an async context manager. `auth_factory` gets a maker of the IAM
+    login's aiohttp session: made on first use, with its own small pool (the
+    login goes to another host), never on the job calls' path.
     """
 
     def __init__(

@@ -14,11 +14,12 @@ not pass ``now``. The algorithm (see ``/work/shared/reference/dlf-api-notes.md``
 
 What goes on the wire must be what was signed:
 
-* the path exactly as given to :meth:`Signer.sign` (already percent-encoded; build the URL
-  with ``yarl.URL(..., encoded=True)`` so nothing re-encodes it or removes ``..`` segments);
+* the path exactly as given to :meth:`Signer.sign` (already percent-encoded; the request
+  line carries it as it is, so nothing re-encodes it or removes ``..`` segments);
 * the query string exactly as :func:`canonical_query` renders it (the SDK sends that string);
 * the header values :meth:`Signer.sign` leaves in ``headers`` (stripped ``str``), encoded as
-  UTF-8, which is what aiohttp does.
+  UTF-8 (``launcher.dlf.client`` writes the request head so; the IAM login's aiohttp
+  session does the same).
 
 Secrets (SK, security token) never appear in a ``repr``, ``str`` or error message made here.
 """
@@ -278,7 +279,7 @@ class Signer:
 
         `path` is the path exactly as it goes on the wire (already percent-encoded); `host`
         is the ``Host`` value (``name[:port]``). Afterwards every value in `headers` is the
-        stripped ``str`` that was signed: send it UTF-8 encoded (aiohttp does). The SDK
+        stripped ``str`` that was signed: send it UTF-8 encoded (the client does). The SDK
         instead stores UTF-8-bytes-decoded-as-Latin-1 strings because ``requests`` encodes
         Latin-1; the bytes on the wire are the same. It may also add
         ``X-Sdk-Content-Sha256: UNSIGNED-PAYLOAD`` (non-JSON ``Content-Type``, exact key).
