@@ -653,7 +653,7 @@ async def test_against_the_simulator_with_every_output(tmp_path: Path) -> None:
         done = await loadtest(
             str(manifest), "--endpoint", url, "--project-id", "p1", "--rate", "200/s",
             "--duration", "2s", "--summary-json", str(summary_path), "--timeseries", str(series),
-            "--report", str(report), "--threshold", "p99<500ms", "--threshold", "rate>=190/s",
+            "--report", str(report), "--threshold", "p99<10s", "--threshold", "rate>=190/s",
             "--threshold", "error_rate<1%",
         )  # fmt: skip
     assert done.code == 0, done.stderr
@@ -662,7 +662,7 @@ async def test_against_the_simulator_with_every_output(tmp_path: Path) -> None:
     assert 195.0 <= summary["achieved_rate"] <= 205.0
     assert summary["dropped"] == 0
     assert summary["errors"] == {}
-    assert 19.0 <= summary["latency_ms"]["p50"] <= 60.0  # 20 ms service; loose for busy CI
+    assert summary["latency_ms"]["p50"] >= 19.0  # a 20 ms service (how much more: timing)
     assert set(summary["latency_ms"]) >= {"p50", "p90", "p95", "p99", "p99.9", "max"}
     assert set(summary["service_time_ms"]) >= {"p50", "p90", "p99", "max"}
     assert summary["service_time_ms"]["p50"] <= summary["latency_ms"]["p50"]
@@ -670,7 +670,7 @@ async def test_against_the_simulator_with_every_output(tmp_path: Path) -> None:
     assert sim.stats.requests == sim.stats.by_route["start"] == 400 + 1  # and the canary
     rows = series.read_text().splitlines()
     assert rows[0].startswith("second,scheduled,sent,completed,dropped,errors,p50_ms,p99_ms")
-    assert 2 <= len(rows) - 1 <= 3
+    assert len(rows) - 1 >= 2  # a row a second of a 2 s run (more if the machine stalled)
     assert sum(int(row.split(",")[2]) for row in rows[1:]) == 400
     page = report.read_text()
     assert '<img alt="latency over time' in page
@@ -700,7 +700,8 @@ async def test_a_held_answer_breaches_p99_and_exits_99(tmp_path: Path) -> None:
         {"threshold": "p99<200ms", "value": p99, "shown": f"{p99:.2f} ms", "pass": False}
     ]
     assert "BREACHED" in done.stdout
-    assert 280.0 <= server.rate() <= 320.0  # as the server saw it
+    # Open loop: every scheduled request reached the server, the stall held none back.
+    assert summary["scheduled"] == summary["sent"] == len(server.arrivals) == 720
 
 
 @pytest.mark.anyio
@@ -716,7 +717,7 @@ async def test_once_sends_each_job_once_then_stops(tmp_path: Path) -> None:
     summary = _summary(summary_path)
     assert summary["requests"] == 40
     assert summary["stop_reason"] == "manifest_exhausted"
-    assert 0.1 <= summary["duration_s"] < 0.5  # 40 jobs at 400/s, then the manifest ran out
+    assert summary["sent"] == summary["scheduled"] == 40  # then the manifest ran out
     for n in range(40):
         assert sim.stats.took_effect("run-immediate", "p1", f"job-{n:04d}", "ws-1") == 1
 
@@ -726,17 +727,15 @@ async def test_errors_are_counted_by_code_and_abort_on_fail_stops_early(tmp_path
     manifest = write_manifest(tmp_path / "m.jsonl", job_lines(3) + job_lines(1, prefix="missing"))
     summary_path = tmp_path / "s.json"
     async with running(SimConfig(missing_prefix="missing-")) as (_sim, url):
-        started = time.monotonic()
         done = await loadtest(
             str(manifest), "--endpoint", url, "--project-id", "p1", "--rate", "200/s",
             "--duration", "30s", "--threshold", "error_rate<5%", "--abort-on-fail",
             "--summary-json", str(summary_path),
         )  # fmt: skip
-        elapsed = time.monotonic() - started
     assert done.code == 99, done.stderr
-    assert elapsed < 10.0
     summary = _summary(summary_path)
     assert summary["stop_reason"] == "threshold"
+    assert summary["sent"] < 200 * 30  # stopped early: not the 30 s schedule
     assert set(summary["errors"]) == {"DLF.0100"}
     assert summary["error_rate"] == pytest.approx(0.25, abs=0.02)
     assert "aborting" in done.stderr
@@ -842,7 +841,7 @@ async def test_prometheus_metrics_while_running_and_interrupt_exits_130(tmp_path
     summary = _summary(summary_path)
     assert summary["stop_reason"] == "interrupted"
     assert summary["requests"] == summary["sent"] > 0  # in-flight requests were waited for
-    assert summary["duration_s"] < 30
+    assert summary["sent"] < 100 * 60  # interrupted: not the 60 s schedule
 
 
 @pytest.mark.anyio

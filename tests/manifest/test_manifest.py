@@ -27,6 +27,7 @@ from launcher.manifest.validate import (
     Defaults,
     Problem,
     Validation,
+    counted_digests,
     detect_format,
     file_sha256,
     iter_jobs,
@@ -1170,7 +1171,12 @@ def test_arbitrary_bytes_never_crash_the_scanner(
     _check_items(scan(path, fmt=fmt), content.count(b"\n") + 1)
     v = validate(path, fmt=fmt)
     assert v.sha256 == hashlib.sha256(content).hexdigest()
-    assert v.jobs + v.problem_count >= 0
+    assert v.jobs <= content.count(b"\n") + 1  # a job takes a line at least
+    assert (v.problem_count == 0) == (v.problems == ())
+    if v.problem_count == 0:  # a resume's count, from the bytes alone, is the validation's
+        digest, _, counted = counted_digests(path, fmt)
+        assert digest == v.sha256
+        assert counted == (None if fmt == "yaml" else v.jobs)
 
 
 @_settings

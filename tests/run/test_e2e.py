@@ -179,18 +179,16 @@ async def test_adaptive_rate_finds_an_unknown_server_limit(tmp_path: Path) -> No
     manifest = write_manifest(tmp_path / "m.jsonl", job_lines(1200))
     ledger = tmp_path / "l.jsonl"
     async with running(SimConfig(rate_limit=300)) as (sim, url):
-        started = anyio.current_time()
         done = await launcher(
             "run", str(manifest), "--endpoint", url, "--project-id", "p1", "--rate", "0",
             "--max-attempts", "20", "--ledger", str(ledger),
         )  # fmt: skip
-        elapsed = anyio.current_time() - started
     assert done.code == 0, done.stderr
+    assert sum(sim.stats.starts.values()) == 1200  # every job, each once
     throttled = sim.stats.rate_limited
-    assert throttled / sim.stats.requests < 0.10
-    # Goodput well above a third of the limit even on a loaded CI machine (start-up
-    # included); the precise figure (276 jobs/s at 9,000 jobs) is a benchmark's job.
-    assert elapsed < 1200 / 300 * 3 + 3
+    assert throttled / sim.stats.requests < 0.10  # the limit was found, not hammered
+    # How close goodput comes to the limit is a timing, measured where timings belong:
+    # benchmarks/flow.py (and, with an injected clock, tests/flow/test_adaptive.py).
 
 
 async def test_pacing_never_exceeds_the_rate(tmp_path: Path) -> None:

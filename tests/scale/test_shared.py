@@ -548,7 +548,9 @@ async def test_two_launchers_at_400_per_second_share_one_400_per_second_limit(
     assert sorted(done) == [0, 1]
     rate = sim.stats.achieved_rate()
     print(f"\ncombined rate measured by the simulator: {rate:.1f}/s over {len(jobs)} jobs")
-    assert 360.0 <= rate <= 420.0
+    # Never over the shared limit (a busy machine only makes it slower); how close to
+    # it the pair gets is a timing, a benchmark's job (benchmarks/RESULTS.md).
+    assert rate <= 420.0
     assert all(sim.stats.took_effect("start", "p1", job["name"]) == 1 for job in jobs)
     for n in range(2):
         assert report_json(tmp_path / f"ledger{n}.jsonl")["outcomes"]["started"] == 1500
