@@ -70,21 +70,29 @@ class CompactMap:
         if not key:
             self._has_zero = True
             return self._mask + 1
+        i = self._probe(key)
+        keys = self.keys
+        if keys[i] == key:
+            return i
+        if self._count >= self._limit:
+            self._grow()
+            return self.slot(key)
+        keys[i] = key
+        self._count += 1
+        return i
+
+    def _probe(self, key: int) -> int:
+        """Where `key` (not 0) is in `keys`, else the empty slot where it would go: the
+        one probe loop of `slot` and `find` (`slots`, `add_absent` and `_grow` probe in
+        bulk, with their own loops inlined for speed)."""
         keys = self.keys
         mask = self._mask
         i = key & mask
-        while True:
-            k = keys[i]
-            if k == key:
-                return i
-            if not k:
-                if self._count >= self._limit:
-                    self._grow()
-                    return self.slot(key)
-                keys[i] = key
-                self._count += 1
-                return i
+        k = keys[i]
+        while k and k != key:
             i = (i + 1) & mask
+            k = keys[i]
+        return i
 
     def slots(self, keys: Sequence[int]) -> list[int]:
         """The index in `values` of each key's value, adding those absent (value 0).
@@ -150,16 +158,8 @@ class CompactMap:
         """The index in `values` of `key`'s value, or -1 if `key` is absent."""
         if not key:
             return self._mask + 1 if self._has_zero else -1
-        keys = self.keys
-        mask = self._mask
-        i = key & mask
-        while True:
-            k = keys[i]
-            if k == key:
-                return i
-            if not k:
-                return -1
-            i = (i + 1) & mask
+        i = self._probe(key)
+        return i if self.keys[i] else -1
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, int) and 0 <= key < 1 << 64 and self.find(key) >= 0
