@@ -189,11 +189,7 @@ class Ledger:
             event["detail"] = reply.detail  # why no answer was read (connect, TLS, timeout)
         if outcome is not None:
             event["outcome"] = outcome
-        self._pending.append(_line(event))
-        if self._mirror is not None:
-            self._mirror.append(event)
-        if len(self._pending) >= _RESULTS_PER_WRITE:
-            self.flush()
+        self._buffer(event)
 
     def check(
         self,
@@ -222,10 +218,15 @@ class Ledger:
             event["detail"] = reply.detail
         if outcome is not None:
             event["outcome"] = outcome
-        self._pending.append(_line(event))
+        self._buffer(event)
+
+    def _buffer(self, event: dict[str, Any]) -> None:
+        """Buffer a result or check (and mirror it); write the group once it is full."""
+        pending = self._pending
+        pending.append(_line(event))
         if self._mirror is not None:
             self._mirror.append(event)
-        if len(self._pending) >= _RESULTS_PER_WRITE:
+        if len(pending) >= _RESULTS_PER_WRITE:
             self.flush()
 
     def footer(self, fields: Mapping[str, Any]) -> None:
