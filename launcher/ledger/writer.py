@@ -130,6 +130,8 @@ class Ledger:
             event["project_id"] = job.project_id
             event["params"] = [[p.name, p.value, p.param_type] for p in job.params]
             event["line"] = job.line
+            if job.wave:
+                event["wave"] = job.wave
         self._pending.append(_line(event))
         if self._mirror is not None:
             self._mirror.append(event)

@@ -158,6 +158,7 @@ def _never_sent(
             "project_id": job.project_id,
             "params": [[p.name, p.value, p.param_type] for p in job.params],
             "action": job.action,
+            "wave": job.wave,
         }
         yield replay_line(job.id, description, project_id, workspace_map)
 
@@ -213,4 +214,7 @@ def replay_line(
     action = description.get("action")
     if action not in (None, "start"):
         line["action"] = action
+    wave = description.get("wave")
+    if wave:
+        line["wave"] = wave  # a replay keeps the original run's order
     return line
