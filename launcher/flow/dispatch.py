@@ -124,6 +124,7 @@ class Tally:
     in_flight: int = 0
     throttled: int = 0
     failures: Counter[str] = field(default_factory=Counter)
+    wave: str = ""  # the wave being sent, for the display ("" when the run has none)
 
 
 def failure_key(reply: Reply) -> str:

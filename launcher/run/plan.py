@@ -165,11 +165,15 @@ def _validated_before(
     total = described.get("total_jobs")
     if not isinstance(total, int) or isinstance(total, bool):
         return None
+    try:  # the jobs per wave, as the header records them (JSON keys are strings)
+        waves = {int(wave): int(jobs) for wave, jobs in described["waves"].items()}
+    except (KeyError, AttributeError, TypeError, ValueError):
+        return None  # not recorded: validate again, and count them
     digest = file_sha256(manifest)
     if digest != described.get("sha256"):
         return None
     log.info("manifest unchanged since the ledger's last segment: not validated again")
-    return Validation(manifest, total, (), 0, digest)
+    return Validation(manifest, total, (), 0, digest, waves=waves)
 
 
 def file_size(path: str) -> int:

@@ -22,7 +22,7 @@ def status_line(tally: Tally, elapsed: float) -> str:
     remaining = max(0, tally.total - tally.done)
     eta = f"{remaining / rate:.0f}s" if rate > 0 else "?"
     line = (
-        f"{tally.done}/{tally.total} done, {tally.started} started, {tally.failed} failed, "
+        f"{tally.wave + ': ' if tally.wave else ''}{tally.done}/{tally.total} done, {tally.started} started, {tally.failed} failed, "
         f"{tally.unknown} unknown, {tally.in_flight} in flight, {rate:.1f} jobs/s, ETA {eta}"
     )
     if tally.throttled:
@@ -69,7 +69,7 @@ async def show_progress(
 
     console = Console(file=out)
     columns = (
-        TextColumn("[bold]launch"),
+        TextColumn("[bold]launch {task.fields[wave]}"),
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),
@@ -79,7 +79,7 @@ async def show_progress(
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("launch", total=tally.total or None, rate=0.0, failed=0)
+        task = bar.add_task("launch", total=tally.total or None, rate=0.0, failed=0, wave="")
 
         def refresh() -> None:
             elapsed = time.monotonic() - start
@@ -88,6 +88,7 @@ async def show_progress(
                 completed=tally.done,
                 rate=tally.done / elapsed if elapsed > 0 else 0.0,
                 failed=tally.failed,
+                wave=tally.wave,
             )
 
         try:

@@ -29,6 +29,7 @@ from launcher.run.metrics import serving_metrics
 from launcher.run.plan import Plan, plan_manifest
 from launcher.run.resume import Segment, plan_segment, resume_history
 from launcher.run.segment import RunResult, run_segment
+from launcher.run.waves import has_waves
 
 __all__ = ["launch", "print_dry_run"]
 
@@ -94,7 +95,8 @@ def launch(
     # the end: out of every later collection, which would find nothing in it and,
     # in forked workers, copy every page it touched.
     gc.freeze()
-    if not segment.nothing_left and options.workers != 1:
+    # Waves need one process: the gate between two waves sees every job of the first.
+    if not segment.nothing_left and options.workers != 1 and not has_waves(plan.validation.waves):
         from launcher.run.fleet import choose_workers, start_fleet, usable_cpus
 
         unsettled = plan.jobs - segment.already_settled

@@ -40,6 +40,7 @@ from launcher.run.connect import Connection
 from launcher.run.plan import GRACE_SECONDS, Plan
 from launcher.run.progress import show_progress
 from launcher.run.resume import Segment
+from launcher.run.waves import Waves, has_waves
 
 __all__ = ["RunResult", "WorkerRole", "exit_code", "run_segment"]
 
@@ -132,7 +133,19 @@ async def run_segment(
     # Which worker sends a job does not matter for resume: every worker folds
     # the whole ledger and skips what is settled.
     share = (role.index, role.count) if role is not None else None
-    jobs = segment.to_send(plan.iter_jobs(share), options.retry_failed)
+    jobs: Iterator[Job] | Waves
+    if has_waves(plan.validation.waves) and not segment.nothing_left:
+        jobs = Waves(
+            lambda: plan.iter_jobs(share),
+            plan.validation.waves or {},
+            segment,
+            options.retry_failed,
+            "continue" if options.wave_failures == "continue" else "stop",
+            exact_counts=plan.shard is None and role is None,
+            shard=options.shard,
+        )
+    else:
+        jobs = segment.to_send(plan.iter_jobs(share), options.retry_failed)
     interrupted = await _supervise(dispatcher, jobs, ledger, tally, options, role, live, shared)
 
     halt = dispatcher.halt_error
@@ -162,6 +175,7 @@ async def run_segment(
                 "unknown": tally.unknown,
                 "attempts": tally.attempts,
             },
+            **({"waves": jobs.summary()} if isinstance(jobs, Waves) else {}),
         }
     )
     return code
@@ -190,6 +204,7 @@ def _write_header(
                 "sha256": plan.validation.sha256,
                 "jobs": plan.jobs,
                 "total_jobs": plan.validation.jobs,
+                "waves": {str(wave): jobs for wave, jobs in (plan.validation.waves or {}).items()},
                 "format": options.manifest_format,
             },
             "shard": options.shard,
@@ -263,7 +278,7 @@ def _build_dispatcher(
 
 async def _supervise(
     dispatcher: Dispatcher,
-    jobs: Iterator[Job],
+    jobs: Iterator[Job] | Waves,
     ledger: Ledger,
     tally: Tally,
     options: RunOptions,
@@ -337,9 +352,9 @@ async def _fold_live(live: LiveFold) -> None:
         live.take()
 
 
-async def _run_dispatcher(dispatcher: Dispatcher, jobs: Iterator[Job]) -> None:
+async def _run_dispatcher(dispatcher: Dispatcher, jobs: Iterator[Job] | Waves) -> None:
     try:
-        await dispatcher.run(jobs)
+        await (jobs.run(dispatcher) if isinstance(jobs, Waves) else dispatcher.run(jobs))
     except* LedgerFailed as group:
         first = group.exceptions[0]
         assert isinstance(first, HaltError)

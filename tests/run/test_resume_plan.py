@@ -40,6 +40,7 @@ def write_run(
                 "jobs": len(jobs),
                 "total_jobs": len(jobs),
                 "format": options.manifest_format,
+                "waves": {"0": len(jobs)},
             },
             "shard": options.shard,
             "options": options.public(),
@@ -80,6 +81,20 @@ def test_an_unchanged_manifest_is_hashed_not_validated(
     assert validations == []
     assert (plan.jobs, plan.validation.jobs, plan.validation.problem_count) == (30, 30, 0)
     assert plan.validation.sha256 == file_sha256(manifest)
+    assert plan.validation.waves == {0: 30}
+
+
+def test_a_header_without_wave_counts_means_a_full_validation(
+    tmp_path: Path, validations: list[str]
+) -> None:
+    """The waves of a reused validation come from the header: without them, validate."""
+    manifest = write_manifest(tmp_path / "m.jsonl", job_lines(30))
+    write_run(tmp_path / "l.jsonl", manifest, OPTIONS, settle=10)
+    recorded = latest_header(tmp_path / "l.jsonl")
+    del recorded["manifest"]["waves"]
+    plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=recorded)
+    assert validations == [str(manifest)]
+    assert plan.validation.waves == {0: 30}
 
 
 @pytest.mark.parametrize(
