@@ -21,8 +21,9 @@ def status_line(tally: Tally, elapsed: float) -> str:
     rate = tally.done / elapsed if elapsed > 0 else 0.0
     remaining = max(0, tally.total - tally.done)
     eta = f"{remaining / rate:.0f}s" if rate > 0 else "?"
+    wave = f"{tally.wave}: " if tally.wave else ""
     line = (
-        f"{tally.wave + ': ' if tally.wave else ''}{tally.done}/{tally.total} done, {tally.started} started, {tally.failed} failed, "
+        f"{wave}{tally.done}/{tally.total} done, {tally.started} started, {tally.failed} failed, "
         f"{tally.unknown} unknown, {tally.in_flight} in flight, {rate:.1f} jobs/s, ETA {eta}"
     )
     if tally.throttled:

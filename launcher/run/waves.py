@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from launcher.dispatch import Dispatcher, Tally
+from launcher.dispatch import Dispatcher
 from launcher.ledger.history import History
 from launcher.logs import get_logger
 from launcher.models import Job

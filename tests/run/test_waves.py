@@ -111,7 +111,8 @@ async def test_waves_run_in_order_under_faults(tmp_path: Path) -> None:
         (1, 40, 40, "sent"),
         (2, 40, 40, "sent"),
     ]
-    assert "waves" in done.stdout and "#2" in done.stdout
+    assert "waves" in done.stdout
+    assert "#2" in done.stdout
 
 
 @pytestmark_e2e
