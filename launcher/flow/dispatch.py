@@ -184,6 +184,11 @@ class Dispatcher:
     # -- control --------------------------------------------------------------
 
     @property
+    def pacer(self) -> RateGate:
+        """The run's rate gate (`--wait` paces its polls by it too)."""
+        return self._pacer
+
+    @property
     def stopping(self) -> bool:
         """True once `stop` was called: no new attempt will start."""
         return self._stopping

@@ -226,6 +226,21 @@ class Ledger:
         if len(self._pending) >= _RESULTS_PER_WRITE:
             self.flush()
 
+    def instance(self, job: Job, instance_id: int | None, status: str) -> None:
+        """Record a followed run's new status (`--wait`; see `launcher.ledger.instances`)."""
+        event = {
+            "event": "instance",
+            "job": job.id,
+            "t": time.time(),
+            "instance_id": instance_id,
+            "status": status,
+        }
+        self._pending.append(_line(event))
+        if self._mirror is not None:
+            self._mirror.append(event)
+        if len(self._pending) >= _RESULTS_PER_WRITE:
+            self.flush()
+
     def footer(self, fields: Mapping[str, Any]) -> None:
         """Write the `end` footer and push everything to disk."""
         line = _line({"event": "end", "t": time.time(), **fields})

@@ -96,7 +96,9 @@ def launch(
     # in forked workers, copy every page it touched.
     gc.freeze()
     # Waves need one process: the gate between two waves sees every job of the first.
-    if not segment.nothing_left and options.workers != 1 and not has_waves(plan.validation.waves):
+    # So does --wait: one process follows every run it started.
+    one_process = has_waves(plan.validation.waves) or options.wait
+    if not segment.nothing_left and options.workers != 1 and not one_process:
         from launcher.run.fleet import choose_workers, start_fleet, usable_cpus
 
         unsettled = plan.jobs - segment.already_settled

@@ -28,7 +28,7 @@ from launcher import __version__
 from launcher.config import RunOptions
 from launcher.errors import EXIT_INTERRUPTED, HaltError, LedgerFailed
 from launcher.flow.adaptive import AdaptiveRate
-from launcher.flow.dispatch import Dispatcher, DispatchSettings, Tally, WorkspaceLimits
+from launcher.flow.dispatch import Dispatcher, DispatchSettings, Recorder, Tally, WorkspaceLimits
 from launcher.flow.pacing import Pacer, RateGate, TokenBucket, format_rate
 from launcher.flow.policy import RetryBudget, RetryPolicy, parse_halt
 from launcher.ledger.history import LiveFold
@@ -40,6 +40,7 @@ from launcher.run.connect import Connection
 from launcher.run.plan import GRACE_SECONDS, Plan
 from launcher.run.progress import show_progress
 from launcher.run.resume import Segment
+from launcher.run.wait import Waiter, open_waiter, waiting_summary
 from launcher.run.waves import Waves, has_waves
 
 __all__ = ["RunResult", "WorkerRole", "exit_code", "run_segment"]
@@ -133,6 +134,22 @@ async def run_segment(
     # Which worker sends a job does not matter for resume: every worker folds
     # the whole ledger and skips what is settled.
     share = (role.index, role.count) if role is not None else None
+    waiter, instances = (None, None)
+    if options.wait:  # --wait: follow accepted runs (run/wait.py); else nothing of it
+        waiter, instances = open_waiter(
+            options, connection.client, ledger, segment, plan.iter_jobs(share)
+        )
+    dispatcher = _build_dispatcher(
+        options,
+        connection,
+        ledger,
+        segment,
+        tally,
+        shared,
+        waiter.recorder(ledger) if waiter is not None else ledger,
+    )
+    if waiter is not None:
+        waiter.pacer, waiter.dispatcher = dispatcher.pacer, dispatcher
     jobs: Iterator[Job] | Waves
     if has_waves(plan.validation.waves) and not segment.nothing_left:
         jobs = Waves(
@@ -143,10 +160,14 @@ async def run_segment(
             "continue" if options.wave_failures == "continue" else "stop",
             exact_counts=plan.shard is None and role is None,
             shard=options.shard,
+            waiter=waiter,
+            instances=instances,
         )
     else:
         jobs = segment.to_send(plan.iter_jobs(share), options.retry_failed)
-    interrupted = await _supervise(dispatcher, jobs, ledger, tally, options, role, live, shared)
+    interrupted = await _supervise(
+        dispatcher, jobs, ledger, tally, options, role, live, shared, waiter
+    )
 
     halt = dispatcher.halt_error
     if halt is not None:
@@ -161,6 +182,8 @@ async def run_segment(
         done=tally.done,
         jobs=plan.jobs,
     )
+    if code == 0 and waiter is not None and (waiter.failed or waiter.pending):
+        code = 1  # a followed run failed, timed out, or is still running
     ledger.footer(
         {
             "run_id": run_id,
@@ -176,6 +199,7 @@ async def run_segment(
                 "attempts": tally.attempts,
             },
             **({"waves": jobs.summary()} if isinstance(jobs, Waves) else {}),
+            **({"wait": waiting_summary(waiter)} if waiter is not None else {}),
         }
     )
     return code
@@ -238,6 +262,7 @@ def _build_dispatcher(
     segment: Segment,
     tally: Tally,
     shared: Any,
+    recorder: Recorder,
 ) -> Dispatcher:
     """The dispatcher for `options`, sending through the connection's client."""
     client = connection.client
@@ -265,7 +290,7 @@ def _build_dispatcher(
         pacer, flow = shared.pacer, shared.flow
     return Dispatcher(
         shared.service(client) if shared is not None else client,
-        ledger,
+        recorder,
         pacer,
         settings,
         tally=tally,
@@ -285,6 +310,7 @@ async def _supervise(
     role: WorkerRole | None,
     live: LiveFold | None,
     shared: Any,
+    waiter: Waiter | None = None,
 ) -> bool:
     """Dispatch `jobs` with everything that runs beside it; True when interrupted.
 
@@ -339,8 +365,13 @@ async def _supervise(
             tg.start_soon(show_run_progress, tally, options)
         if role is not None:
             tg.start_soon(role.companion, dispatcher, tally)
+        if waiter is not None:
+            tg.start_soon(waiter.run)
         with dispatch_scope:
             await _run_dispatcher(dispatcher, jobs)
+            if waiter is not None:  # every run sent: follow them to their end
+                waiter.close()
+                await waiter.idle()
         tg.cancel_scope.cancel()
     return interrupted
 

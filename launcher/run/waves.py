@@ -30,10 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from launcher.dispatch import Dispatcher
+from launcher.flow.waiting import is_final, run_failed
 from launcher.ledger.history import History
+from launcher.ledger.instances import InstanceFold
 from launcher.logs import get_logger
 from launcher.models import Job
 from launcher.run.resume import Next, Segment, step_lookup
+from launcher.run.wait import Waiter
 
 __all__ = ["WaveCount", "Waves", "has_waves", "wave_gate"]
 
@@ -49,7 +52,9 @@ def has_waves(waves: Mapping[int, int] | None) -> bool:
 
 def wave_gate(count: WaveCount, policy: WaveFailures) -> bool:
     """Whether the next wave may start after this one: all its jobs started, or `continue`."""
-    return policy == "continue" or (count.complete and count.started == count.jobs)
+    return policy == "continue" or (
+        count.complete and count.started == count.jobs and count.runs_failed == 0
+    )
 
 
 @dataclass(slots=True)
@@ -62,6 +67,7 @@ class WaveCount:
     failed: int = 0
     unknown: int = 0
     complete: bool = False  # every job of the wave was taken (the run did not stop in it)
+    runs_failed: int = 0  # --wait: started runs that ended other than a success
     state: str = "not reached"  # "not reached", "sent", "stopped"
 
     @property
@@ -77,6 +83,7 @@ class WaveCount:
             "failed": self.failed,
             "unknown": self.unknown,
             "pending": self.pending,
+            "runs_failed": self.runs_failed,
         }
 
 
@@ -96,6 +103,8 @@ class Waves:
     policy: WaveFailures
     exact_counts: bool = True
     shard: str | None = None  # --shard: the report adds up the shards' waves
+    waiter: Waiter | None = None  # --wait: a wave ends when its runs have ended
+    instances: InstanceFold | None = None  # --wait on a resume: earlier segments' runs
     seen: dict[int, WaveCount] = field(default_factory=dict)
 
     async def run(self, dispatcher: Dispatcher) -> None:
@@ -108,7 +117,11 @@ class Waves:
             tally.wave = f"wave {index + 1}/{len(numbers)} (#{wave})"
             count = self.seen[wave] = WaveCount(wave, state="sent")
             before = (tally.started, tally.failed, tally.unknown)
+            runs_failed = self.waiter.failed if self.waiter is not None else 0
             await dispatcher.run(self._wave_jobs(wave, count))
+            if self.waiter is not None:
+                await self.waiter.idle()
+                count.runs_failed += self.waiter.failed - runs_failed
             count.started += tally.started - before[0]
             count.failed += tally.failed - before[1]
             count.unknown += tally.unknown - before[2]
@@ -137,6 +150,11 @@ class Waves:
             waves.append(count.as_json())
         return {"policy": self.policy, "shard": self.shard, "waves": waves}
 
+    @staticmethod
+    def _run_failed(instances: InstanceFold, job_id: str) -> bool:
+        status = instances.status(job_id)
+        return is_final(status) and run_failed(status)
+
     def _wave_jobs(self, wave: int, count: WaveCount) -> Iterator[Job]:
         """The wave's jobs to send; settled ones (a resume's) are counted, not sent."""
         history = self.segment.history
@@ -150,6 +168,9 @@ class Waves:
                 if settled is not None:
                     if settled == "started":
                         count.started += 1
+                        instances = self.instances
+                        if instances is not None and self._run_failed(instances, job.id):
+                            count.runs_failed += 1
                     else:
                         count.failed += 1
                     continue
