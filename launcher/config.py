@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple, TypeVar, get_args
 
-from launcher.errors import UsageError
+from launcher.errors import UsageError, require_extra
 from launcher.flow.pacing import parse_rate
 from launcher.flow.policy import parse_duration, parse_halt
 from launcher.flow.shard import parse_shard

@@ -180,6 +180,13 @@ def loadtest_settings(
     )
 
 
+def _charts(report: str | None) -> str | None:
+    """`--report` draws with matplotlib: the `loadtest` extra (checked before anything runs)."""
+    if report is not None:
+        require_extra("matplotlib", "loadtest", "--report (load-test charts)")
+    return report
+
+
 def _schedule(source: Mapping[str, Any], where: str, *, once: bool) -> Schedule:
     rate, duration, ramp = source.get("rate"), source.get("duration"), source.get("ramp")
     try:
