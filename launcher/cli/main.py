@@ -262,6 +262,60 @@ def replay(
     sys.exit(result.exit_code)
 
 
+@cli.command("snapshot")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML options.")
+@click.option("--endpoint", help="DLF endpoint URL, or `sim` for the embedded simulator.")
+@click.option("--region", help="Region id; derives the endpoint (env HUAWEICLOUD_SDK_REGION).")
+@click.option("--project-id", help="Project to list (env HUAWEICLOUD_SDK_PROJECT_ID).")
+@click.option(
+    "--workspace",
+    "workspaces",
+    multiple=True,
+    help="Workspace to list (repeatable) [the default workspace].",
+)
+@click.option("--status", help="Keep only jobs in these states: SCHEDULING,STOPPED,PAUSED [all].")
+@click.option("--name-filter", help="Keep only jobs whose name contains this text.")
+@click.option(
+    "--output", default="-", show_default=True, help="Manifest to write (JSONL); - for stdout."
+)
+@click.option("--rate", help="Most list requests per second [30/s].")
+@click.option("--burst", type=int, help="Requests that may go back to back [1].")
+@click.option("--timeout", type=float, help="Per-request timeout in seconds [10].")
+@click.option("--max-attempts", type=int, help="Attempts per page, the first included [5].")
+@click.option("--ca-bundle", type=click.Path(dir_okay=False), help="Extra CA certificates.")
+@click.option("--iam-endpoint", help="IAM endpoint for password login.")
+@click.option("--log-format", type=click.Choice(["auto", "console", "json"]))
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+def snapshot_command(
+    config_path: str | None,
+    workspaces: tuple[str, ...],
+    status: str | None,
+    name_filter: str | None,
+    output: str,
+    **flags: Any,
+) -> None:
+    """Write the service's job list as a manifest (one {"name", "workspace",
+    "project_id"} line per job) that `validate` and `run` accept as it is."""
+    from launcher.run.snapshot import parse_states, snapshot
+
+    try:
+        file_values = load_config_file(config_path) if config_path else {}
+        options = resolve_options(flags, file_values, os.environ, config_path=config_path)
+        configure_logging(options.log_format, options.log_level)  # type: ignore[arg-type]
+        count = snapshot(
+            options,
+            dict(os.environ),
+            workspaces=workspaces,
+            states=parse_states(status),
+            name_filter=name_filter,
+            output=output,
+        )
+    except LauncherError as error:
+        _fail(error)
+        return
+    click.echo(f"snapshot: {count} job(s) -> {output}", err=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="launcher")
