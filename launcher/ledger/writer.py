@@ -241,6 +241,23 @@ class Ledger:
         if len(self._pending) >= _RESULTS_PER_WRITE:
             self.flush()
 
+    def verify(self, job: Job, expected: str, found: str | None) -> None:
+        """Record a job whose state after the run is not what its call set (`--verify`)."""
+        event = {
+            "event": "verify",
+            "job": job.id,
+            "t": time.time(),
+            "name": job.name,
+            "workspace": job.workspace,
+            "expected": expected,
+            "found": found,
+        }
+        self._pending.append(_line(event))
+        if self._mirror is not None:
+            self._mirror.append(event)
+        if len(self._pending) >= _RESULTS_PER_WRITE:
+            self.flush()
+
     def footer(self, fields: Mapping[str, Any]) -> None:
         """Write the `end` footer and push everything to disk."""
         line = _line({"event": "end", "t": time.time(), **fields})

@@ -40,6 +40,7 @@ from launcher.run.connect import Connection
 from launcher.run.plan import GRACE_SECONDS, Plan
 from launcher.run.progress import show_progress
 from launcher.run.resume import Segment
+from launcher.run.verify import verify
 from launcher.run.wait import Waiter, open_waiter, waiting_summary
 from launcher.run.waves import Waves, has_waves
 
@@ -168,6 +169,16 @@ async def run_segment(
     interrupted = await _supervise(
         dispatcher, jobs, ledger, tally, options, role, live, shared, waiter
     )
+    verified = None
+    if options.verify and not interrupted and dispatcher.halt_error is None:
+        verified = await verify(
+            connection.client,
+            ledger,
+            lambda: plan.iter_jobs(share),
+            options.action,
+            RetryPolicy(max_attempts=options.max_attempts, base=options.backoff_base),
+            dispatcher.pacer,
+        )
 
     halt = dispatcher.halt_error
     if halt is not None:
@@ -184,6 +195,8 @@ async def run_segment(
     )
     if code == 0 and waiter is not None and (waiter.failed or waiter.pending):
         code = 1  # a followed run failed, timed out, or is still running
+    if code == 0 and verified is not None and (verified["mismatches"] or "error" in verified):
+        code = 1  # a job is not in the state its call set, or the list could not say
     ledger.footer(
         {
             "run_id": run_id,
@@ -200,6 +213,7 @@ async def run_segment(
             },
             **({"waves": jobs.summary()} if isinstance(jobs, Waves) else {}),
             **({"wait": waiting_summary(waiter)} if waiter is not None else {}),
+            **({"verify": {**verified, "shard": options.shard}} if verified is not None else {}),
         }
     )
     return code

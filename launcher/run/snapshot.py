@@ -37,7 +37,7 @@ from launcher.config import RunOptions
 from launcher.dlf.client import JOB_PAGE, DlfClient
 from launcher.dlf.transport import backend_options
 from launcher.errors import LauncherError, UsageError
-from launcher.flow.pacing import Pacer, TokenBucket
+from launcher.flow.pacing import Pacer, RateGate, TokenBucket
 from launcher.flow.policy import RetryPolicy, Verdict, classify, retry_delay
 from launcher.logs import get_logger
 from launcher.models import Reply
@@ -71,9 +71,9 @@ def parse_states(text: str | None) -> frozenset[str] | None:
 
 @dataclass(frozen=True, slots=True)
 class Listing:
-    """One workspace's matching jobs, in list order, and how many pages it took."""
+    """One workspace's matching jobs (name -> state), in list order, and its pages."""
 
-    names: list[str]
+    jobs: dict[str, str | None]
     pages: int
     total: int
 
@@ -86,7 +86,7 @@ async def _page(
 
 async def list_workspace(
     client: DlfClient,
-    pacer: Pacer,
+    pacer: RateGate,
     policy: RetryPolicy,
     project_id: str | None,
     workspace: str | None,
@@ -96,8 +96,7 @@ async def list_workspace(
     rand: random.Random,
 ) -> Listing:
     """Every job of one workspace that passes the filters (raises SnapshotFailed)."""
-    names: list[str] = []
-    seen_names: set[str] = set()
+    jobs: dict[str, str | None] = {}
     seen = 0
     total = 0
     for page in range(_MAX_PAGES):
@@ -110,25 +109,25 @@ async def list_workspace(
             total = raw_total
         for entry in entries:
             name = entry.get("name")
-            if not isinstance(name, str) or name in seen_names:
+            if not isinstance(name, str) or name in jobs:
                 continue
             if name_filter and name_filter not in name:
                 continue
-            if states is not None and entry.get("status") not in states:
+            state = entry.get("status")
+            if states is not None and state not in states:
                 continue
-            seen_names.add(name)
-            names.append(name)
+            jobs[name] = state if isinstance(state, str) else None
         seen += len(entries)
         if (page + 1) % _PROGRESS_PAGES == 0:
             log.info("listing", workspace=workspace, pages=page + 1, seen=seen, total=total)
         if not entries or len(entries) < JOB_PAGE or seen >= total:
-            return Listing(names, page + 1, total)
+            return Listing(jobs, page + 1, total)
     raise SnapshotFailed(f"workspace {workspace or '(default)'}: the list did not end")
 
 
 async def _page_with_retries(
     client: DlfClient,
-    pacer: Pacer,
+    pacer: RateGate,
     policy: RetryPolicy,
     project_id: str | None,
     workspace: str | None,
@@ -188,14 +187,14 @@ async def _snapshot(
                 workspace=workspace,
                 pages=listing.pages,
                 total=listing.total,
-                kept=len(listing.names),
+                kept=len(listing.jobs),
             )
             lines.extend(
                 orjson.dumps(
                     {"name": name, "workspace": workspace, "project_id": options.project_id}
                 )
                 + b"\n"
-                for name in listing.names
+                for name in listing.jobs
             )
     return lines
 
