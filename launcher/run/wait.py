@@ -40,7 +40,14 @@ import anyio
 from launcher.dispatch import PLAN_TIME_SKEW, Dispatcher, Recorder
 from launcher.dlf.client import DlfClient
 from launcher.flow.pacing import RateGate
-from launcher.flow.waiting import TIMED_OUT, is_final, poll_delay, run_failed
+from launcher.flow.waiting import (
+    POLL_CAP,
+    POLL_START,
+    TIMED_OUT,
+    is_final,
+    poll_delay,
+    run_failed,
+)
 from launcher.ledger.history import History
 from launcher.ledger.instances import InstanceFold, fold_instances
 from launcher.ledger.writer import Ledger, read_ledger
@@ -77,6 +84,8 @@ class Waiter:
     action: Action  # the run's --action (a line's own `action` wins)
     run_since: float  # Unix time the run began: the floor for runs whose intent is unknown
     pacer: RateGate | None = None  # the dispatcher's: set once it exists
+    poll_start: float = POLL_START  # the backoff's first step and cap (flow/waiting.py)
+    poll_cap: float = POLL_CAP
     rand: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.monotonic
     dispatcher: Dispatcher | None = None
@@ -98,7 +107,7 @@ class Waiter:
     def follow(self, job: Job, instance_id: int | None, since: float) -> None:
         """Follow the run of `job` (its instance id, when known), from now on."""
         wait = _Wait(job, instance_id, since, self.clock() + self.timeout)
-        self._push(self.clock() + poll_delay(0, self.rand), wait)
+        self._push(self.clock() + self._delay(0), wait)
 
     def follow_resumed(
         self,
@@ -190,6 +199,9 @@ class Waiter:
         with anyio.move_on_after(seconds):
             await self._wake.wait()
 
+    def _delay(self, polls: int) -> float:
+        return poll_delay(polls, self.rand, start=self.poll_start, cap=self.poll_cap)
+
     def _push(self, due: float, wait: _Wait) -> None:
         heapq.heappush(self._heap, (min(due, wait.deadline), next(self._order), wait))
         self._wake.set()
@@ -209,7 +221,7 @@ class Waiter:
                 self._end(wait, status or "")
                 return
             wait.polls += 1
-            self._push(self.clock() + poll_delay(wait.polls, self.rand), wait)
+            self._push(self.clock() + self._delay(wait.polls), wait)
         finally:
             self._active -= 1
             limiter.release()
