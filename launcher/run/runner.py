@@ -96,8 +96,8 @@ def launch(
     # in forked workers, copy every page it touched.
     gc.freeze()
     # Waves need one process: the gate between two waves sees every job of the first.
-    # So does --wait: one process follows every run it started.
-    one_process = has_waves(plan.validation.waves) or options.wait
+    # So do --wait (one process follows every run it started) and --verify (one check).
+    one_process = has_waves(plan.validation.waves) or options.wait or options.verify
     if not segment.nothing_left and options.workers != 1 and not one_process:
         from launcher.run.fleet import choose_workers, start_fleet, usable_cpus
 
