@@ -104,3 +104,27 @@ def test_status_filter_parsing() -> None:
     assert parse_states("scheduling, STOPPED") == {"SCHEDULING", "STOPPED"}
     with pytest.raises(Exception, match="--status"):
         parse_states("RUNNING")
+
+
+async def test_a_seeded_estate_of_three_workspaces(tmp_path: Path) -> None:
+    """1,000 jobs in each of three workspaces, a quarter STOPPED (seeded): the snapshot of
+    ws1's SCHEDULING jobs is exactly those, and running it starts each of them once."""
+    every = names(1000)
+    estate = SimConfig(known_jobs=frozenset(every), scheduled_fraction=0.75, seed=15)
+    snap = tmp_path / "snap.jsonl"
+    async with running(estate) as (sim, url):
+        base = ("--endpoint", url, "--project-id", "p1", "--rate", "0")
+        done = await launcher(
+            "snapshot", *base, "--workspace", "ws1", "--status", "SCHEDULING",
+            "--output", str(snap),
+        )  # fmt: skip
+        assert done.code == 0, done.stderr
+        expected = [n for n in every if sim._initial_status("p1", "ws1", n) == "SCHEDULING"]
+        other = [n for n in every if sim._initial_status("p1", "ws2", n) == "SCHEDULING"]
+        ran = await launcher("run", str(snap), *base, "--ledger", str(tmp_path / "l.jsonl"))
+        assert ran.code == 0, ran.stderr
+    assert 700 < len(expected) < 800
+    assert expected != other  # drawn per workspace
+    assert [line["name"] for line in read_lines(snap)] == expected
+    for name in every:
+        assert sim.stats.took_effect("start", "p1", name, "ws1") == (name in expected)
