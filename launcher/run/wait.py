@@ -48,7 +48,7 @@ from launcher.flow.waiting import (
     poll_delay,
     run_failed,
 )
-from launcher.ledger.history import History
+from launcher.ledger.history import History, fold
 from launcher.ledger.instances import InstanceFold, fold_instances
 from launcher.ledger.writer import Ledger, read_ledger
 from launcher.logs import get_logger
@@ -319,6 +319,8 @@ def open_waiter(
     waiter = Waiter(client, ledger, options.wait_timeout, options.action, run_since)
     if history is None:
         return waiter, None
+    if history.counted_only:  # a finished run's saved counts: each job's state is needed
+        history = fold([read_ledger(ledger.path)])
     instances = fold_instances([read_ledger(ledger.path)])
     waiter.follow_resumed(jobs, history, instances, options.action, run_since)
     return waiter, instances

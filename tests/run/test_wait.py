@@ -130,3 +130,17 @@ async def test_a_failed_run_closes_the_wave_gate(tmp_path: Path) -> None:
     assert report["instances"] == {"fail": 3}
     assert report["waves"][0]["runs_failed"] == 3
     assert report["outcomes"]["pending"] == 3
+
+
+async def test_a_resume_follows_runs_that_timed_out(tmp_path: Path) -> None:
+    """A finished run whose waits timed out: `--resume` (nothing left to send) follows them on."""
+    manifest = write_manifest(tmp_path / "m.jsonl", job_lines(6))
+    ledger = tmp_path / "l.jsonl"
+    async with running(SimConfig(run_seconds=3.0)) as (sim, url):
+        first = await launcher(*run_args(manifest, ledger, url, "--wait-timeout", "1s"))
+        assert first.code == 1
+        assert report_json(ledger)["instances"] == {"unknown": 6}
+        again = await launcher(*run_args(manifest, ledger, url, "--resume"))
+    assert again.code == 0, again.stdout + again.stderr
+    assert sum(sim.stats.runs.values()) == 6
+    assert report_json(ledger)["instances"] == {"success": 6}
