@@ -52,6 +52,7 @@ DEFAULT_RATE = "30/s"
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 ProgressMode = Literal["auto", "bar", "lines", "off"]
+WaveFailures = Literal["stop", "continue"]
 # The commands whose options come from this table.
 Command = Literal["run", "replay", "validate", "loadtest"]
 # How a value is given on the command line (the converter checks it in every case).
@@ -393,6 +394,30 @@ class RunOptions:
     log_format: LogFormat = _option("auto", LogFormat, "Logs on stderr", commands=_SERVICE)
     log_level: LogLevel = _option("info", LogLevel, "Log level", commands=_SERVICE)
     progress: ProgressMode = _option("auto", ProgressMode, "Progress display")
+    # Waves (launcher.run.waves), --wait (launcher.run.wait), --verify (launcher.run.verify).
+    wave_failures: WaveFailures = _option(
+        "stop",
+        WaveFailures,
+        "After a wave with failed, unknown or pending jobs: stop before the next wave "
+        "(resumable), or continue",
+    )
+    wait: bool = _option(
+        False,
+        _flag,
+        "With run-immediate: follow each accepted run until it ends; a failed run means exit 1",
+    )
+    wait_timeout: float = _option(
+        6 * 3600.0,
+        _duration,
+        "Stop following a run this long after it was accepted (90s, 30m, 6h); it ends `unknown`",
+        shown="6h",
+    )
+    verify: bool = _option(
+        False,
+        _flag,
+        "After the last call, check in the job list that started jobs read SCHEDULING "
+        "(stopped: STOPPED); a mismatch means exit 1",
+    )
     # Scale-out (launcher.scale.limits): one rate limit for every launcher on the same key.
     redis: str | None = _option(
         None,
@@ -593,6 +618,8 @@ def _resolve(
         merged["sim"] = dict(file_values["sim"])
     if file_values.get("workspaces"):
         merged["workspaces"] = dict(file_values["workspaces"])
+    if merged.get("redis") or merged.get("shared_concurrency"):
+        require_extra("redis", "redis", "--redis (a limit shared through Redis)")
     return RunOptions(**merged)
 
 

@@ -26,7 +26,7 @@ import click
 
 from launcher.cli.options import options_of
 from launcher.config import OPTIONS, RunOptions, did_you_mean, load_options, read_config_file
-from launcher.errors import EXIT_INTERRUPTED, LauncherError, UsageError
+from launcher.errors import EXIT_INTERRUPTED, LauncherError, UsageError, require_extra
 from launcher.flow.pacing import parse_rate
 from launcher.flow.policy import parse_duration
 from launcher.loadtest.runner import run_loadtest

@@ -299,9 +299,8 @@ def snapshot_command(
     from launcher.run.snapshot import parse_states, snapshot
 
     try:
-        file_values = load_config_file(config_path) if config_path else {}
-        options = resolve_options(flags, file_values, os.environ, config_path=config_path)
-        configure_logging(options.log_format, options.log_level)  # type: ignore[arg-type]
+        options, _ = load_options(flags, config_path, os.environ)
+        configure_logging(options.log_format, options.log_level)
         count = snapshot(
             options,
             dict(os.environ),

@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["DlfClient", "endpoint_for_region", "job_body", "path_segment"]
 
 CONTENT_TYPE = "application/json;charset=UTF-8"
-JOB_PAGE = 100  # the job list's largest `limit`
 USER_AGENT = f"launcher/{__version__}"
 
 # The body cache's bounds: this many bodies, of at most this many bytes each.

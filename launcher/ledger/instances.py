@@ -32,8 +32,8 @@ def waited(headers: Iterable[Mapping[str, Any]]) -> bool:
 class InstanceFold:
     """Each followed job's latest (instance id, status); accepted runs' instance ids."""
 
-    latest: dict[str, tuple[int | None, str]] = field(default_factory=dict)
-    accepted: dict[str, int] = field(default_factory=dict)  # job -> instance id of its run
+    latest: dict[str, tuple[int | str | None, str]] = field(default_factory=dict)
+    accepted: dict[str, int | str] = field(default_factory=dict)  # job -> instance id of its run
 
     def add(self, event: Mapping[str, Any]) -> None:
         """Fold one ledger event (anything but `instance` and `result` is passed by)."""
@@ -45,17 +45,18 @@ class InstanceFold:
             status = event.get("status")
             instance_id = event.get("instance_id")
             if isinstance(status, str):
-                self.latest[job] = (instance_id if isinstance(instance_id, int) else None, status)
+                known = isinstance(instance_id, int | str) and not isinstance(instance_id, bool)
+                self.latest[job] = (instance_id if known else None, status)
         elif kind == "result":
             instance_id = event.get("instance_id")
-            if isinstance(instance_id, int) and not isinstance(instance_id, bool):
+            if isinstance(instance_id, int | str) and not isinstance(instance_id, bool):
                 self.accepted[job] = instance_id
 
     def status(self, job_id: str) -> str | None:
         entry = self.latest.get(job_id)
         return entry[1] if entry is not None else None
 
-    def instance_id(self, job_id: str) -> int | None:
+    def instance_id(self, job_id: str) -> int | str | None:
         entry = self.latest.get(job_id)
         if entry is not None and entry[0] is not None:
             return entry[0]

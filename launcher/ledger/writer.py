@@ -226,7 +226,7 @@ class Ledger:
         if len(self._pending) >= _RESULTS_PER_WRITE:
             self.flush()
 
-    def instance(self, job: Job, instance_id: int | None, status: str) -> None:
+    def instance(self, job: Job, instance_id: int | str | None, status: str) -> None:
         """Record a followed run's new status (`--wait`; see `launcher.ledger.instances`)."""
         event = {
             "event": "instance",

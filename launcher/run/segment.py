@@ -130,7 +130,6 @@ async def run_segment(
     if tally is None:
         tally = Tally()
     tally.total = max(0, plan.jobs - segment.already_settled)
-    dispatcher = _build_dispatcher(options, connection, ledger, segment, tally, shared)
     # A worker takes every count-th job: a share that costs next to nothing to skip.
     # Which worker sends a job does not matter for resume: every worker folds
     # the whole ledger and skips what is settled.

@@ -15,8 +15,8 @@ substring match, checked here again). Each job is one line
 `{"name", "workspace", "project_id"}`; a job listed twice (the list moved
 while it was read) is written once.
 
-The listing call is one function, `_page` (DlfClient.job_page): the place to
-switch to a shared paged-listing primitive.
+Each page is one `DlfClient.query` (`_page`), the primitive `launcher.dlf.listing`
+builds on; the paging loop is here because each page is paced and retried.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ import anyio
 import orjson
 
 from launcher.config import RunOptions
-from launcher.dlf.client import JOB_PAGE, DlfClient
+from launcher.dlf.client import DlfClient
+from launcher.dlf.listing import PAGE_SIZE as JOB_PAGE
 from launcher.dlf.transport import backend_options
 from launcher.errors import LauncherError, UsageError
 from launcher.flow.pacing import Pacer, RateGate, TokenBucket
@@ -81,7 +82,13 @@ class Listing:
 async def _page(
     client: DlfClient, project_id: str | None, workspace: str | None, page: int, name: str | None
 ) -> tuple[Reply, dict[str, Any] | None]:
-    return await client.job_page(project_id, workspace, page, name=name)
+    """One page of the job list (`DlfClient.query`, as `launcher.dlf.listing` reads it);
+    the listing's own pager has no per-page retry, which a snapshot needs."""
+    params = [("limit", str(JOB_PAGE)), ("offset", str(page))]  # offset: a page number
+    if name:
+        params.append(("jobName", name))  # the service matches it as a substring
+    answer = await client.query(project_id, workspace, "/jobs", params)
+    return answer.reply, answer.payload if answer.reply.status == 200 else None
 
 
 async def list_workspace(

@@ -39,6 +39,7 @@ import anyio
 
 from launcher.dispatch import PLAN_TIME_SKEW, Dispatcher, Recorder
 from launcher.dlf.client import DlfClient
+from launcher.dlf.listing import instance
 from launcher.flow.pacing import RateGate
 from launcher.flow.waiting import (
     POLL_CAP,
@@ -67,7 +68,7 @@ _TICK = 0.5  # seconds: how often an idle scheduler looks at the stop reason
 @dataclass(slots=True)
 class _Wait:
     job: Job
-    instance_id: int | None
+    instance_id: int | str | None
     since: float  # Unix time of the intent (or earlier): instances planned after it are ours
     deadline: float  # on the waiter's clock
     status: str | None = None
@@ -104,7 +105,7 @@ class Waiter:
         """`ledger`, handing every run-immediate that settles `started` to this waiter."""
         return _Following(ledger, self)
 
-    def follow(self, job: Job, instance_id: int | None, since: float) -> None:
+    def follow(self, job: Job, instance_id: int | str | None, since: float) -> None:
         """Follow the run of `job` (its instance id, when known), from now on."""
         wait = _Wait(job, instance_id, since, self.clock() + self.timeout)
         self._push(self.clock() + self._delay(0), wait)
@@ -236,11 +237,15 @@ class Waiter:
                 return None
             newest = max(found, key=lambda entry: entry.get("planTime") or 0)
             instance_id = newest.get("instanceId")
-            if isinstance(instance_id, int) and not isinstance(instance_id, bool):
+            if isinstance(instance_id, int | str) and not isinstance(instance_id, bool):
                 wait.instance_id = instance_id
             status = newest.get("status")
             return status if isinstance(status, str) else None
-        reply, payload = await self.client.instance(wait.job, wait.instance_id)
+        job = wait.job
+        lookup = await instance(
+            self.client, job.project_id, job.workspace, job.name, wait.instance_id
+        )
+        payload = lookup.instance
         status = payload.get("status") if payload is not None else None
         return status if isinstance(status, str) else None
 
@@ -283,7 +288,7 @@ class _Following:
         self._ledger.check(job, attempt, reply, state, conclusion, outcome)
         self._settled(job, outcome, None)
 
-    def _settled(self, job: Job, outcome: str | None, instance_id: int | None) -> None:
+    def _settled(self, job: Job, outcome: str | None, instance_id: int | str | None) -> None:
         if outcome is None:
             return
         waiter = self._waiter

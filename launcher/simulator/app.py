@@ -97,9 +97,6 @@ class Simulator:
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
         self._fault_rng = random.Random(config.seed)
         self._jitter_rng = random.Random(None if config.seed is None else config.seed + 1)
-        self._run_rng = random.Random(None if config.seed is None else config.seed + 2)
-        # Instances still running: id -> (Unix time they end, final status, their job).
-        self._running: dict[int, tuple[float, str, _Job]] = {}
         cumulative = 0.0
         self._fault_table: list[tuple[float, str]] = []
         for kind, fraction in zip(
@@ -205,8 +202,6 @@ class Simulator:
                     route = parts[5]
                 elif method == "GET" and parts[4] == "instances" and parts[5] == "detail":
                     route = "instances"
-            elif len(parts) == 7 and parts[4] and parts[5] == "instances" and method == "GET":
-                route = "instance"
             elif len(parts) == 4 and method == "GET":
                 route = "jobs"
         elif path == "/v3/auth/tokens" and method == "POST":

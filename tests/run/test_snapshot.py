@@ -119,8 +119,8 @@ async def test_a_seeded_estate_of_three_workspaces(tmp_path: Path) -> None:
             "--output", str(snap),
         )  # fmt: skip
         assert done.code == 0, done.stderr
-        expected = [n for n in every if sim._initial_status("p1", "ws1", n) == "SCHEDULING"]
-        other = [n for n in every if sim._initial_status("p1", "ws2", n) == "SCHEDULING"]
+        expected = [n for n in every if sim.service.initial_status("p1", "ws1", n) == "SCHEDULING"]
+        other = [n for n in every if sim.service.initial_status("p1", "ws2", n) == "SCHEDULING"]
         ran = await launcher("run", str(snap), *base, "--ledger", str(tmp_path / "l.jsonl"))
         assert ran.code == 0, ran.stderr
     assert 700 < len(expected) < 800

@@ -24,7 +24,7 @@ def run_args(manifest: Path, ledger: Path, url: str, *more: str) -> tuple[str, .
 
 
 def server_counts(sim: Simulator) -> dict[str, int]:
-    return dict(sim.instance_statuses())
+    return dict(sim.service.instance_statuses())
 
 
 async def test_wait_follows_every_run_to_its_end(tmp_path: Path) -> None:
@@ -111,7 +111,7 @@ async def test_waves_wait_for_the_runs_of_the_wave_before(tmp_path: Path) -> Non
     ledger = tmp_path / "l.jsonl"
     async with running(SimConfig(run_seconds=1.0)) as (sim, url):
         done = await launcher(*run_args(manifest, ledger, url))
-        instances = [i for space in sim._instances.values() for i in space]
+        instances = [i for space in sim.service._instances.values() for i in space]
     assert done.code == 0, done.stdout + done.stderr
     early_end = max(i["endTime"] for i in instances if str(i["jobName"]).startswith("early"))
     late_plan = min(i["planTime"] for i in instances if str(i["jobName"]).startswith("late"))

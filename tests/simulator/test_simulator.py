@@ -748,7 +748,7 @@ async def _twenty_runs(config: SimConfig) -> tuple[list[str], dict[str, int]]:
             ended = await call(session, "GET", f"{url}/v1/p/jobs/j{n}/instances/{instance_id}")
             assert ended.json["endTime"] is not None
             statuses.append(ended.json["status"])
-        return statuses, dict(sim.instance_statuses())
+        return statuses, dict(sim.service.instance_statuses())
 
 
 async def test_instances_end_after_run_seconds_with_a_seeded_status() -> None:
