@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
+from launcher.dlf.listing import QueryAnswer
 from launcher.models import Job, Reply
 from launcher.run.wait import Waiter
 
@@ -33,9 +34,15 @@ class FakeClient:
             self.on_poll()
         return status
 
-    async def instance(self, job: Job, instance_id: int) -> tuple[Reply, dict[str, Any]]:
-        self.polls.append(("get", job.name, instance_id))
-        return OK, {"instanceId": instance_id, "status": self._next(job.name)}
+    async def query(
+        self, project_id: str | None, workspace: str | None, path: str, params: Any
+    ) -> QueryAnswer:
+        """`GET /jobs/{name}/instances/{id}`, as `launcher.dlf.listing.instance` asks it."""
+        _, jobs, name, instances, raw_id = path.split("/")
+        assert (jobs, instances) == ("jobs", "instances")
+        instance_id = int(raw_id)
+        self.polls.append(("get", name, instance_id))
+        return QueryAnswer(OK, {"instanceId": instance_id, "status": self._next(name)}, None)
 
     async def instances(self, job: Job, since_ms: int) -> tuple[Reply, list[dict[str, Any]]]:
         self.polls.append(("list", job.name, None))
