@@ -156,7 +156,7 @@ def loadtest_settings(
     abort_on_fail = check(lambda: _flag(*pick("abort_on_fail")))
     summary_json = check(lambda: _path(*pick("summary_json")))
     timeseries = check(lambda: _path(*pick("timeseries")))
-    report = check(lambda: _path(*pick("report")))
+    report = check(lambda: _charts(_path(*pick("report"))))
     acknowledged = check(lambda: _flag(*pick("yes")))
     if problems or schedule is None:
         raise UsageError("\n".join(problems))

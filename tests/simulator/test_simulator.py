@@ -741,7 +741,7 @@ async def _twenty_runs(config: SimConfig) -> tuple[list[str], dict[str, int]]:
         assert shown.json["status"] == "running"
         assert shown.json["instanceId"] == ids[0]
         other = await call(session, "GET", f"{url}/v1/p/jobs/j1/instances/{ids[0]}")
-        assert other.status == 404
+        assert other.status == 400  # DLF.0100: not this job's instance
         await anyio.sleep(0.4)
         statuses = []
         for n, instance_id in enumerate(ids):
