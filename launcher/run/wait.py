@@ -37,9 +37,9 @@ from typing import Any
 
 import anyio
 
-from launcher.dispatch import PLAN_TIME_SKEW, Dispatcher, Recorder
 from launcher.dlf.client import DlfClient
 from launcher.dlf.listing import instance
+from launcher.flow.dispatch import PLAN_TIME_SKEW, Dispatcher, Recorder
 from launcher.flow.pacing import RateGate
 from launcher.flow.waiting import (
     POLL_CAP,

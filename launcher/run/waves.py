@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from launcher.dispatch import Dispatcher
+from launcher.flow.dispatch import Dispatcher
 from launcher.flow.waiting import is_final, run_failed
 from launcher.ledger.history import History
 from launcher.ledger.instances import InstanceFold
