@@ -29,6 +29,7 @@ from launcher.flow.policy import parse_duration, parse_halt
 from launcher.flow.shard import parse_shard
 from launcher.ledger.writer import FsyncPolicy
 from launcher.logs import LogFormat, redact_url
+from launcher.manifest.lines import open_regular
 from launcher.manifest.validate import Format
 from launcher.models import Action
 
@@ -54,7 +55,7 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 ProgressMode = Literal["auto", "bar", "lines", "off"]
 WaveFailures = Literal["stop", "continue"]
 # The commands whose options come from this table.
-Command = Literal["run", "replay", "validate", "loadtest"]
+Command = Literal["run", "replay", "validate", "loadtest", "snapshot"]
 # How a value is given on the command line (the converter checks it in every case).
 Kind = Literal["text", "path", "int", "float", "choice", "flag"]
 
@@ -67,6 +68,10 @@ _SPEC: Final = "launcher.option"
 _RUN: frozenset[Command] = frozenset({"run", "replay"})
 _MANIFEST: frozenset[Command] = _RUN | {"validate", "loadtest"}
 _SERVICE: frozenset[Command] = _RUN | {"loadtest"}
+# How to reach the service and log: every command that calls it, `snapshot` included.
+_CONNECT: frozenset[Command] = _SERVICE | {"snapshot"}
+# Pacing and retries of a run's calls, which snapshot's pages share.
+_PACED: frozenset[Command] = _RUN | {"snapshot"}
 
 
 class Option(NamedTuple):
@@ -279,20 +284,20 @@ class RunOptions:
     """
 
     endpoint: str | None = _option(
-        None, _text, "DLF endpoint URL, or `sim` for the embedded simulator", commands=_SERVICE
+        None, _text, "DLF endpoint URL, or `sim` for the embedded simulator", commands=_CONNECT
     )
     region: str | None = _option(
         None,
         _header_safe,
         "Region id; derives the endpoint",
-        commands=_SERVICE,
+        commands=_CONNECT,
         env="HUAWEICLOUD_SDK_REGION",
     )
     project_id: str | None = _option(
         None,
         _header_safe,
         "Default project id",
-        commands=_MANIFEST,
+        commands=_MANIFEST | {"snapshot"},
         env="HUAWEICLOUD_SDK_PROJECT_ID",
     )
     workspace: str | None = _option(
@@ -326,12 +331,20 @@ class RunOptions:
         parse_rate(DEFAULT_RATE),
         _rate,
         "Most requests started per second: 30/s, 120/m, 0 = unlimited",
+        commands=_PACED,
         shown=DEFAULT_RATE,
     )
-    burst: int = _option(1, _positive_int, "Requests that may go back to back after idling")
-    max_attempts: int = _option(5, _positive_int, "Attempts per job, the first included")
+    burst: int = _option(
+        1, _positive_int, "Requests that may go back to back after idling", commands=_PACED
+    )
+    max_attempts: int = _option(
+        5,
+        _positive_int,
+        "Attempts per job (per page for snapshot), the first included",
+        commands=_PACED,
+    )
     timeout: float = _option(
-        10.0, _positive_float, "Per-request timeout in seconds", commands=_SERVICE
+        10.0, _positive_float, "Per-request timeout in seconds", commands=_CONNECT
     )
     backoff_base: float = _option(
         0.1, _positive_float, "First retry waits up to this", shown="0.1 s"
@@ -339,6 +352,12 @@ class RunOptions:
     backoff_cap: float = _option(20.0, _positive_float, "No retry waits longer", shown="20 s")
     action: Action = _option("start", Action, "What to do to each job", commands=_SERVICE)
     allow_duplicates: bool = _option(False, _flag, "Accept the same job twice", commands=_MANIFEST)
+    allow_empty: bool = _option(
+        False,
+        _flag,
+        "An empty manifest is fine: exit 0, nothing to do (else exit 2)",
+        commands=_RUN | {"validate"},
+    )
     dry_run: bool = _option(False, _flag, "Validate and print the plan; send nothing")
     canary: bool = _option(True, _flag, "Do not send the first request alone", flag="--no-canary")
     adaptive: bool = _option(
@@ -363,14 +382,14 @@ class RunOptions:
         None,
         _text,
         "CA certificates (PEM) to trust instead of the system store",
-        commands=_SERVICE,
+        commands=_CONNECT,
         path=True,
     )
     iam_endpoint: str | None = _option(
         None,
         _text,
         "IAM endpoint for password login",
-        commands=_SERVICE,
+        commands=_CONNECT,
         shown="from --region",
     )
     # Forward proxy URL for every call (IAM login too); None: HTTPS_PROXY etc.; "": none.
@@ -378,7 +397,7 @@ class RunOptions:
         None,
         _any_text,
         "Forward proxy for every call, IAM too: http://[USER:PASSWORD@]HOST:PORT; '' for none",
-        commands=_SERVICE,
+        commands=_CONNECT,
         metavar="URL",
         shown="HTTPS_PROXY, HTTP_PROXY, NO_PROXY",
     )
@@ -391,8 +410,8 @@ class RunOptions:
         flag="--format",
         shown="by file suffix",
     )
-    log_format: LogFormat = _option("auto", LogFormat, "Logs on stderr", commands=_SERVICE)
-    log_level: LogLevel = _option("info", LogLevel, "Log level", commands=_SERVICE)
+    log_format: LogFormat = _option("auto", LogFormat, "Logs on stderr", commands=_CONNECT)
+    log_level: LogLevel = _option("info", LogLevel, "Log level", commands=_CONNECT)
     progress: ProgressMode = _option("auto", ProgressMode, "Progress display")
     # Waves (launcher.run.waves), --wait (launcher.run.wait), --verify (launcher.run.verify).
     wave_failures: WaveFailures = _option(
@@ -542,7 +561,7 @@ def read_config_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list
     problem are left out. An unreadable file or invalid TOML raises UsageError.
     """
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path, "config file") as handle:  # not a FIFO or a device
             raw = tomllib.load(handle)
     except OSError as error:
         raise UsageError(f"{path}: cannot read the config: {error.strerror}") from None

@@ -21,6 +21,7 @@ from launcher.config import load_options
 from launcher.errors import EXIT_INTERRUPTED, HaltError, LauncherError, UsageError
 from launcher.ledger.report import format_text
 from launcher.logs import configure_logging
+from launcher.manifest.lines import stdin_spooled
 
 __all__ = ["cli", "main"]
 
@@ -49,6 +50,16 @@ class _LazyGroup(click.Group):
             command: click.Command = getattr(importlib.import_module(module), name)
             return command
         return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # Ctrl-C outside a run's own signal handling (reading or validating the
+        # manifest, folding a ledger, a report): click would say "Aborted!" and
+        # exit 1; every command exits 130, as `run` does when interrupted.
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("launcher: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(
@@ -86,7 +97,8 @@ def run(manifest: str, config_path: str | None, **flags: Any) -> None:
     try:
         options, _ = load_options(flags, config_path, os.environ)
         configure_logging(options.log_format, options.log_level)
-        result = launch(manifest, options, dict(os.environ))
+        with stdin_spooled(manifest) as path:  # `-`: stdin, read whole before it is checked
+            result = launch(path, options, dict(os.environ))
     except LauncherError as error:
         _fail(error)
         return
@@ -107,7 +119,8 @@ def validate_command(manifest: str, config_path: str | None, **flags: Any) -> No
 
     try:
         options, _ = load_options(flags, config_path, os.environ)
-        plan = plan_manifest(manifest, options)
+        with stdin_spooled(manifest) as path:
+            plan = plan_manifest(path, options)
     except LauncherError as error:
         _fail(error)
         return
@@ -254,7 +267,8 @@ def replay(
             ledger=options.ledger,
         )
         click.echo(f"replay: {plan.jobs} job(s) from {source} -> {plan.manifest}", err=True)
-        options = replace(options, ledger=str(plan.ledger))
+        # Nothing to replay (no job had those outcomes) is an answer, not an error.
+        options = replace(options, ledger=str(plan.ledger), allow_empty=True)
         result = launch(str(plan.manifest), options, dict(os.environ))
     except LauncherError as error:
         _fail(error)
@@ -263,10 +277,7 @@ def replay(
 
 
 @cli.command("snapshot")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML options.")
-@click.option("--endpoint", help="DLF endpoint URL, or `sim` for the embedded simulator.")
-@click.option("--region", help="Region id; derives the endpoint (env HUAWEICLOUD_SDK_REGION).")
-@click.option("--project-id", help="Project to list (env HUAWEICLOUD_SDK_PROJECT_ID).")
+@options_of("snapshot")
 @click.option(
     "--workspace",
     "workspaces",
@@ -278,14 +289,6 @@ def replay(
 @click.option(
     "--output", default="-", show_default=True, help="Manifest to write (JSONL); - for stdout."
 )
-@click.option("--rate", help="Most list requests per second [30/s].")
-@click.option("--burst", type=int, help="Requests that may go back to back [1].")
-@click.option("--timeout", type=float, help="Per-request timeout in seconds [10].")
-@click.option("--max-attempts", type=int, help="Attempts per page, the first included [5].")
-@click.option("--ca-bundle", type=click.Path(dir_okay=False), help="Extra CA certificates.")
-@click.option("--iam-endpoint", help="IAM endpoint for password login.")
-@click.option("--log-format", type=click.Choice(["auto", "console", "json"]))
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def snapshot_command(
     config_path: str | None,
     workspaces: tuple[str, ...],

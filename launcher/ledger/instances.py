@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.ledger.writer import LedgerRead
+from launcher.ledger.read import LedgerRead
 
 __all__ = ["InstanceFold", "fold_instances", "waited"]
 

@@ -7,7 +7,7 @@ turns options into an authenticated client.
 
 from __future__ import annotations
 
-from launcher.run.connect import Connection, connect, resolve_endpoint
+from launcher.run.connect import Connection, connect, ensure_descriptors, resolve_endpoint
 from launcher.run.plan import Plan, plan_manifest
 from launcher.run.replay import parse_only, parse_workspace_map, plan_replay
 from launcher.run.runner import launch
@@ -18,6 +18,7 @@ __all__ = [
     "Plan",
     "RunResult",
     "connect",
+    "ensure_descriptors",
     "launch",
     "parse_only",
     "parse_workspace_map",

@@ -150,10 +150,16 @@ async def run_segment(
     )
     if waiter is not None:
         waiter.pacer, waiter.dispatcher = dispatcher.pacer, dispatcher
+
+    def send_jobs() -> Iterator[Job]:
+        # A manifest changed under a streaming run stops it like a halt (exit 3,
+        # resumable).
+        return plan.iter_jobs(share, lambda error: dispatcher.stop("manifest_changed", error))
+
     jobs: Iterator[Job] | Waves
     if has_waves(plan.validation.waves) and not segment.nothing_left:
         jobs = Waves(
-            lambda: plan.iter_jobs(share),
+            send_jobs,
             plan.validation.waves or {},
             segment,
             options.retry_failed,
@@ -164,7 +170,7 @@ async def run_segment(
             instances=instances,
         )
     else:
-        jobs = segment.to_send(plan.iter_jobs(share), options.retry_failed)
+        jobs = segment.to_send(send_jobs(), options.retry_failed)
     interrupted = await _supervise(
         dispatcher, jobs, ledger, tally, options, role, live, shared, waiter
     )
