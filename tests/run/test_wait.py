@@ -89,7 +89,9 @@ async def test_resume_picks_up_waiting(tmp_path: Path) -> None:
         args = run_args(manifest, ledger, url)
         process = await anyio.open_process([sys.executable, "-m", "launcher", *args], env=sim_env())
         async with process:
-            await anyio.sleep(2.5)  # every run accepted, none ended
+            with anyio.fail_after(30):  # every run accepted (they last 4 s): kill
+                while sum(sim.stats.runs.values()) < 20:  # noqa: ASYNC110 - no event
+                    await anyio.sleep(0.02)
             process.send_signal(signal.SIGKILL)
             await process.wait()
         assert sum(sim.stats.runs.values()) == 20

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
-from launch_helpers import job_lines, launcher, ledger_events, report_json, sim_env, write_manifest
+from launch_helpers import (
+    job_lines,
+    launcher,
+    ledger_events,
+    report_json,
+    signal_when_started,
+    write_manifest,
+)
 
 from launcher.run.waves import WaveCount, has_waves, wave_gate
 from launcher.simulator.app import SimConfig, running
@@ -168,11 +173,7 @@ async def test_kill_9_mid_waves_then_resume_keeps_the_order(tmp_path: Path) -> N
            "--ledger", str(ledger), "--no-adaptive")  # fmt: skip
     async with running(SimConfig(reset_after=0.05, seed=2)) as (sim, url):
         args = tuple(url if a == "" else a for a in run)
-        process = await anyio.open_process([sys.executable, "-m", "launcher", *args], env=sim_env())
-        async with process:
-            await anyio.sleep(1.0)
-            process.send_signal(signal.SIGKILL)
-            await process.wait()
+        await signal_when_started(sim, 20, signal.SIGKILL, *args)
         cut = sum(sim.stats.starts.values())
         done = await launcher(*args, "--resume")
     assert 0 < cut < 300
