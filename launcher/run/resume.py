@@ -17,24 +17,34 @@ none is left to send and the manifest is not read again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from launcher.config import RunOptions
 from launcher.errors import UsageError
 from launcher.ledger.history import NOT_TAKEN, History, JobRecord, fold, load_fold
 from launcher.ledger.writer import finish_merge, read_ledger
-from launcher.logs import get_logger
+from launcher.logs import get_logger, redact_url
 from launcher.models import Job
 from launcher.run.plan import GRACE_SECONDS, Plan, has_content, same_identities
 
 __all__ = [
+    "IDENTITY",
+    "RUN_STOP_FAILURES",
+    "RUN_STOP_VERDICTS",
     "Next",
     "Segment",
+    "check_identity",
+    "current_identity",
+    "describe_changes",
     "describe_counts",
+    "identity_changes",
     "next_step",
+    "not_the_jobs",
     "plan_segment",
+    "recorded_identity",
     "resume_history",
     "step_lookup",
 ]
@@ -50,15 +60,47 @@ class Next(Enum):
     SEND = "send"  # never attempted, or certainly not taken effect
 
 
+# Verdicts of an answer about the run, not the job: the credentials were
+# refused (401/403: the run stopped at once, see `Dispatcher._launch`).
+RUN_STOP_VERDICTS = frozenset({"auth_failed", "refresh_auth", "not_sent"})
+# Failure codes (`JobRecord.failure`, before any `: detail`) of a request that
+# never reached the service, or a gateway that refused the caller: a broken
+# network path, name resolution, TLS or credentials, never the job.
+RUN_STOP_FAILURES = frozenset({"connect", "dns", "tls", "proxy"})
+_GATEWAY_AUTH = "APIGW.03"  # APIGW.0301-0307, 0310: signature, token, project (not 0308)
+_THROTTLED_CODE = "APIGW.0308"
+
+
+def not_the_jobs(record: JobRecord) -> bool:
+    """Whether a failed job failed for a reason of the run (auth, network path), not its own."""
+    if record.last in RUN_STOP_VERDICTS:
+        return True
+    failure = record.failure or ""
+    if failure.startswith(_GATEWAY_AUTH) and failure != _THROTTLED_CODE:
+        return True
+    return failure.partition(":")[0].strip().lower() in RUN_STOP_FAILURES
+
+
 def next_step(record: JobRecord | None, *, retry_failed: bool) -> Next:
-    """What a resumed run does with a job, given its record (None: never attempted)."""
+    """What a resumed run does with a job, given its record (None: never attempted).
+
+    | record                                          | step  |
+    |-------------------------------------------------|-------|
+    | never attempted                                 | SEND  |
+    | started                                         | SKIP  |
+    | failed for good (DLF.*, 404), no --retry-failed | SKIP  |
+    | failed on the run's account (auth, TLS, DNS...) | SEND  |
+    | failed after retries (5xx, 429, connect)        | SEND  |
+    | unknown, or an intent without a result          | CHECK |
+    | last attempt certainly not taken (halt, stop)   | SEND  |
+    """
     if record is None:
         return Next.SEND
     outcome = record.outcome
     if outcome == "started":
         return Next.SKIP
     if outcome == "failed":
-        if record.permanent and not retry_failed:
+        if record.permanent and not retry_failed and not not_the_jobs(record):
             return Next.SKIP
         return Next.SEND
     if outcome == "unknown":
@@ -175,13 +217,102 @@ def resume_history(ledger_path: str, *, saved: bool = True) -> History:
     return history
 
 
+# What a run is aimed at: a segment that resumes it must aim at the same.
+IDENTITY = ("endpoint", "project_id", "workspace", "action", "shard")
+
+
+def recorded_identity(header: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity a `run` header records (a field it lacks is left out: not compared)."""
+    identity: dict[str, Any] = {}
+    if "endpoint" in header:
+        identity["endpoint"] = "sim" if header.get("simulator") else header.get("endpoint")
+    options = header.get("options")
+    if isinstance(options, dict):
+        for name in ("project_id", "workspace", "action"):
+            if name in options:
+                identity[name] = options[name]
+    if "shard" in header:
+        identity["shard"] = header.get("shard")
+    return identity
+
+
+def current_identity(options: RunOptions, endpoint: str) -> dict[str, Any]:
+    """The identity of a run with these options against `endpoint` (as resolved, or `sim`)."""
+    return {
+        "endpoint": endpoint,
+        "project_id": options.project_id,
+        "workspace": options.workspace,
+        "action": options.action,
+        "shard": options.shard,
+    }
+
+
+def identity_changes(
+    recorded: Mapping[str, Any], current: Mapping[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """(field, recorded, now) for every identity field that differs; endpoints are
+    compared without a trailing slash."""
+    changes = []
+    for name in IDENTITY:
+        if name not in recorded:
+            continue
+        old, new = recorded[name], current.get(name)
+        if name == "endpoint" and isinstance(old, str) and isinstance(new, str):
+            old, new = old.rstrip("/"), new.rstrip("/")
+        if old != new:
+            changes.append((name, old, new))
+    return changes
+
+
+def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
+    """`endpoint https://a -> https://b; project_id projA -> projB` (URLs without passwords)."""
+
+    def shown(name: str, value: Any) -> str:
+        if value is None:
+            return "(none)"
+        return redact_url(value) if name == "endpoint" and isinstance(value, str) else str(value)
+
+    return "; ".join(
+        f"{name} {shown(name, old)} -> {shown(name, new)}" for name, old, new in changes
+    )
+
+
+def check_identity(
+    ledger_path: str, header: Mapping[str, Any], options: RunOptions, endpoint: str
+) -> None:
+    """Refuse (UsageError, exit 2) to resume a run at another target unless `--force`."""
+    changes = identity_changes(recorded_identity(header), current_identity(options, endpoint))
+    if not changes:
+        return
+    if options.force:
+        log.warning(
+            "resuming with another target (--force)",
+            ledger=ledger_path,
+            changes=describe_changes(changes),
+        )
+        return
+    raise UsageError(
+        f"{ledger_path}: this resume aims elsewhere than the run it continues "
+        f"(recorded -> now: {describe_changes(changes)}); resume with the recorded "
+        f"values (`launcher resume {ledger_path}` reuses them), or pass --force to "
+        "continue the run there"
+    )
+
+
 def plan_segment(
-    ledger_path: str, plan: Plan, options: RunOptions, history: History | None = None
+    ledger_path: str,
+    plan: Plan,
+    options: RunOptions,
+    history: History | None = None,
+    *,
+    endpoint: str,
 ) -> Segment:
     """Check the ledger against the options; for `--resume`, fold what it already says.
 
     A fresh run refuses a ledger that holds a run; a resumed one refuses a
-    ledger without one, and a manifest whose hash changed unless `--force`.
+    ledger without one, and, unless `--force`, a manifest whose hash changed
+    or another target (`check_identity`: endpoint, project, workspace,
+    action, shard) than the ledger's latest header records.
     `history` is the ledger already folded (by `launch`), else it is folded here.
     """
     if not options.resume:
@@ -193,6 +324,7 @@ def plan_segment(
         return Segment()
     if history is None:
         history = resume_history(ledger_path)
+    check_identity(ledger_path, history.headers[-1], options, endpoint)
     recorded = history.manifest_sha256
     digest = plan.validation.sha256
     if recorded != digest and not options.force:

@@ -86,10 +86,11 @@ def launch(
         stdout.write(f"{manifest}: no jobs for this run; nothing to do\n")
         return RunResult(0, None, None)
 
-    segment = plan_segment(ledger_path, plan, options, resumed)
+    segment = plan_segment(ledger_path, plan, options, resumed, endpoint=endpoint)
     if resumed is not None and resumed.counted_only and not segment.nothing_left:
         # The snapshot's counts said jobs are left to send: that needs each job's state.
-        segment = plan_segment(ledger_path, plan, options, resume_history(ledger_path, saved=False))
+        history = resume_history(ledger_path, saved=False)
+        segment = plan_segment(ledger_path, plan, options, history, endpoint=endpoint)
     # What this process holds now (modules, the plan, a resume's fold) lives to
     # the end: out of every later collection, which would find nothing in it and,
     # in forked workers, copy every page it touched.
