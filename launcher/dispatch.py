@@ -9,6 +9,15 @@ the manifest iterator, each running one job's whole attempt loop before it
 pulls the next. Memory is therefore proportional to the concurrency, never to
 the manifest. Everything lives in one anyio task group.
 
+With per-workspace limits (`--per-workspace`, `[workspaces."ID"]`), a worker
+takes the next job whose workspace may send now: a job whose workspace is at
+its rate or in-flight limit waits in that workspace's queue (FIFO) while the
+worker reads on, so a slow workspace at the head of a manifest does not hold
+back the others (no head-of-line blocking). The queues together hold at most
+`look_ahead` jobs: memory stays bounded, and once they are full the workers
+wait for the first workspace that may send. Without such limits, none of this
+runs: a pull is one `next()`.
+
 Stopping is designed in three strengths:
 - `stop(reason)`: no new attempt starts; requests in flight finish and are
   recorded (graceful shutdown, `--deadline`, safety stops);
@@ -18,9 +27,10 @@ Stopping is designed in three strengths:
 
 from __future__ import annotations
 
+import math
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,7 +39,7 @@ import anyio
 
 from launcher.errors import AuthFailed, HaltError, TlsFailed
 from launcher.flow.adaptive import AdaptiveRate
-from launcher.flow.pacing import Pacer, RateGate, TokenBucket
+from launcher.flow.pacing import Pacer, RateGate, TokenBucket, format_rate
 from launcher.flow.policy import HaltRule, RetryBudget, RetryPolicy, Verdict, classify, retry_delay
 from launcher.models import Action, Job, JobStatus, Reply
 
@@ -100,6 +110,8 @@ class DispatchSettings:
     halt: HaltRule | None = None
     # Per-workspace overrides from the config file: workspace -> (concurrency, rate).
     workspaces: Mapping[str, WorkspaceLimits] = field(default_factory=dict)
+    # Most jobs held in per-workspace queues, waiting for their workspace's limit.
+    look_ahead: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +136,10 @@ class Tally:
     in_flight: int = 0
     throttled: int = 0
     failures: Counter[str] = field(default_factory=Counter)
+    # Per-workspace limits: jobs read ahead and waiting for their workspace, and
+    # each limited workspace's limit as (description, rate or 0.0).
+    queued: Counter[str | None] = field(default_factory=Counter)
+    limits: dict[str | None, tuple[str, float]] = field(default_factory=dict)
 
 
 def failure_key(reply: Reply) -> str:
@@ -172,6 +188,11 @@ class Dispatcher:
         self._stopped = anyio.Event()  # wakes jobs sleeping in a backoff when the run stops
         self._gates: dict[str | None, _Gate] = {}
         self._gated = settings.per_workspace > 0 or bool(settings.workspaces)
+        # Jobs read ahead of their workspace's limit, by workspace (only non-empty queues).
+        self._queues: dict[str | None, deque[Job]] = {}
+        self._queued = 0
+        self._exhausted = False  # the source has no job left
+        self._freed = anyio.Event()  # set (and replaced) when a workspace slot frees up
         self._local_pacer = isinstance(pacer, Pacer)
         self._stopping = False
         self.stop_reason: str | None = None
@@ -199,6 +220,7 @@ class Dispatcher:
             self.halt_error = error
         self._stopped.set()
         self._release()  # release the workers waiting on the canary
+        self._wake()  # and those waiting for a workspace
 
     async def run(self, jobs: Iterable[Job]) -> None:
         """Launch every job of `jobs` (pulled lazily) and return when all are settled."""
@@ -218,6 +240,7 @@ class Dispatcher:
         iteration per job, and a job is only read when a worker is free to send it.
         """
         canary = self._settings.canary
+        gated = self._gated
         while not self._stopping:
             if not self._released:
                 if self._canary_out:
@@ -226,7 +249,7 @@ class Dispatcher:
                 # The first request goes alone: if the credentials are wrong, one
                 # rejection is all the service sees, not one per worker.
                 self._canary_out = canary
-            job = next(source, None)
+            job = await self._next_ready(source) if gated else next(source, None)
             if job is None:
                 self._release()  # no job at all: nothing to wait for
                 return
@@ -257,7 +280,80 @@ class Dispatcher:
                 else None,
             )
             self._gates[workspace] = gate
+            described = [format_rate(limits.rate)] if limits.rate > 0 else []
+            if concurrency > 0:
+                described.append(f"{concurrency} in flight")
+            if described:
+                self.tally.limits[workspace] = (", ".join(described), limits.rate)
         return gate
+
+    def _may_send(self, gate: _Gate, now: float) -> bool:
+        """Whether a job of the workspace of `gate` could be sent now without waiting."""
+        limiter, pacer = gate.limiter, gate.pacer
+        return (limiter is None or limiter.available_tokens >= 1) and (
+            pacer is None or pacer.bucket.ready_in(now) <= 0.0
+        )
+
+    async def _next_ready(self, source: Iterator[Job]) -> Job | None:
+        """The next job whose workspace may send now (with per-workspace limits).
+
+        Queued jobs first, their workspace's oldest; else read on, queueing
+        jobs whose workspace is at its limit (or has jobs queued already: each
+        workspace keeps its manifest order), up to `look_ahead` queued jobs;
+        else wait for the first workspace to free up. None: no job is left
+        (or the run stopped).
+        """
+        queues = self._queues
+        gate_of = self._workspace_gate
+        may_send = self._may_send
+        while not self._stopping:
+            now = self._clock()
+            for workspace, queue in queues.items():
+                if may_send(gate_of(workspace), now):
+                    job = queue.popleft()
+                    self._queued -= 1
+                    self.tally.queued[workspace] -= 1
+                    if not queue:
+                        del queues[workspace]  # (the loop ends here: no iteration after)
+                        del self.tally.queued[workspace]
+                    return job
+            if not self._exhausted and self._queued < self._settings.look_ahead:
+                read = next(source, None)
+                if read is None:
+                    self._exhausted = True
+                    continue
+                workspace = read.workspace
+                if workspace not in queues and may_send(gate_of(workspace), now):
+                    return read
+                line = queues.get(workspace)
+                if line is None:
+                    line = queues[workspace] = deque()
+                line.append(read)
+                self._queued += 1
+                self.tally.queued[workspace] += 1
+                continue
+            if not queues:
+                return None
+            await self._wait_for_a_workspace(now)
+        return None
+
+    async def _wait_for_a_workspace(self, now: float) -> None:
+        """Sleep until a queued workspace's rate allows a send, or any slot frees up."""
+        delay = math.inf  # every queued workspace is at its in-flight limit: wait for a slot
+        for workspace in self._queues:
+            gate = self._gates[workspace]
+            if gate.limiter is None or gate.limiter.available_tokens >= 1:
+                wait = gate.pacer.bucket.ready_in(now) if gate.pacer is not None else 0.0
+                delay = min(delay, wait)
+        freed = self._freed
+        with anyio.move_on_after(delay):
+            await freed.wait()
+
+    def _wake(self) -> None:
+        """Wake the workers waiting for a workspace (a slot freed up, or the run stops)."""
+        freed = self._freed
+        self._freed = anyio.Event()
+        freed.set()
 
     async def _attempt(self, job: Job, attempt: int, action: Action) -> tuple[Reply, float] | None:
         """Wait for a send slot, record the intent, send: (reply, intent Unix time).
@@ -267,8 +363,12 @@ class Dispatcher:
         if self._gated:
             gate = self._workspace_gate(job.workspace)
             if gate.limiter is not None:
-                async with gate.limiter:
-                    return await self._paced_attempt(job, attempt, action, gate.pacer)
+                try:
+                    async with gate.limiter:
+                        return await self._paced_attempt(job, attempt, action, gate.pacer)
+                finally:
+                    if self._queues:
+                        self._wake()  # a slot of this workspace is free: its queue may go
             return await self._paced_attempt(job, attempt, action, gate.pacer)
         return await self._paced_attempt(job, attempt, action, None)
 
