@@ -17,7 +17,7 @@ import orjson
 
 from launcher import __version__
 from launcher.cli.options import options_of
-from launcher.config import load_options
+from launcher.config import load_config_file, load_options, resolve_options
 from launcher.errors import EXIT_INTERRUPTED, HaltError, LauncherError, UsageError
 from launcher.ledger.report import format_text
 from launcher.logs import configure_logging
@@ -67,22 +67,32 @@ Exit codes:
   1    the run finished; some jobs failed, ended unknown, or were never sent
   {UsageError.exit_code}    bad usage or bad input: nothing was sent
   {HaltError.exit_code}    halted by a safety stop (auth failure, --halt, unwritable ledger)
-  {EXIT_INTERRUPTED}  interrupted (SIGINT/SIGTERM): continue it with --resume
+  {EXIT_INTERRUPTED}  interrupted (SIGINT/SIGTERM): continue it with `launcher resume LEDGER`
 
 \b
 Examples:
   launcher run nightly.jsonl --region cn-north-4 --project-id 0123abcd --rate 30/s
-  launcher run nightly.jsonl --config nightly.toml --ledger ledgers/n.jsonl --resume
+  launcher resume ledgers/n.jsonl     (the manifest and options the ledger recorded)
 """
 
 
 @cli.command(epilog=_RUN_EPILOG)
-@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.argument("manifest", type=click.Path(dir_okay=False), required=False)
 @options_of("run")
-def run(manifest: str, config_path: str | None, **flags: Any) -> None:
-    """Launch every job in MANIFEST."""
+def run(manifest: str | None, config_path: str | None, **flags: Any) -> None:
+    """Launch every job in MANIFEST.
+
+    `run --resume --ledger LEDGER` without MANIFEST continues the recorded run
+    with its recorded manifest and options, as `launcher resume LEDGER` does.
+    """
     from launcher.run.runner import launch
 
+    if manifest is None:
+        if flags.get("resume") and flags.get("ledger"):
+            _resume(flags.pop("ledger"), None, config_path, flags)
+            return
+        _fail(UsageError("run: give a MANIFEST, or --resume --ledger LEDGER to continue a run"))
+    assert manifest is not None
     try:
         options, _ = load_options(flags, config_path, os.environ)
         configure_logging(options.log_format, options.log_level)
@@ -90,7 +100,66 @@ def run(manifest: str, config_path: str | None, **flags: Any) -> None:
     except LauncherError as error:
         _fail(error)
         return
+    _exit(result, config_path)
+
+
+def _exit(result: Any, config_path: str | None) -> None:
+    """Exit with the run's code, saying first how to resume it if jobs are left."""
+    from launcher.run.recorded import resume_command
+    from launcher.run.runner import resume_hint
+
+    if result.ledger is not None:
+        hint = resume_hint(result, resume_command(result.ledger, config_path))
+        if hint is not None:
+            click.echo(hint, err=True)
     sys.exit(result.exit_code)
+
+
+def _resume(
+    ledger: str, manifest: str | None, config_path: str | None, flags: dict[str, Any]
+) -> None:
+    """Continue the run recorded in LEDGER: its manifest and options, `flags` over them."""
+    from launcher.run.recorded import latest_header, recorded_manifest, recorded_options
+    from launcher.run.runner import launch
+
+    try:
+        if flags.get("ledger") not in (None, ledger):
+            raise UsageError(f"resume: the ledger is {ledger}; --ledger says otherwise")
+        header = latest_header(ledger)
+        file_values = {
+            **recorded_options(header),
+            **(load_config_file(config_path) if config_path else {}),
+        }
+        flags = {**flags, "ledger": ledger, "resume": True}
+        source = config_path or f"{ledger}: recorded options"
+        options = resolve_options(flags, file_values, os.environ, config_path=source)
+        configure_logging(options.log_format, options.log_level)
+        result = launch(recorded_manifest(ledger, header, manifest), options, dict(os.environ))
+    except LauncherError as error:
+        _fail(error)
+        return
+    _exit(result, config_path)
+
+
+@cli.command("resume")
+@click.argument("ledger", type=click.Path(dir_okay=False))
+@click.option(
+    "--manifest",
+    "manifest_path",
+    type=click.Path(dir_okay=False),
+    help="The run's manifest, if it moved (the same content: its hash is checked).",
+)
+@options_of("run")
+def resume_run(
+    ledger: str, manifest_path: str | None, config_path: str | None, **flags: Any
+) -> None:
+    """Continue the run recorded in LEDGER with its manifest and options.
+
+    Flags given override the recorded options (and are recorded); the run's
+    target (endpoint, project, workspace, action, shard) must stay the same
+    unless --force.
+    """
+    _resume(ledger, manifest_path, config_path, flags)
 
 
 @cli.command("validate")
@@ -259,7 +328,7 @@ def replay(
     except LauncherError as error:
         _fail(error)
         return
-    sys.exit(result.exit_code)
+    _exit(result, config_path)
 
 
 def main() -> None:

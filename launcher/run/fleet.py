@@ -415,7 +415,12 @@ class Fleet:
                         for child in self.children:
                             crew.start_soon(self.watch, child)
                         role = WorkerRole(
-                            0, self.count, self.fleet, self.accompany, on_signal=self.forward
+                            0,
+                            self.count,
+                            self.fleet,
+                            self.accompany,
+                            on_signal=self.forward,
+                            run_options=self.options,
                         )
                         lock = lock_part(local_part)
                         ledger, live = _local_part_ledger(
@@ -482,7 +487,13 @@ class Fleet:
                 ledger = Ledger(part, fsync=options.fsync, mirror=folds)
                 live = LiveFold(ledger, share(self.plan.jobs, index, self.count)) if folds else None
                 try:
-                    role = WorkerRole(index, self.count, self.fleet, _companion(orders, reports))
+                    role = WorkerRole(
+                        index,
+                        self.count,
+                        self.fleet,
+                        _companion(orders, reports),
+                        run_options=self.options,
+                    )
                     code = await run_segment(
                         self.plan, options, connection, ledger, self.segment, role, live=live
                     )

@@ -193,11 +193,13 @@ class Segment:
                 yield job
 
 
-def resume_history(ledger_path: str, *, saved: bool = True) -> History:
+def resume_history(ledger_path: str, *, saved: bool = True, merge: bool = True) -> History:
     """Fold the ledger a resume continues (UsageError if there is none, or no run in it).
 
     With `saved`, the counts its last segment saved, if they still describe it:
-    enough when nothing is left to send, and read in milliseconds.
+    enough when nothing is left to send, and read in milliseconds. Without
+    `merge` (a dry run), the parts of a crashed fleet are read where they are,
+    not copied into the ledger.
     """
     if not has_content(ledger_path):
         raise UsageError(f"{ledger_path}: --resume needs the ledger of an earlier run")
@@ -206,7 +208,7 @@ def resume_history(ledger_path: str, *, saved: bool = True) -> History:
         return snapshot
     read = read_ledger(ledger_path)
     history = fold([read], parallel=True)  # the time a resume waits before it can start
-    if read.unmerged is not None:
+    if read.unmerged is not None and merge:
         # Workers of a run that crashed left their parts: copy them in before
         # this segment appends anything. The events are the same, but their
         # offsets moved (a partial copy may have been cut): fold the merged file.
