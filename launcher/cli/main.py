@@ -293,17 +293,27 @@ def report(ledgers: tuple[str, ...], fmt: str, outcome: str | None, merge_runs: 
     metavar="OLD=NEW",
     help="Rename a workspace (repeatable). --project-id replaces every job's project.",
 )
+@click.option(
+    "--manifest",
+    "manifest_path",
+    type=click.Path(dir_okay=False),
+    help="The source run's manifest, if it moved (for jobs the run never sent).",
+)
 def replay(
     source: str,
     config_path: str | None,
     only: str | None,
     map_workspace: tuple[str, ...],
+    manifest_path: str | None,
     **flags: Any,
 ) -> None:
     """Re-issue the jobs recorded in LEDGER as a new run, into another project,
-    workspace or region (--endpoint/--region), with its own ledger."""
+    workspace or region (--endpoint/--region), with its own ledger.
+
+    A replay to the source's own endpoint and project is refused unless --force."""
     from dataclasses import replace
 
+    from launcher.run.connect import resolve_endpoint
     from launcher.run.replay import parse_only, parse_workspace_map, plan_replay
     from launcher.run.runner import launch
 
@@ -321,6 +331,9 @@ def replay(
             project_id=flags.get("project_id") or file_values.get("project_id"),
             workspace_map=parse_workspace_map(map_workspace),
             ledger=options.ledger,
+            endpoint=resolve_endpoint(options),
+            force=options.force,
+            manifest=manifest_path,
         )
         click.echo(f"replay: {plan.jobs} job(s) from {source} -> {plan.manifest}", err=True)
         options = replace(options, ledger=str(plan.ledger))
