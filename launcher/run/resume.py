@@ -280,9 +280,19 @@ def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
 
 
 def check_identity(
-    ledger_path: str, header: Mapping[str, Any], options: RunOptions, endpoint: str
+    ledger_path: str,
+    header: Mapping[str, Any],
+    options: RunOptions,
+    endpoint: str,
+    *,
+    reached: bool = True,
 ) -> None:
-    """Refuse (UsageError, exit 2) to resume a run at another target unless `--force`."""
+    """Refuse (UsageError, exit 2) to resume a run at another target unless `--force`.
+
+    `reached`: whether any request of the run may have reached the service
+    (an answer, a start, a job in doubt); when none did, the message says
+    that forcing is safe (a typo in the endpoint, say, fixed).
+    """
     changes = identity_changes(recorded_identity(header), current_identity(options, endpoint))
     if not changes:
         return
@@ -293,11 +303,16 @@ def check_identity(
             changes=describe_changes(changes),
         )
         return
+    unreached = (
+        " No request of that run got an answer or may have taken effect: --force is safe."
+        if not reached
+        else ""
+    )
     raise UsageError(
         f"{ledger_path}: this resume aims elsewhere than the run it continues "
         f"(recorded -> now: {describe_changes(changes)}); resume with the recorded "
         f"values (`launcher resume {ledger_path}` reuses them), or pass --force to "
-        "continue the run there"
+        f"continue the run there.{unreached}"
     )
 
 
@@ -326,7 +341,6 @@ def plan_segment(
         return Segment()
     if history is None:
         history = resume_history(ledger_path)
-    check_identity(ledger_path, history.headers[-1], options, endpoint)
     recorded = history.manifest_sha256
     digest = plan.validation.sha256
     if recorded != digest and not options.force:
@@ -337,6 +351,7 @@ def plan_segment(
         )
     started = settled = 0
     steps: list[tuple[Next, int]] = []
+    reached = bool(history.latencies_us)  # an answer was read
     for record, count in history.groups():  # distinct states: no per-job work
         step = next_step(record, retry_failed=options.retry_failed)
         steps.append((step, count))
@@ -344,6 +359,8 @@ def plan_segment(
             started += count
         if step is Next.SKIP:
             settled += count
+        reached = reached or step is Next.CHECK or record.outcome in ("started", "unknown")
+    check_identity(ledger_path, history.headers[-1], options, endpoint, reached=reached)
     # Every job in the ledger is one of this run's when every segment ran this
     # manifest with these identity options and this shard; then as many settled
     # jobs as the run has means that all of them are settled.

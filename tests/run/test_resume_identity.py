@@ -3,6 +3,7 @@ failures that were the run's (credentials, a stop) are not final for the job."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ async def test_resume_into_another_project_is_refused_unless_forced(tmp_path: Pa
         assert refused.code == 2, refused.stderr
         assert "project_id projA -> projB" in refused.stderr
         assert "--force" in refused.stderr
+        assert "--force is safe" not in refused.stderr  # jobs started in projA
         assert sim.stats.requests == before  # nothing sent
         assert len(headers(ledger)) == 1  # nor a segment begun
         forced = await launcher(*base, "--project-id", "projB", "--resume", "--force")
@@ -124,3 +126,32 @@ async def test_jobs_left_by_a_halt_or_a_deadline_are_sent_on_resume(tmp_path: Pa
     for n in range(40):
         assert sim.stats.took_effect("start", "p1", f"job-{n:04d}") == 1
     assert sim.stats.requests == 40 + 3  # each missing job once
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_jobs_that_never_reached_the_service_are_sent_on_resume(tmp_path: Path) -> None:
+    """A network path that failed (here: nothing listening; DNS, TLS and proxy failures
+    are recorded the same way, before any byte is written) is the run's failure: once
+    the service is reachable, a resume sends every job, without --retry-failed. The
+    endpoint was wrong: moving it needs --force, and the refusal says that is safe."""
+    manifest = write_manifest(tmp_path / "m.jsonl", job_lines(8))
+    ledger = tmp_path / "l.jsonl"
+    wrong = f"http://127.0.0.1:{free_port()}"
+    base = ("run", str(manifest), "--project-id", "p1", "--rate", "0", "--ledger", str(ledger),
+            "--max-attempts", "1")  # fmt: skip
+    down = await launcher(*base, "--endpoint", wrong)
+    assert down.code == 1, down.stderr
+    assert report_json(ledger)["outcomes"]["failed"] == 8
+    async with running() as (sim, url):
+        refused = await launcher(*base, "--endpoint", url, "--resume")
+        assert refused.code == 2
+        assert "--force is safe" in refused.stderr
+        up = await launcher(*base, "--endpoint", url, "--resume", "--force")
+    assert up.code == 0, up.stderr
+    for n in range(8):
+        assert sim.stats.took_effect("start", "p1", f"job-{n:04d}") == 1
