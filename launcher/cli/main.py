@@ -142,7 +142,7 @@ def _resume(
 
 
 @cli.command("resume")
-@click.argument("ledger", type=click.Path(dir_okay=False))
+@click.argument("ledger_path", metavar="LEDGER", type=click.Path(dir_okay=False))
 @click.option(
     "--manifest",
     "manifest_path",
@@ -151,15 +151,16 @@ def _resume(
 )
 @options_of("run")
 def resume_run(
-    ledger: str, manifest_path: str | None, config_path: str | None, **flags: Any
+    ledger_path: str, manifest_path: str | None, config_path: str | None, **flags: Any
 ) -> None:
     """Continue the run recorded in LEDGER with its manifest and options.
 
     Flags given override the recorded options (and are recorded); the run's
     target (endpoint, project, workspace, action, shard) must stay the same
-    unless --force.
+    unless --force. A recorded --deadline is not reused (it bounded that
+    invocation's window); give one again if this one needs it.
     """
-    _resume(ledger, manifest_path, config_path, flags)
+    _resume(ledger_path, manifest_path, config_path, flags)
 
 
 @cli.command("validate")

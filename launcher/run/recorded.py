@@ -27,9 +27,12 @@ from launcher.ledger.writer import read_ledger
 
 __all__ = ["latest_header", "recorded_manifest", "recorded_options", "resume_command"]
 
-# What a header records but a resume must decide anew, or cannot take back:
-# the Redis URL is recorded without its password.
-_NOT_REUSED = frozenset({"resume", "force", "retry_failed", "dry_run", "ledger", "sim", "redis"})
+# What a header records but a resume decides anew (a deadline bounded that
+# invocation's time window), or cannot take back (the Redis URL is recorded
+# without its password: LAUNCHER_REDIS_URL or --redis gives it again).
+_NOT_REUSED = frozenset(
+    {"resume", "force", "retry_failed", "dry_run", "ledger", "sim", "redis", "deadline"}
+)
 _HEADER_PREFIX = b'{"event":"run"'
 
 
