@@ -91,7 +91,6 @@ async def show_progress(
         TaskProgressColumn,
         TextColumn,
         TimeElapsedColumn,
-        TimeRemainingColumn,
     )
 
     console = Console(file=out)
@@ -103,20 +102,25 @@ async def show_progress(
         TextColumn("{task.fields[rate]:.1f}/s"),
         TextColumn("[red]{task.fields[failed]} failed"),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        TextColumn("ETA {task.fields[eta]}"),  # eta_seconds: held workspaces count
         TextColumn("{task.fields[held]}"),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("launch", total=tally.total or None, rate=0.0, failed=0, held="")
+        task = bar.add_task(
+            "launch", total=tally.total or None, rate=0.0, failed=0, held="", eta="?"
+        )
 
         def refresh() -> None:
             elapsed = time.monotonic() - start
+            rate = tally.done / elapsed if elapsed > 0 else 0.0
+            seconds = eta_seconds(tally, rate)
             held = held_back(tally) if tally.queued else ""
             bar.update(
                 task,
                 completed=tally.done,
-                rate=tally.done / elapsed if elapsed > 0 else 0.0,
+                rate=rate,
                 failed=tally.failed,
+                eta=f"{seconds:.0f}s" if seconds is not None else "?",
                 held=f"held back by {held}" if held else "",
             )
 
