@@ -13,6 +13,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from launcher.dispatch import Dispatcher, DispatchSettings, WorkspaceLimits
 from launcher.errors import AuthFailed, TlsFailed
@@ -249,6 +251,61 @@ async def test_jobs_read_ahead_of_their_workspace_stay_bounded(tmp_path: Path) -
     )
     assert summary.outcomes["started"] == 50
     assert max(sent_at_read) <= 5 + 4 + 1  # queued, in the workers' hands, and this one
+
+
+class _NullRecorder:
+    def intent(self, *args: Any) -> None: ...
+
+    def result(self, *args: Any) -> None: ...
+
+    def check(self, *args: Any, **kwargs: Any) -> None: ...
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    layout=st.lists(st.sampled_from(["a", "b", "c", None]), min_size=1, max_size=40),
+    limits=st.dictionaries(
+        st.sampled_from(["a", "b", "c"]),
+        st.tuples(st.integers(0, 3), st.sampled_from([0.0, 400.0, 2000.0])),
+    ),
+    concurrency=st.integers(1, 6),
+    look_ahead=st.integers(1, 6),
+    canary=st.booleans(),
+)
+def test_per_workspace_queues_send_every_job_once_within_its_limits(
+    layout: list[str | None],
+    limits: dict[str, tuple[int, float]],
+    concurrency: int,
+    look_ahead: int,
+    canary: bool,
+) -> None:
+    """Whatever the mix of workspaces and limits: every job is sent exactly once, no
+    workspace exceeds its in-flight limit, and the queues end empty."""
+    jobs = [
+        Job(id=f"j{n}", name=f"j{n}", params=(), workspace=ws, project_id="p", line=n + 1)
+        for n, ws in enumerate(layout)
+    ]
+    service = FakeService(delay=0.0005)
+    settings_ = DispatchSettings(
+        concurrency=concurrency,
+        canary=canary,
+        look_ahead=look_ahead,
+        workspaces={ws: WorkspaceLimits(c, r) for ws, (c, r) in limits.items()},
+    )
+
+    async def main() -> Dispatcher:
+        dispatcher = Dispatcher(service, _NullRecorder(), Pacer(TokenBucket(0.0)), settings_)
+        with anyio.fail_after(10):
+            await dispatcher.run(jobs)
+        return dispatcher
+
+    dispatcher = anyio.run(main)
+    assert sorted(service.calls) == sorted(job.name for job in jobs)
+    for ws, (cap, _rate) in limits.items():
+        if cap:
+            assert service.peak_by_workspace[ws] <= cap
+    assert not dispatcher.tally.queued
+    assert service.peak <= concurrency
 
 
 async def test_transient_failures_are_retried_until_started(tmp_path: Path) -> None:
