@@ -64,19 +64,26 @@ class Next(Enum):
 # refused (401/403: the run stopped at once, see `Dispatcher._launch`).
 RUN_STOP_VERDICTS = frozenset({"auth_failed", "refresh_auth", "not_sent"})
 # Failure codes (`JobRecord.failure`, before any `: detail`) of a request that
-# never reached the service, or a gateway that refused the caller: a broken
-# network path, name resolution, TLS or credentials, never the job.
+# never reached the service: a broken network path, name resolution, TLS.
 RUN_STOP_FAILURES = frozenset({"connect", "dns", "tls", "proxy"})
-_GATEWAY_AUTH = "APIGW.03"  # APIGW.0301-0307, 0310: signature, token, project (not 0308)
-_THROTTLED_CODE = "APIGW.0308"
+# API gateway codes about the caller, not the job (dlf-api-notes.md): 0301-0307
+# and 0310 credentials, token, authorization, project; 0101 an API not
+# published (a wrong host or path). 0308 is throttling: retried in the run.
+_GATEWAY_CODES = ("APIGW.03", "APIG.03", "APIGW.0101", "APIG.0101")
+_THROTTLED_CODES = frozenset({"APIGW.0308", "APIG.0308"})
+_SERVICE_CODES = ("DLF.", "DLG.")  # the service judged the job itself
 
 
 def not_the_jobs(record: JobRecord) -> bool:
-    """Whether a failed job failed for a reason of the run (auth, network path), not its own."""
+    """Whether a failed job failed for a reason of the run (auth, network path, wrong
+    endpoint), not its own. A DLF error code is always the job's (DLF.6888, no
+    permission, even on a 403)."""
+    failure = record.failure or ""
+    if failure.startswith(_SERVICE_CODES):
+        return False
     if record.last in RUN_STOP_VERDICTS:
         return True
-    failure = record.failure or ""
-    if failure.startswith(_GATEWAY_AUTH) and failure != _THROTTLED_CODE:
+    if failure.startswith(_GATEWAY_CODES) and failure not in _THROTTLED_CODES:
         return True
     return failure.partition(":")[0].strip().lower() in RUN_STOP_FAILURES
 

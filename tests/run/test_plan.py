@@ -65,7 +65,27 @@ from launcher.run.resume import (
             Next.SEND,
         ),
         (JobRecord(outcome="failed", last="transient", failure="connect"), False, Next.SEND),
-        # ...while the job's own failures stay final.
+        (
+            JobRecord(outcome="failed", last="auth_failed", permanent=True, failure="APIG.0301"),
+            False,
+            Next.SEND,
+        ),
+        (  # 404 API not published: a wrong host or path, the run's endpoint
+            JobRecord(outcome="failed", last="permanent", permanent=True, failure="APIGW.0101"),
+            False,
+            Next.SEND,
+        ),
+        # ...while the job's own failures stay final, even on a 403.
+        (
+            JobRecord(outcome="failed", last="auth_failed", permanent=True, failure="DLF.6888"),
+            False,
+            Next.SKIP,
+        ),
+        (
+            JobRecord(outcome="failed", last="auth_failed", permanent=True, failure="DLF.6888"),
+            True,
+            Next.SEND,
+        ),
         (
             JobRecord(outcome="failed", last="permanent", permanent=True, failure="DLF.0100"),
             False,
