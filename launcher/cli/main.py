@@ -323,8 +323,8 @@ def replay(
         configure_logging(options.log_format, options.log_level)
         if options.resume:
             raise UsageError(
-                "replay --resume: resume a replay with `launcher run REPLAY.manifest.jsonl "
-                "--ledger REPLAY.jsonl --resume`"
+                "replay --resume: resume a replay with `launcher resume REPLAY.jsonl` "
+                "(the replay's ledger)"
             )
         plan = plan_replay(
             source,

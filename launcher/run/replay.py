@@ -192,7 +192,7 @@ def plan_replay(
     if manifest_path.exists() and has_content(str(ledger_path)):
         raise UsageError(
             f"{manifest_path}: exists, and {ledger_path} holds the replay it started: continue "
-            f"it with `launcher run {manifest_path} --ledger {ledger_path} --resume`, or "
+            f"it with `launcher resume {ledger_path}`, or "
             "choose another --ledger for a new replay"
         )
     ledger_path.parent.mkdir(parents=True, exist_ok=True)
