@@ -99,15 +99,37 @@ def recorded_options(header: Mapping[str, Any]) -> dict[str, Any]:
         if name == "workers":
             value = "auto" if value == 0 else value
         elif name == "workspaces":
-            if not isinstance(value, dict):
-                continue
-            value = {
-                str(workspace): tuple(limits)
-                for workspace, limits in value.items()
-                if isinstance(limits, list | tuple) and len(limits) == 3
-            }
+            value = _workspace_limits(value)
         values[name] = value
     return values
+
+
+def _workspace_limits(value: object) -> dict[str, tuple[int, float, int]]:
+    """Recorded `[workspaces]` limits, checked as a config file's are (a ledger is input)."""
+    bad = UsageError(
+        "the ledger's recorded options: workspaces: not {ID: [concurrency, rate, burst]}"
+    )
+    if not isinstance(value, dict):
+        raise bad
+    limits: dict[str, tuple[int, float, int]] = {}
+    for workspace, entry in value.items():
+        if not isinstance(entry, list | tuple) or len(entry) != 3:
+            raise bad
+        concurrency, rate, burst = entry
+        if not (
+            _whole(concurrency, 0)
+            and isinstance(rate, int | float)
+            and not isinstance(rate, bool)
+            and 0 <= rate < float("inf")
+            and _whole(burst, 1)
+        ):
+            raise bad
+        limits[str(workspace)] = (concurrency, float(rate), burst)
+    return limits
+
+
+def _whole(value: object, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def resume_command(ledger: str, config_path: str | None = None) -> str:
