@@ -1,9 +1,17 @@
 """Planning a run from what a ledger already says: resume and replay.
 
 `next_step` decides, for each manifest job of a resumed run, whether to skip
-it (started; failed for good unless retried), check it with the service first
-(its last request may have reached the service), or send it (never attempted,
-or its last attempt certainly did not take effect).
+it (started; failed for good, for a reason of its own, unless retried), check
+it with the service first (its last request may have reached the service), or
+send it (never attempted, its last attempt certainly did not take effect, or
+it failed for a reason of the run: credentials, network path, endpoint;
+`not_the_jobs`).
+
+A run's identity is its target: endpoint, project, workspace, action and
+shard (`IDENTITY`). `check_identity` refuses a resume aimed elsewhere than
+the ledger's latest header records, unless `--force`: the same jobs must not
+start in a second project or region, nor be stopped by a run that started
+them.
 
 `step_lookup` answers the same question by job id, fast enough for every line
 of a million-job manifest: it decodes each distinct packed state once.
