@@ -220,7 +220,8 @@ class Dispatcher:
             self.halt_error = error
         self._stopped.set()
         self._release()  # release the workers waiting on the canary
-        self._wake()  # and those waiting for a workspace
+        if self._gated:
+            self._wake()  # and those waiting for a workspace
 
     async def run(self, jobs: Iterable[Job]) -> None:
         """Launch every job of `jobs` (pulled lazily) and return when all are settled."""
