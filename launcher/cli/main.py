@@ -72,7 +72,8 @@ Exit codes:
 \b
 Examples:
   launcher run nightly.jsonl --region cn-north-4 --project-id 0123abcd --rate 30/s
-  launcher resume ledgers/n.jsonl     (the manifest and options the ledger recorded)
+  launcher run nightly.jsonl --config nightly.toml --ledger ledgers/n.jsonl --resume
+  launcher resume ledgers/n.jsonl     (the same, with the manifest and options recorded)
 """
 
 
