@@ -29,6 +29,7 @@ from launcher.flow.policy import parse_duration, parse_halt
 from launcher.flow.shard import parse_shard
 from launcher.ledger.writer import FsyncPolicy
 from launcher.logs import LogFormat, redact_url
+from launcher.manifest.lines import open_regular
 from launcher.manifest.validate import Format
 from launcher.models import Action
 
@@ -343,6 +344,12 @@ class RunOptions:
     backoff_cap: float = _option(20.0, _positive_float, "No retry waits longer", shown="20 s")
     action: Action = _option("start", Action, "What to do to each job", commands=_SERVICE)
     allow_duplicates: bool = _option(False, _flag, "Accept the same job twice", commands=_MANIFEST)
+    allow_empty: bool = _option(
+        False,
+        _flag,
+        "An empty manifest is fine: exit 0, nothing to do (else exit 2)",
+        commands=_RUN | {"validate"},
+    )
     dry_run: bool = _option(False, _flag, "Validate and print the plan; send nothing")
     canary: bool = _option(True, _flag, "Do not send the first request alone", flag="--no-canary")
     adaptive: bool = _option(
@@ -522,7 +529,7 @@ def read_config_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list
     problem are left out. An unreadable file or invalid TOML raises UsageError.
     """
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path, "config file") as handle:  # not a FIFO or a device
             raw = tomllib.load(handle)
     except OSError as error:
         raise UsageError(f"{path}: cannot read the config: {error.strerror}") from None

@@ -6,7 +6,8 @@
     └── HaltError           a safety stop during a run                  → exit 3
         ├── AuthFailed      the service rejected our credentials
         ├── TlsFailed       the service's certificate did not verify
-        └── LedgerFailed    the ledger cannot be written
+        ├── LedgerFailed    the ledger cannot be written
+        └── ManifestChanged the manifest's bytes differ from those validated
 
 An interrupted run (SIGINT/SIGTERM) is not an error: it exits `EXIT_INTERRUPTED`
 (130, as a shell reports a process killed by SIGINT) and is resumable.
@@ -23,6 +24,7 @@ __all__ = [
     "HaltError",
     "LauncherError",
     "LedgerFailed",
+    "ManifestChanged",
     "ManifestInvalid",
     "TlsFailed",
     "UsageError",
@@ -72,3 +74,12 @@ class TlsFailed(HaltError):
 
 class LedgerFailed(HaltError):
     """The ledger could not be written; nothing more may be sent."""
+
+
+class ManifestChanged(HaltError):
+    """The manifest read for sending is not the one validated: stop before its next job.
+
+    Raised by `launcher.manifest.validate.iter_jobs` (or handed to its `on_change`)
+    as soon as a chunk of the file differs from the chunk validated, before any
+    job from it is yielded; the run so far is in the ledger and can be resumed.
+    """

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from launcher.ledger.history import History
-from launcher.ledger.report import summary_of, to_json
+from launcher.ledger import History, summary_of, to_json
 
 
 def observed_counts(history: History) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """`launcher loadtest MANIFEST`: the command line of the open-loop load generator.
 
 Thin like the other commands: parse, merge options, call `loadtest.run_loadtest`,
-map errors to exit codes (2 bad usage or input, 3 credentials refused, 99 a
-threshold breached, 130 interrupted).
+map errors to exit codes (2 bad usage or input, 3 credentials refused, 98
+every request failed, 99 a threshold breached, 130 interrupted).
 
 Options come from flags, then a TOML `--config` file, then the environment.
 The file's top-level keys are `launcher run`'s (endpoint, region, project-id,
@@ -39,6 +39,7 @@ from launcher.loadtest.schedule import (
     parse_threshold,
 )
 from launcher.logs import configure_logging
+from launcher.manifest import stdin_spooled
 
 __all__ = ["load_config", "loadtest_command", "loadtest_settings"]
 
@@ -300,7 +301,8 @@ def loadtest_command(manifest: str, config_path: str | None, **flags: Any) -> No
     Requests leave at their scheduled times whatever the answers; latency is
     measured from the scheduled time (corrected for coordinated omission),
     service time from the actual send. Exit 0, or 99 when a --threshold is
-    breached, 3 when the credentials are refused, 2 on bad usage or input.
+    breached, 98 when every request failed (thresholds or not), 3 when the
+    credentials are refused, 2 on bad usage or input.
 
     start, stop and run-immediate act on real jobs: the command warns with the
     number of calls (and asks, at a terminal) unless --yes; --action list
@@ -336,11 +338,12 @@ def loadtest_command(manifest: str, config_path: str | None, **flags: Any) -> No
         confirm = None
         if not settings.acknowledged and sys.stdin is not None and sys.stdin.isatty():
             confirm = _ask
-        result = anyio.run(
-            functools.partial(
-                run_loadtest, manifest, options, settings, dict(os.environ), confirm=confirm
+        with stdin_spooled(manifest) as path:  # `-`: stdin, read whole before it is checked
+            result = anyio.run(
+                functools.partial(
+                    run_loadtest, path, options, settings, dict(os.environ), confirm=confirm
+                )
             )
-        )
     except LauncherError as error:
         click.echo(f"launcher: error: {error}", err=True)
         sys.exit(error.exit_code)

@@ -21,6 +21,7 @@ from launcher.config import load_config_file, load_options, resolve_options
 from launcher.errors import EXIT_INTERRUPTED, HaltError, LauncherError, UsageError
 from launcher.ledger.report import format_text
 from launcher.logs import configure_logging
+from launcher.manifest.lines import stdin_spooled
 
 __all__ = ["cli", "main"]
 
@@ -49,6 +50,16 @@ class _LazyGroup(click.Group):
             command: click.Command = getattr(importlib.import_module(module), name)
             return command
         return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # Ctrl-C outside a run's own signal handling (reading or validating the
+        # manifest, folding a ledger, a report): click would say "Aborted!" and
+        # exit 1; every command exits 130, as `run` does when interrupted.
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("launcher: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(
@@ -97,7 +108,8 @@ def run(manifest: str | None, config_path: str | None, **flags: Any) -> None:
     try:
         options, _ = load_options(flags, config_path, os.environ)
         configure_logging(options.log_format, options.log_level)
-        result = launch(manifest, options, dict(os.environ))
+        with stdin_spooled(manifest) as path:  # `-`: stdin, read whole before it is checked
+            result = launch(path, options, dict(os.environ))
     except LauncherError as error:
         _fail(error)
         return
@@ -178,7 +190,8 @@ def validate_command(manifest: str, config_path: str | None, **flags: Any) -> No
 
     try:
         options, _ = load_options(flags, config_path, os.environ)
-        plan = plan_manifest(manifest, options)
+        with stdin_spooled(manifest) as path:
+            plan = plan_manifest(path, options)
     except LauncherError as error:
         _fail(error)
         return
@@ -338,7 +351,8 @@ def replay(
             manifest=manifest_path,
         )
         click.echo(f"replay: {plan.jobs} job(s) from {source} -> {plan.manifest}", err=True)
-        options = replace(options, ledger=str(plan.ledger))
+        # Nothing to replay (no job had those outcomes) is an answer, not an error.
+        options = replace(options, ledger=str(plan.ledger), allow_empty=True)
         result = launch(str(plan.manifest), options, dict(os.environ))
     except LauncherError as error:
         _fail(error)

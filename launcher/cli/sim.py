@@ -4,7 +4,10 @@ It prints the base URL on stdout once listening (so a script can read one line
 and point `launcher run --endpoint` at it) and serves until SIGINT or SIGTERM,
 then exits 0. Every `SimConfig` field has an option; `--config FILE` reads the
 `[sim]` table of a TOML file first, and options given on the command line win.
-Secrets (SKs, passwords, tokens) are never printed.
+Secrets (SKs, passwords, tokens) are never printed. They may come from the
+environment (`LAUNCHER_SIM_AKSK`, `LAUNCHER_SIM_IAM_USERS`, `LAUNCHER_SIM_TOKENS`,
+one entry a line) or the `[sim]` table of `--config`, which keep them out of
+`ps`; the command-line options still work, with a warning.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import click
 
+from launcher.errors import LauncherError
+from launcher.manifest.lines import open_regular
 from launcher.simulator import SimConfig, Simulator
 
 __all__ = ["load_known_jobs", "sim_command"]
@@ -29,21 +35,41 @@ _SECONDS = click.FloatRange(min=0.0)
 
 def load_known_jobs(path: str) -> list[str]:
     """Job names from a file: one per line; blank lines and `#` comments are skipped."""
-    with open(path, encoding="utf-8") as handle:
-        names = [line.strip() for line in handle]
+    with open_regular(path, "job list") as handle:  # (not a FIFO or a device)
+        names = [line.strip() for line in handle.read().decode("utf-8").splitlines()]
     return [name for name in names if name and not name.startswith("#")]
 
 
 def _file_table(path: str) -> dict[str, object]:
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path, "config file") as handle:
             document = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as error:
+    except (OSError, tomllib.TOMLDecodeError, LauncherError) as error:
         raise click.BadParameter(str(error), param_hint="--config") from None
     table = document.get("sim", {})
     if not isinstance(table, dict):
         raise click.BadParameter(f"{path}: [sim] must be a table", param_hint="--config")
     return table
+
+
+# Secrets from the environment (one entry a line), so that they stay out of the
+# command line, which every local user can read (`ps`). The [sim] table of
+# --config takes the same keys (aksk, iam_users, tokens) from a file.
+_SECRET_VARIABLES = {
+    "aksk": "LAUNCHER_SIM_AKSK",  # AK:SK
+    "iam_users": "LAUNCHER_SIM_IAM_USERS",  # NAME:PASSWORD:DOMAIN
+    "tokens": "LAUNCHER_SIM_TOKENS",  # TOKEN
+}
+
+
+def _env_secrets(environ: Mapping[str, str]) -> dict[str, list[str]]:
+    """The secrets set in the environment: {config key: entries}."""
+    found: dict[str, list[str]] = {}
+    for key, variable in _SECRET_VARIABLES.items():
+        entries = [line.strip() for line in environ.get(variable, "").splitlines()]
+        if any(entries):
+            found[key] = [entry for entry in entries if entry]
+    return found
 
 
 def _env_aksk(environ: Mapping[str, str]) -> str:
@@ -66,6 +92,11 @@ async def _serve(config: SimConfig, host: str, port: int) -> Simulator:
             click.echo(base_url)
             sys.stdout.flush()
             click.echo(f"launcher sim: serving the DLF API at {base_url}", err=True)
+            bound = urlsplit(base_url).port
+            where = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+            if host in ("", "0.0.0.0", "::"):
+                where += " (every interface: reachable from other hosts)"
+            click.echo(f"launcher sim: listening on {where}", err=True)
             async for _signum in signals:
                 break
             tg.cancel_scope.cancel()
@@ -177,17 +208,31 @@ def sim_command(
     if known_jobs is not None:
         try:
             values["known_jobs"] = load_known_jobs(known_jobs)
-        except (OSError, UnicodeDecodeError) as error:
+        except (OSError, UnicodeDecodeError, LauncherError) as error:
             raise click.BadParameter(str(error), param_hint="--known-jobs") from None
-    pairs = list(aksk)
+    from_env = _env_secrets(os.environ)
+    file_aksk = values.get("aksk")
+    pairs = list(aksk) + from_env.get("aksk", [])
     if check_signatures:
         pairs.append(_env_aksk(os.environ))
     if pairs:
+        if isinstance(file_aksk, Mapping):
+            pairs += [f"{ak}:{sk}" for ak, sk in file_aksk.items()]
+        elif isinstance(file_aksk, list):
+            pairs += file_aksk
         values["aksk"] = pairs
-    if iam_user:
-        values["iam_users"] = list(iam_user)
-    if token:
-        values["tokens"] = list(token)
+    for key, given in (("iam_users", iam_user), ("tokens", token)):
+        entries = list(given) + from_env.get(key, [])
+        if entries:
+            previous = values.get(key)
+            values[key] = entries + (previous if isinstance(previous, list) else [])
+    if aksk or iam_user or token:
+        click.echo(
+            "launcher sim: warning: secrets on the command line are visible to every local "
+            f"user (ps); set {', '.join(_SECRET_VARIABLES.values())} instead (one entry a "
+            "line), or the [sim] table of --config",
+            err=True,
+        )
     try:
         config = SimConfig.from_mapping(values)
     except ValueError as error:

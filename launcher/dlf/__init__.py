@@ -13,7 +13,15 @@ here knows the ledger or the dispatcher.
 
 from __future__ import annotations
 
-from launcher.dlf.auth import AkSkAuth, Auth, NoAuth, auth_from_env, iam_endpoint_for_region
+from launcher.dlf.auth import (
+    AkSkAuth,
+    Auth,
+    NoAuth,
+    auth_from_env,
+    check_credentials,
+    check_url,
+    iam_endpoint_for_region,
+)
 from launcher.dlf.client import DlfClient, endpoint_for_region, job_body, path_segment
 from launcher.dlf.listing import (
     InstanceLookup,
@@ -42,6 +50,8 @@ __all__ = [
     "QueryAnswer",
     "auth_from_env",
     "backend_options",
+    "check_credentials",
+    "check_url",
     "endpoint_for_region",
     "find_job",
     "iam_endpoint_for_region",

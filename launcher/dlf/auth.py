@@ -12,6 +12,7 @@ log event or exception message made here.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ __all__ = [
     "NoAuth",
     "StaticTokenAuth",
     "auth_from_env",
+    "check_credentials",
+    "check_url",
     "iam_endpoint_for_region",
 ]
 
@@ -63,6 +66,23 @@ ENV_IAM_PASSWORD = "HUAWEICLOUD_IAM_PASSWORD"
 ENV_IAM_DOMAIN = "HUAWEICLOUD_IAM_DOMAIN"
 
 _log = get_logger("launcher.dlf.auth")
+
+# Every variable `auth_from_env` may read: each is checked whether or not it is used.
+_CREDENTIAL_VARIABLES = (
+    ENV_AK,
+    ENV_SK,
+    ENV_SECURITY_TOKEN,
+    ENV_IAM_TOKEN,
+    ENV_IAM_USERNAME,
+    ENV_IAM_PASSWORD,
+    ENV_IAM_DOMAIN,
+    ENV_PROJECT_ID,
+    ENV_REGION,
+    ENV_IAM_ENDPOINT,
+)
+# C0 controls (CR, LF, NUL, ...), DEL and C1 controls: in a header value they end the
+# header (and, doubled, the request), so one in a credential smuggles a request.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 # A token whose expiry IAM did not state (never seen in practice) is assumed to live this
 # long: short enough to be renewed well before IAM's documented 24 h.
@@ -483,6 +503,8 @@ class IamPasswordAuth:
             return _Failure(text, transient=status == 429 or status >= 500)
         if not subject:
             return _Failure(f"HTTP {status} without an X-Subject-Token header", transient=False)
+        if _CONTROL.search(subject):
+            return _Failure(f"HTTP {status}: X-Subject-Token holds a control character", False)
         lifetime = _token_lifetime(raw, wall_now)
         ahead = min(self._refresh_margin, 0.1 * lifetime)
         self._token = subject
@@ -551,6 +573,42 @@ def iam_endpoint_for_region(region: str) -> str:
     return iam_endpoint(region)
 
 
+def check_credentials(env: Mapping[str, str]) -> None:
+    """Refuse credential variables holding a control character (UsageError, exit 2).
+
+    Every variable `auth_from_env` may read is checked, used or not: a value with
+    CR/LF (or any C0/C1 control, DEL) would end a header and start another request.
+    The message names the variable and the character's position, never the value.
+    """
+    for name in _CREDENTIAL_VARIABLES:
+        value = env.get(name)
+        if value:
+            bad = _CONTROL.search(value)
+            if bad is not None:
+                raise UsageError(
+                    f"{name} holds a control character (U+{ord(bad.group()):04X} at position "
+                    f"{bad.start() + 1}): refused, nothing was sent; set it again without it"
+                )
+
+
+def check_url(url: str, what: str) -> None:
+    """Refuse an endpoint URL with user info (``https://user:pw@host``) or a control character.
+
+    Credentials belong in their variables: in a URL they would reach the Host
+    header, logs, the ledger header and every output. The message never holds the URL.
+    """
+    bad = _CONTROL.search(url)
+    if bad is not None:
+        raise UsageError(f"{what} holds a control character (U+{ord(bad.group()):04X}): refused")
+    _scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]:
+        raise UsageError(
+            f"{what} has user info (user:password@ before the host): refused; credentials "
+            f"belong in their variables ({ENV_AK}/{ENV_SK}, {ENV_IAM_TOKEN}, "
+            f"{ENV_IAM_USERNAME}/{ENV_IAM_PASSWORD}), not in the URL"
+        )
+
+
 def auth_from_env(
     env: Mapping[str, str],
     *,
@@ -569,7 +627,9 @@ def auth_from_env(
     else from ``HUAWEICLOUD_SDK_REGION``: the SDK's order, where the variable wins over
     the region) and a project id (`project_id`, else
     ``HUAWEICLOUD_SDK_PROJECT_ID``). Raises UsageError naming what to set; never echoes a value.
+    Every credential is checked first (`check_credentials`).
     """
+    check_credentials(env)
 
     def get(name: str) -> str | None:
         return env.get(name) or None
@@ -608,6 +668,7 @@ def auth_from_env(
             f"IAM password login needs an IAM endpoint: give the region "
             f"(or {ENV_REGION}), or set {ENV_IAM_ENDPOINT}"
         )
+    check_url(endpoint, "the IAM endpoint")
     if not endpoint.startswith(("https://", "http://")):
         raise UsageError(f"IAM endpoint must be an http(s) URL, got {endpoint!r}")
     project = project_id or get(ENV_PROJECT_ID)

@@ -12,16 +12,20 @@ at the end of `values` (index `capacity`), which keeps key 0 an ordinary key.
 Nothing is ever removed: the users (manifest duplicate checks, ledger folds)
 only add and update.
 
-The hot loops (`validate`, `history.fold`) call `slot()` and then read or write
-`values[i]` themselves: one probe per lookup-or-insert, instead of a `get`
-followed by a `__setitem__`; the fold also adds a new key to its empty home
-slot itself (`room`, `note_added`), sparing the call for most new jobs.
+This class is the only code that probes the table (reads `keys`). The hot
+loops (`validate`, the ledger fold) ask it for the index of a key's value
+(`slot`, or `slots` for a whole batch of keys in one call) and then read or
+write `values[i]` themselves: one probe per lookup-or-insert, instead of a
+`get` followed by a `__setitem__`. Merging a part folded elsewhere
+(`holds_any`, `add_absent`) and reading what it holds (`nonzero_items`,
+`nonzero_values`) are methods too.
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import compress, islice
 from typing import Literal
 
 __all__ = ["CompactMap"]
@@ -82,19 +86,65 @@ class CompactMap:
                 return i
             i = (i + 1) & mask
 
-    def room(self) -> int:
-        """How many keys can be added before the table grows (see `note_added`)."""
-        return self._limit - self._count
+    def slots(self, keys: Sequence[int]) -> list[int]:
+        """The index in `values` of each key's value, adding those absent (value 0).
 
-    def note_added(self, count: int) -> None:
-        """Count `count` keys that a caller wrote into `keys` itself.
-
-        A hot loop may put a key that is not in the table into its home slot
-        (`key & (capacity - 1)`) when that slot is empty and `room()` allows:
-        exactly where `slot()` would put it, without the call. It must report
-        them here before it uses the table in any other way. Never key 0.
+        One call for a batch: room for every key is made first, so the
+        indexes all stay valid until the next key is added (or `reserve` grows
+        the table). The same key twice gets the same index.
         """
-        self._count += count
+        self.reserve(self._count + len(keys))
+        table = self.keys
+        mask = self._mask
+        found: list[int] = []
+        append = found.append
+        added = 0
+        for key in keys:
+            i = key & mask
+            k = table[i]
+            while k != key:
+                if not k:
+                    if key:
+                        table[i] = key
+                        added += 1
+                    break
+                i = (i + 1) & mask
+                k = table[i]
+            else:
+                if not key:  # key 0 lives past the end
+                    self._has_zero = True
+                    i = mask + 1
+            append(i)
+        self._count += added
+        return found
+
+    def holds_any(self, keys: Iterable[int]) -> bool:
+        """Whether any of `keys` is in the table."""
+        find = self.find
+        return any(find(key) >= 0 for key in keys)
+
+    def add_absent(self, keys: Sequence[int], values: Sequence[int]) -> None:
+        """Add `keys` (none in the table yet, none 0, no two alike) with their `values`."""
+        self.reserve(self._count + len(keys))
+        table, stored = self.keys, self.values
+        mask = self._mask
+        for key, value in zip(keys, values, strict=True):
+            i = key & mask
+            while table[i]:
+                i = (i + 1) & mask
+            table[i] = key
+            stored[i] = value
+        self._count += len(keys)
+
+    def nonzero_items(self) -> tuple[array[int], array[int]]:
+        """The keys whose value is not 0, and those values, as parallel arrays ('Q')."""
+        values = self.values
+        keys = array("Q", compress(self.keys, values))  # (key 0 is never among them)
+        return keys, array("Q", filter(None, islice(values, self._mask + 1)))
+
+    def nonzero_values(self) -> Iterator[int]:
+        """Every value that is not 0 (key 0's included), in table order."""
+        return filter(None, self.values)
 
     def find(self, key: int) -> int:
         """The index in `values` of `key`'s value, or -1 if `key` is absent."""
@@ -138,8 +188,8 @@ class CompactMap:
             values[i] = value
         return values[i]
 
-    def reserve(self, count: int) -> None:
-        """Grow now to hold `count` keys without growing again (no-op if already that big).
+    def reserve(self, count: int) -> bool:
+        """Grow now to hold `count` keys without growing again; True if it grew.
 
         Growing is the peak of memory (old and new arrays at once): sizing the
         table up front, when the count is known, keeps that peak away.
@@ -149,6 +199,8 @@ class CompactMap:
             size *= 2
         if size > self._mask + 1:
             self._grow(size)
+            return True
+        return False
 
     def __iter__(self) -> Iterator[int]:
         if self._has_zero:

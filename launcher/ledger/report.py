@@ -3,7 +3,7 @@
 The ledger is the single source of truth: `launcher run` prints its summary by
 reading back the ledger it just wrote (a resumed run: the history it folded to
 resume, caught up with what it appended), so the run's summary and a later
-`launcher report` cannot disagree. Folding rules live in `launcher.ledger.history`.
+`launcher report` cannot disagree. Folding rules live in `launcher.ledger.fold`.
 """
 
 from __future__ import annotations
@@ -20,15 +20,17 @@ from typing import Any, TextIO
 
 import orjson
 
-from launcher.ledger.history import History, fold
+from launcher.ledger.fold import fold
+from launcher.ledger.folded import History
 from launcher.ledger.lineage import active_seconds
-from launcher.ledger.writer import LedgerRead
+from launcher.ledger.read import LedgerRead
 from launcher.models import Job
 
 __all__ = [
     "CSV_COLUMNS",
     "OUTCOMES",
     "Summary",
+    "csv_cell",
     "exit_status",
     "format_rows",
     "format_text",
@@ -36,6 +38,7 @@ __all__ = [
     "latency_summary",
     "pending_rows",
     "percentile",
+    "printable",
     "ranked",
     "summarize",
     "summary_of",
@@ -352,7 +355,7 @@ def format_text(summary: Summary) -> str:
     lines.extend(f"note      pending jobs not listed: {why}" for why in summary.unlisted)
     if summary.torn_tail:
         lines.append(f"note      torn last line skipped in {', '.join(summary.torn_tail)}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 CSV_COLUMNS = (
@@ -414,11 +417,41 @@ def pending_rows(jobs: Iterable[Job]) -> Iterator[dict[str, Any]]:
 
 
 def write_csv(rows: Iterable[dict[str, Any]], out: TextIO) -> None:
-    """Per-job rows as CSV with a header (empty cells for absent values)."""
+    """Per-job rows as CSV with a header (empty cells for absent values).
+
+    A text cell a spreadsheet would take for a formula (it starts with `=`,
+    `+`, `-`, `@`, a tab or a carriage return) gets a `'` in front, as OWASP
+    recommends: names and error codes come from manifests and the service.
+    """
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        writer.writerow({k: csv_cell(v) for k, v in row.items()})
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell that no spreadsheet runs: "" for None, `'` before a formula."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+# C0 and C1 controls, DEL, and the bidirectional overrides and isolates that can
+# make a terminal show text other than what it is (CVE-2021-42574, "Trojan Source").
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_UNPRINTABLE: dict[int, str | None] = dict.fromkeys((*range(0x20), *range(0x7F, 0xA0), *_BIDI))
+_UNPRINTABLE.update(dict.fromkeys((0x09, 0x0A, 0x0D), " "))
+
+
+def printable(text: Any) -> str:
+    """`text` for a terminal: control and bidi-override characters removed (tab, CR, LF:
+    a space), so a name or a service's message cannot move the cursor or hide text."""
+    return str(text).translate(_UNPRINTABLE)
 
 
 def format_rows(rows: Iterable[dict[str, Any]]) -> str:
@@ -429,5 +462,5 @@ def format_rows(rows: Iterable[dict[str, Any]]) -> str:
         if row["error_msg"]:
             why = f"{why} {row['error_msg']}".strip()
         where = f" [{row['workspace']}]" if row["workspace"] else ""
-        lines.append(f"{row['outcome']:<8} {row['name']}{where}  {why}".rstrip())
+        lines.append(printable(f"{row['outcome']:<8} {row['name']}{where}  {why}".rstrip()))
     return "\n".join(lines)

@@ -21,11 +21,12 @@ and written together every few milliseconds, or with the next intents.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -33,6 +34,8 @@ import anyio
 import orjson
 
 from launcher.errors import LedgerFailed, UsageError
+from launcher.ledger.read import LedgerRead, Unmerged, part_name, part_paths, read_ledger
+from launcher.logs import get_logger
 from launcher.models import Action, Job, Reply
 
 __all__ = [
@@ -50,6 +53,7 @@ __all__ = [
 ]
 
 FsyncPolicy = Literal["always", "batch", "never"]
+log = get_logger("launcher.ledger")
 
 _RESULTS_PER_WRITE = 512  # group-commit size: past this many buffered results, write now
 SYNC_INTERVAL = 0.05  # seconds between fdatasyncs under --fsync batch
@@ -91,12 +95,15 @@ class Ledger:
         self.mirror_intact = mirror  # every event taken or to take was written in full
         self._intents_deferred = False  # see `defer_intents`
         self.bytes_written = 0
+        self._fd = open_for_append(self.path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            # A torn last line (a crash mid-write) would run into this run's first
+            # line and leave a corrupt line in the middle: it goes, and is reported.
+            self.torn_cut = _cut_torn_line(self._fd, self.path)
             info = os.fstat(self._fd)
-        except OSError as error:
-            raise UsageError(f"{self.path}: cannot open the ledger: {error.strerror}") from None
+        except BaseException:
+            os.close(self._fd)
+            raise
         self.start_size = info.st_size  # what the file held before this run
         self.identity = (info.st_dev, info.st_ino)  # the file written, should it be replaced
         self._closed = False
@@ -318,147 +325,64 @@ class Ledger:
             os.close(self._fd)
 
 
+def open_for_append(path: Path) -> int:
+    """A ledger (or part) opened to append: created 0600 if new (`O_EXCL`), never
+    through a symbolic link, and only if it is a regular file (else `UsageError`).
+
+    `/dev/null`, a FIFO or a device would swallow the record of what is sent:
+    refused before anything is.
+    """
+    flags = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC  # read: its last line
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            fd = os.open(path, flags | os.O_NONBLOCK)  # a FIFO: ENXIO, not a wait
+    except OSError as error:
+        reason = error.strerror
+        if error.errno == errno.ELOOP:
+            reason = "it is a symbolic link (give the file it points to)"
+        elif error.errno == errno.ENXIO:
+            reason = "it is not a regular file"
+        raise UsageError(f"{path}: cannot open the ledger: {reason}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"{path}: not a regular file; a ledger must be one")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _cut_torn_line(fd: int, path: Path) -> int:
+    """Cut a last line without its newline from the file; how many bytes were cut."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return 0
+    end = size
+    while end > 0:  # back to the last newline, a block at a time
+        start = max(0, end - (1 << 16))
+        cut = os.pread(fd, end - start, start).rfind(b"\n")
+        if cut >= 0:
+            end = start + cut + 1
+            break
+        end = start
+    try:
+        os.ftruncate(fd, end)
+    except OSError as error:
+        raise UsageError(f"{path}: cannot cut its torn last line: {error.strerror}") from None
+    log.warning(
+        "ledger: cut a torn last line (an interrupted write) before appending",
+        ledger=str(path),
+        bytes=size - end,
+    )
+    return size - end
+
+
 def _line(event: Mapping[str, Any]) -> bytes:
     return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
-
-
-class LedgerRead:
-    """A ledger's events, streamed: iterate it once (memory stays flat at any size).
-
-    Works on a ledger that a running launcher is still appending to: a last
-    line without its newline is treated as not yet written. After iteration,
-    `torn_tail` says whether such a line was skipped (a crash mid-write, or a
-    write in progress) and `bad_lines` lists other unreadable lines.
-
-    A run with several worker processes (`--workers`) writes a `workers`
-    record naming one part file per worker, and when they are done copies the
-    parts into the ledger and writes a `merged` record. Reading follows the
-    parts while they exist (a run in progress, or one that crashed before
-    merging) and skips any partial copy of them; `unmerged` then says where
-    the copy belongs, for `finish_merge`. `end` limits reading to the first
-    `end` bytes (what a fleet's workers resume from).
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, end: int | None = None) -> None:
-        self.path = Path(path)
-        self.end = end
-        self.torn_tail = False
-        self.bad_lines: list[int] = []
-        self.unmerged: Unmerged | None = None
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        loads = orjson.loads
-        end = self.end
-        skipping: str | None = None  # a fleet whose copy in this file is read from its parts
-        expected: dict[str, list[str]] = {}  # fleets whose parts are gone: merged, they said
-        try:
-            with open(self.path, "rb") as handle:
-                offset = 0
-                for number, raw in enumerate(handle, 1):
-                    offset += len(raw)
-                    if end is not None and offset > end:
-                        break
-                    if not raw.endswith(b"\n"):
-                        if raw.strip() and skipping is None:
-                            self.torn_tail = True
-                        continue
-                    if skipping is not None:
-                        if raw.startswith(MERGED_PREFIX):
-                            marker = _loads_or_none(raw)
-                            if marker is not None and marker.get("fleet") == skipping:
-                                skipping = None
-                        continue
-                    try:
-                        event = loads(raw)
-                    except orjson.JSONDecodeError:
-                        if raw.strip():
-                            self.bad_lines.append(number)
-                        continue
-                    if not isinstance(event, dict):
-                        self.bad_lines.append(number)
-                        continue
-                    if raw.startswith(WORKERS_PREFIX):
-                        parts = parts_pending(self.path, event)
-                        fleet = str(event.get("fleet"))
-                        yield event
-                        if parts:
-                            # Not merged yet (or merged, not yet cleaned up): the parts
-                            # are the record; a copy that follows here is skipped.
-                            self.unmerged = Unmerged(offset, event, parts)
-                            for part in parts:
-                                read = LedgerRead(part)
-                                yield from read
-                                self.torn_tail = self.torn_tail or read.torn_tail
-                            skipping = fleet
-                        else:
-                            expected[fleet] = [p.name for p in part_paths(self.path, event)]
-                        continue
-                    if raw.startswith(MERGED_PREFIX):
-                        expected.pop(str(event.get("fleet")), None)
-                    yield event
-        except OSError as error:
-            raise UsageError(f"{self.path}: cannot read the ledger: {error.strerror}") from None
-        if expected and end is None:
-            raise missing_parts(self.path, expected)
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        """Every event as a list: for small ledgers and tests only."""
-        return list(self)
-
-
-# orjson keeps insertion order and every event starts with its kind: a prefix
-# test finds the rare fleet records without decoding the common lines twice.
-WORKERS_PREFIX = b'{"event":"workers"'
-MERGED_PREFIX = b'{"event":"merged"'
-
-
-def parts_pending(ledger: str | os.PathLike[str], record: Mapping[str, Any]) -> list[Path]:
-    """The parts of a `workers` record that are still to be read instead of the ledger's
-    copy (all of them exist: not merged, or merged but not yet removed), else []."""
-    parts = part_paths(ledger, record)
-    return parts if parts and all(part.exists() for part in parts) else []
-
-
-def missing_parts(ledger: str | os.PathLike[str], expected: Mapping[str, list[str]]) -> UsageError:
-    """The error for `workers` records whose parts are gone without a `merged` record."""
-    missing = ", ".join(name for names in expected.values() for name in names)
-    return UsageError(
-        f"{ledger}: the worker ledgers {missing} are missing and were never merged "
-        "into this ledger; restore them next to it"
-    )
-
-
-def _loads_or_none(raw: bytes) -> dict[str, Any] | None:
-    try:
-        event = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return event if isinstance(event, dict) else None
-
-
-@dataclass(frozen=True, slots=True)
-class Unmerged:
-    """A `workers` record whose parts are still separate files."""
-
-    offset: int  # where the record ends in the ledger: the copy of the parts goes here
-    record: dict[str, Any]
-    parts: list[Path]
-
-
-def part_paths(ledger: str | os.PathLike[str], record: Mapping[str, Any]) -> list[Path]:
-    """The part files a `workers` record names (names relative to the ledger's folder)."""
-    names = record.get("parts")
-    if not isinstance(names, list):
-        return []
-    folder = Path(ledger).parent
-    return [folder / Path(str(name)).name for name in names]
-
-
-def part_name(ledger: str | os.PathLike[str], fleet: str, index: int) -> str:
-    """The file name of worker `index`'s part of `ledger` (next to it)."""
-    path = Path(ledger)
-    return f"{path.stem}.{fleet[:8]}.w{index}{path.suffix or '.jsonl'}"
 
 
 def open_fleet(ledger: str | os.PathLike[str], record: Mapping[str, Any]) -> Unmerged:
@@ -470,11 +394,10 @@ def open_fleet(ledger: str | os.PathLike[str], record: Mapping[str, Any]) -> Unm
     path = Path(ledger)
     parts = part_paths(path, record)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for part in parts:
-            with open(part, "xb"):
-                pass
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for part in parts:  # new files only, 0600, never through a link
+            os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        fd = open_for_append(path)
         try:
             _write_all(fd, _line({"event": "workers", **record}))
             os.fsync(fd)
@@ -494,7 +417,10 @@ def finish_merge(
     Idempotent and crash-safe: the ledger is cut back to the record first
     (dropping any partial copy a crash left), every complete line of each part
     is appended, then the `merged` record; only once that is on disk are the
-    parts removed. A part still locked by a live worker (one of a crashed
+    parts removed. Only a partial copy is ever cut: if what follows the record
+    is anything else, nothing is changed (`UsageError`); if it is the whole
+    copy and its `merged` record (a crash before the parts were removed), the
+    parts are only removed. A part still locked by a live worker (one of a crashed
     parent, finishing its requests in flight) is waited for up to `wait`
     seconds, then refused. Returns where each part's copy starts in the ledger,
     then where the `merged` record does.
@@ -504,10 +430,15 @@ def finish_merge(
     bounds: list[int] = []
     try:
         for part in pending.parts:
-            fd = os.open(part, os.O_RDONLY)
+            fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             locks.append(fd)
             _lock_within(fd, part, wait)
         with open(path, "r+b") as out:
+            copied = _copied(path, out.fileno(), pending, locks)
+            if copied is not None:  # merged already: only the parts are left to remove
+                for part in pending.parts:
+                    part.unlink(missing_ok=True)
+                return copied
             out.truncate(pending.offset)
             out.seek(pending.offset)
             for fd in locks:
@@ -526,6 +457,65 @@ def finish_merge(
         for fd in locks:
             os.close(fd)
     return bounds
+
+
+def _copied(
+    ledger_path: Path, ledger: int, pending: Unmerged, parts: list[int]
+) -> list[int] | None:
+    """Check what follows the `workers` record in the ledger: nothing, or part of the
+    parts' copy (None: cut it and copy again), or the whole copy and its `merged`
+    record (its bounds); anything else is not the launcher's to cut (`UsageError`)."""
+    offset = pending.offset
+    after = os.fstat(ledger).st_size - offset
+    if after <= 0:
+        return None
+    position = offset
+    bounds: list[int] = []
+    for fd in parts:
+        bounds.append(position)
+        for piece in _complete_lines(fd):
+            have = os.pread(ledger, len(piece), position)
+            if not piece.startswith(have):
+                raise _not_a_copy(ledger_path, pending)
+            position += len(have)
+            if len(have) < len(piece):
+                return None  # a partial copy, up to the end of the file
+    bounds.append(position)
+    rest = os.pread(ledger, 1 << 16, position)
+    if not rest:
+        return None  # the whole copy, but no `merged` record yet
+    merged, newline, more = rest.partition(b"\n")
+    try:
+        record = orjson.loads(merged) if newline and not more else None
+    except orjson.JSONDecodeError:
+        record = None
+    if (
+        isinstance(record, dict)
+        and record.get("event") == "merged"
+        and record.get("fleet") == pending.record.get("fleet")
+    ):
+        return bounds
+    raise _not_a_copy(ledger_path, pending)
+
+
+def _not_a_copy(path: Path, pending: Unmerged) -> UsageError:
+    return UsageError(
+        f"{path}: its workers record (ending at byte {pending.offset}) is followed by lines "
+        "that are not a copy of the worker ledgers it names; nothing was cut, copied or removed"
+    )
+
+
+def _complete_lines(fd: int) -> Iterator[bytes]:
+    """`fd`'s bytes up to its last newline (a torn last line is left out), in chunks."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    carry = b""
+    while chunk := os.read(fd, 1 << 20):
+        cut = chunk.rfind(b"\n")
+        if cut < 0:
+            carry += chunk
+            continue
+        yield carry + chunk[: cut + 1]
+        carry = chunk[cut + 1 :]
 
 
 def _lock_within(fd: int, part: Path, wait: float) -> None:
@@ -552,24 +542,11 @@ def lock_part(path: str | os.PathLike[str]) -> int:
 
 def _copy_complete_lines(fd: int, out: BinaryIO) -> None:
     """Append `fd`'s bytes up to its last newline (a torn last line is dropped)."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    carry = b""
-    while chunk := os.read(fd, 1 << 20):
-        cut = chunk.rfind(b"\n")
-        if cut < 0:
-            carry += chunk
-            continue
-        out.write(carry)
-        out.write(chunk[: cut + 1])
-        carry = chunk[cut + 1 :]
+    for piece in _complete_lines(fd):
+        out.write(piece)
 
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def read_ledger(path: str | os.PathLike[str], *, end: int | None = None) -> LedgerRead:
-    """A streaming reader of the ledger at `path` (nothing is read until iterated)."""
-    return LedgerRead(path, end=end)

@@ -16,11 +16,10 @@ import io
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from launcher.errors import UsageError
-from launcher.loadtest.output import format_summary
+from launcher.loadtest.output import format_summary, private_file
 from launcher.loadtest.schedule import Threshold
 from launcher.loadtest.stats import SUMMARY_PERCENTILES, LatencyHistogram, Recorder, SecondRow
 
@@ -114,11 +113,10 @@ def write_report(
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     png = buffer.getvalue()
+    data = png if path.lower().endswith(".png") else _html(summary, png).encode()
     try:
-        if path.lower().endswith(".png"):
-            Path(path).write_bytes(png)
-        else:
-            Path(path).write_text(_html(summary, png), encoding="utf-8")
+        with private_file(path, "--report") as out:  # 0600, never through a link
+            out.write(data)
     except OSError as error:
         raise UsageError(f"--report {path}: {error.strerror}") from None
 

@@ -11,10 +11,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import io
+import os
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import IO, Any
 
 import orjson
@@ -165,10 +168,31 @@ def _stage_summary(number: int, stage: StageStats, window: float) -> dict[str, A
     return entry
 
 
+def private_file(path: str, flag: str) -> IO[bytes]:
+    """Open `path` for writing as a file only its owner can read (0600), truncated.
+
+    Outputs name hosts, jobs and parameters: not for every local user. A
+    symbolic link at `path` is refused (O_NOFOLLOW), so a planted link cannot
+    redirect the write; an existing file is truncated and made 0600.
+    """
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+        )
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UsageError(f"{flag} {path}: is a symbolic link; refused") from None
+        raise UsageError(f"{flag} {path}: {error.strerror}") from None
+    with contextlib.suppress(OSError):  # (not ours to change: written with the mode it has)
+        os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
+
+
 def write_summary_json(path: str, summary: dict[str, Any]) -> None:
     """Write the summary as one indented JSON object (UsageError if the path is unwritable)."""
     try:
-        Path(path).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+        with private_file(path, "--summary-json") as out:
+            out.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     except OSError as error:
         raise UsageError(f"--summary-json {path}: {error.strerror}") from None
 
@@ -246,10 +270,9 @@ class TimeseriesWriter:
     """`--timeseries` CSV: a header, then one row per second as the second closes."""
 
     def __init__(self, path: str) -> None:
-        try:
-            self._file: IO[str] = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
-        except OSError as error:
-            raise UsageError(f"--timeseries {path}: {error.strerror}") from None
+        self._file: IO[str] = io.TextIOWrapper(
+            private_file(path, "--timeseries"), encoding="utf-8", newline=""
+        )
         self._csv = csv.writer(self._file)
         self._csv.writerow(TIMESERIES_COLUMNS)
 

@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, TextIO
@@ -41,8 +41,8 @@ import anyio
 import anyio.abc
 
 from launcher.config import RunOptions
-from launcher.dispatch import auth_failure_message, tls_failure_message
 from launcher.errors import EXIT_INTERRUPTED, AuthFailed, TlsFailed, UsageError
+from launcher.flow.dispatch import auth_failure_message, tls_failure_message
 from launcher.flow.policy import Verdict, classify, retry_delay
 from launcher.loadtest.output import (
     TimeseriesWriter,
@@ -64,9 +64,10 @@ from launcher.loadtest.schedule import (
 from launcher.loadtest.stats import Recorder, SecondRow
 from launcher.logs import get_logger
 from launcher.models import Action, Job, JobStatus, Reply
-from launcher.run.connect import connect
+from launcher.run.connect import connect, ensure_descriptors, resolve_endpoint
 
 __all__ = [
+    "EXIT_ALL_FAILED",
     "EXIT_THRESHOLDS",
     "LoadResult",
     "LoadSettings",
@@ -79,6 +80,9 @@ __all__ = [
 ]
 
 EXIT_THRESHOLDS = 99  # a --threshold was breached (k6's exit code for the same)
+# Not one request was answered with a start (all errors, or none completed),
+# thresholds or not: a load test of nothing but failures did not pass.
+EXIT_ALL_FAILED = 98
 # Manifests up to this many jobs are cycled from memory; longer ones are streamed
 # from the file again at each end, so memory never grows with the manifest.
 CACHE_JOBS = 100_000
@@ -445,6 +449,8 @@ class LoadTest:
             exit_code = EXIT_INTERRUPTED
         elif not passed or reason == "threshold":
             exit_code = EXIT_THRESHOLDS
+        elif recorder.scheduled > 0 and recorder.completed == recorder.error_count:
+            exit_code = EXIT_ALL_FAILED
         else:
             exit_code = 0
         summary = build_summary(
@@ -501,10 +507,15 @@ async def run_loadtest(
     stdout = out if out is not None else sys.stdout
     stderr = err if err is not None else sys.stderr
     check_outputs(settings)
+    # Before anything is printed or sent: no user info in the endpoint (the
+    # warning below names it), no control character in a credential.
+    resolve_endpoint(options, env)
     # The same validation as `run`: same messages, exit 2, nothing sent.
-    plan = plan_manifest(manifest, options)
+    # (Its own message for an empty manifest: `run`'s names --allow-empty, not ours.)
+    plan = plan_manifest(manifest, replace(options, allow_empty=True))
     if plan.jobs == 0:
         raise UsageError(f"{manifest}: no jobs to send")
+    ensure_descriptors(settings.max_in_flight, "--max-in-flight")
     warning = side_effect_warning(settings, plan.jobs, options.endpoint or options.region or "")
     if warning is not None and not settings.acknowledged:
         stderr.write(f"launcher: warning: {warning}\n")
@@ -557,6 +568,8 @@ def check_outputs(settings: LoadSettings) -> None:
             raise UsageError(f"{flag} {path}: no such directory {directory}")
         if not os.access(directory, os.W_OK) or Path(path).is_dir():
             raise UsageError(f"{flag} {path}: cannot write there")
+        if Path(path).is_symlink():  # (and `private_file` opens with O_NOFOLLOW)
+            raise UsageError(f"{flag} {path}: is a symbolic link; refused")
 
 
 async def _canary(client: Service, job: Job, action: LoadAction) -> None:

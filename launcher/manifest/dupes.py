@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 
-from launcher.ledger.compact import CompactMap
+from launcher.ledger import CompactMap
 
 __all__ = ["_FirstLines", "_key64"]
 

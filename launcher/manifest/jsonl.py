@@ -6,9 +6,10 @@ from collections.abc import Iterator
 
 import orjson
 
+from launcher.manifest.json_keys import duplicate_key
 from launcher.manifest.lines import _BOM, _too_long, _utf8_problem
 from launcher.manifest.records import Problem, _Record
-from launcher.manifest.rules import _Checker, _kind
+from launcher.manifest.rules import _Checker, _kind, _show
 
 __all__ = ["_scan_jsonl"]
 
@@ -18,7 +19,10 @@ def _scan_jsonl(
     path: str,
     check: _Checker,
     share: tuple[int, int] | None = None,
+    *,
+    keys: bool = True,
 ) -> Iterator[_Record | Problem]:
+    """`keys`: look for repeated keys (off only for bytes already validated with it on)."""
     loads = orjson.loads
     job = check.job
     lineno = 0
@@ -58,11 +62,39 @@ def _scan_jsonl(
                 path, lineno, "json", f"expected a JSON object (one per line), got {_kind(obj)}"
             )
             continue
+        if keys:
+            # No key can repeat when the line has no more colons (or, when no
+            # escaped quote or whitespace before a colon can skew that count, no
+            # more `":`) than the keys counted: see `duplicate_key`, whose two
+            # first tests are made inline here for the common job.
+            counted = len(obj)
+            colons = raw.count(b":")
+            if colons > counted:
+                params = obj.get("params")
+                if type(params) is dict:
+                    counted += len(params)
+                if colons > counted and (
+                    raw.count(b'":') > counted
+                    or b'\\"' in raw
+                    or b" :" in raw
+                    or b"\t:" in raw
+                    or b"\r:" in raw
+                ):
+                    repeated = duplicate_key(raw, obj)
+                    if repeated is not None:
+                        yield _repeated_key(path, lineno, repeated)
+                        continue
         result = job(obj, lineno)
         if isinstance(result, list):
             yield from result
         else:
             yield result
+
+
+def _repeated_key(path: str, line: int, field: str) -> Problem:
+    return Problem(
+        path, line, _show(field), "the same key twice in one object (JSON would keep only the last)"
+    )
 
 
 def _json_problem(path: str, line: int, raw: bytes, exc: orjson.JSONDecodeError) -> Problem:

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import orjson
 
+from launcher.manifest.json_keys import duplicate_key
 from launcher.manifest.records import Defaults, Problem, _Column, _Param, _Record, _Scalar
 from launcher.models import ACTIONS
 
@@ -45,6 +46,7 @@ _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_OR_SPACE: Final = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 _NO_SPACE: Final = "whitespace or control characters"
 _PLAIN_KEY: Final = re.compile(r"[\w.:-]+")
+_REPEATED_KEY: Final = "the same key twice in one object (JSON would keep only the last)"
 
 
 # --- the rules ----------------------------------------------------------------
@@ -155,7 +157,10 @@ class _Checker:
                 except orjson.JSONDecodeError as exc:
                     errs.append(("params", f"invalid JSON: {exc.msg} (column {exc.colno})"))
                 else:
-                    if value is not None:
+                    repeated = duplicate_key(cell, value, "params")
+                    if repeated is not None:
+                        errs.append((_show(repeated), _REPEATED_KEY))
+                    elif value is not None:
                         self.json_params(value, "params", errs, params, seen)
         return self.finish(fields, params, errs, line, None)
 

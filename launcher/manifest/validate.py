@@ -81,7 +81,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -89,10 +89,18 @@ from typing import IO, Final, Literal
 
 import orjson
 
-from launcher.errors import ManifestInvalid, UsageError
+from launcher.errors import ManifestChanged, ManifestInvalid, UsageError
 from launcher.manifest.dupes import _FirstLines, _key64
 from launcher.manifest.jsonl import _scan_jsonl
-from launcher.manifest.lines import MAX_LINE_BYTES, _chunks, _Hasher, _open, _raw_lines
+from launcher.manifest.lines import (
+    MAX_LINE_BYTES,
+    _chunks,
+    _Digests,
+    _Hasher,
+    _open,
+    _raw_lines,
+    _Verifier,
+)
 from launcher.manifest.records import Defaults, Problem, _Record
 from launcher.manifest.rules import (
     _CONTROL_OR_SPACE,
@@ -112,6 +120,7 @@ __all__ = [
     "Problem",
     "Validation",
     "detect_format",
+    "file_digests",
     "file_sha256",
     "iter_jobs",
     "scan",
@@ -152,6 +161,9 @@ class Validation:
     # The jobs themselves, in manifest order, when `validate` was asked to keep them
     # and they fit (see `keep`); None: stream them from the file again.
     kept: Sequence[Job] | None = field(default=None, repr=False)
+    # SHA-256 of each 1 MiB chunk of the bytes validated (None: not recorded): what
+    # `iter_jobs(checked=...)` compares the bytes it streams for sending to.
+    chunks: tuple[bytes, ...] | None = field(default=None, repr=False)
 
     def raise_if_invalid(self) -> None:
         """Raise `ManifestInvalid` listing the first problems, if there are any."""
@@ -209,7 +221,7 @@ def validate(
     kind = _resolve_format(path, fmt)
     _check_defaults(defaults)
     name = str(path)
-    hasher = hashlib.sha256()
+    hasher = _Digests()
     listed: list[Problem] = []
     count = 0
     jobs = 0
@@ -263,7 +275,9 @@ def validate(
                     listed.append(problem)
     if count:
         kept = None
-    return Validation(name, jobs, tuple(listed), count, hasher.hexdigest(), given_ids, kept)
+    digest_hex = hasher.whole.hexdigest()
+    chunks = tuple(hasher.chunks)
+    return Validation(name, jobs, tuple(listed), count, digest_hex, given_ids, kept, chunks)
 
 
 # The most keys `validate` reserves room for on an estimate: 24 MB of table.
@@ -288,36 +302,65 @@ def iter_jobs(
     *,
     fmt: str | None = None,
     lines: tuple[int, int] | None = None,
+    checked: Validation | None = None,
+    on_change: Callable[[ManifestChanged], None] | None = None,
 ) -> Iterator[Job]:
     """Stream Jobs from an already validated manifest; raise `ManifestInvalid` on any Problem.
 
     Meant for the pass after `validate`, so a Problem here means the file changed
     in between: the iterator raises at that line instead of skipping it. Opening
     happens now, so a missing file raises `UsageError` before the first job.
+
+    `checked`: the validation of this file (with its `chunks`). Each 1 MiB chunk
+    read is then compared with the one validated before any job in it is
+    yielded, and the iterator raises `ManifestChanged` at the first chunk that
+    differs (or when the file grew or shrank): only checked bytes are sent.
+    `on_change`: called with that error instead, and the iteration ends (a run
+    stops its dispatcher with it: requests in flight finish, exit 3). The
+    repeated-key check is skipped then: the bytes are the ones that passed it.
     """
     kind = _resolve_format(path, fmt)
     _check_defaults(defaults)
-    return _only_jobs(_open(path), str(path), kind, defaults, lines)
+    verifier = None
+    if checked is not None and checked.chunks is not None:
+        verifier = _Verifier(str(path), checked.chunks)
+    return _only_jobs(_open(path), str(path), kind, defaults, lines, verifier, on_change)
 
 
 def _only_jobs(
-    f: IO[bytes], path: str, kind: Format, defaults: Defaults, lines: tuple[int, int] | None
+    f: IO[bytes],
+    path: str,
+    kind: Format,
+    defaults: Defaults,
+    lines: tuple[int, int] | None,
+    verifier: _Verifier | None,
+    on_change: Callable[[ManifestChanged], None] | None,
 ) -> Iterator[Job]:
     # `_scan_jobs` without the Problems: one generator less per job on the send path.
     with f:
-        for item in _records(f, path, kind, defaults, lines):
-            if type(item) is not tuple:
-                raise ManifestInvalid([str(item)], 1)
-            yield _job(item)
+        try:
+            for item in _records(f, path, kind, defaults, lines, verifier):
+                if type(item) is not tuple:
+                    raise ManifestInvalid([str(item)], 1)
+                yield _job(item)
+        except ManifestChanged as error:
+            if on_change is None:
+                raise
+            on_change(error)
 
 
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of the file's bytes (raises `UsageError` if it cannot be read)."""
-    hasher = hashlib.sha256()
+    return file_digests(path)[0]
+
+
+def file_digests(path: str | Path) -> tuple[str, tuple[bytes, ...]]:
+    """The file's hex SHA-256, and its chunks' digests (`Validation.chunks`), in one pass."""
+    hasher = _Digests()
     with _open(path) as f:
         for _ in _chunks(f, str(path), hasher):
             pass
-    return hasher.hexdigest()
+    return hasher.whole.hexdigest(), tuple(hasher.chunks)
 
 
 # --- from the file to a scanner -----------------------------------------------
@@ -351,9 +394,14 @@ def _scan_jobs(
 
 
 def _records(
-    f: IO[bytes], path: str, kind: Format, defaults: Defaults, lines: tuple[int, int] | None
+    f: IO[bytes],
+    path: str,
+    kind: Format,
+    defaults: Defaults,
+    lines: tuple[int, int] | None,
+    verifier: _Verifier | None = None,
 ) -> Iterator[_Record | Problem]:
-    items = _scan(f, path, kind, defaults, None, lines)
+    items = _scan(f, path, kind, defaults, verifier, lines)
     if lines is not None and kind != "jsonl":  # CSV and YAML: filter parsed records
         items = _share_of(items, *lines)
     return items
@@ -402,13 +450,20 @@ def _scan(
     check = _Checker(path, defaults)
     # The CSV and YAML scanners (and PyYAML, ~20 ms) are imported by the runs that read them.
     if kind == "yaml":
-        from launcher.manifest.yaml_nodes import _scan_yaml
+        from launcher.manifest.yaml_nodes import MAX_YAML_BYTES, _scan_yaml, _too_large
 
-        data = b"".join(_chunks(f, path, hasher))
-        return _scan_yaml(data, path, check)
+        parts: list[bytes] = []
+        size = 0
+        for chunk in _chunks(f, path, hasher):
+            size += len(chunk)
+            if size > MAX_YAML_BYTES:  # read no further: it is refused whole
+                return iter((_too_large(path),))
+            parts.append(chunk)
+        return _scan_yaml(b"".join(parts), path, check)
     lines = _raw_lines(f, path, hasher)
     if kind == "csv":
         from launcher.manifest.csv_rows import _scan_csv
 
         return _scan_csv(lines, path, check)
-    return _scan_jsonl(lines, path, check, share)
+    # Bytes a verifier vouches for passed the repeated-key check when validated.
+    return _scan_jsonl(lines, path, check, share, keys=not isinstance(hasher, _Verifier))

@@ -16,7 +16,29 @@ import yaml
 from launcher.manifest.records import Problem, _Record, _Scalar
 from launcher.manifest.rules import _Checker, _show, _unknown
 
-__all__ = ["_scan_yaml"]
+__all__ = ["MAX_YAML_BYTES", "MAX_YAML_EXPANSION", "_scan_yaml", "_too_large"]
+
+# YAML is composed whole in memory by a pure-Python parser (~1.3 s a MiB): a
+# larger manifest belongs in JSONL or CSV, which stream.
+MAX_YAML_BYTES: Final = 16 << 20
+# Keys and items the walk may visit beyond one per byte of the file: aliases and
+# `<<` merges re-visit what they point to, and nested merges multiply (568 bytes
+# of merges eight deep are 10^8 keys); a real manifest stays far below.
+MAX_YAML_EXPANSION: Final = 100_000
+
+
+class _Expanded(Exception):
+    """The walk visited more keys and items than the file's budget."""
+
+
+def _too_large(path: str) -> Problem:
+    return Problem(
+        path,
+        1,
+        "yaml",
+        f"larger than {MAX_YAML_BYTES >> 20} MiB; YAML is read whole: give a large "
+        "manifest as JSONL or CSV",
+    )
 
 
 _YAML_KINDS: Final[Mapping[str, str]] = {
@@ -67,7 +89,22 @@ def _scan_yaml(data: bytes, path: str, check: _Checker) -> Iterator[_Record | Pr
         return
     if root is None:
         return
-    walker = _YamlWalker(path)
+    walker = _YamlWalker(path, MAX_YAML_EXPANSION + len(data))
+    try:
+        yield from _walk(root, walker, path, check)
+    except _Expanded:
+        yield Problem(
+            path,
+            1,
+            "yaml",
+            f"expands to more than {walker.limit} keys and items (aliases and << merges "
+            "count each time they are used): refused",
+        )
+
+
+def _walk(
+    root: yaml.Node, walker: _YamlWalker, path: str, check: _Checker
+) -> Iterator[_Record | Problem]:
     items: yaml.Node = root
     if isinstance(root, yaml.MappingNode):
         top = walker.mapping(root, "")
@@ -93,6 +130,7 @@ def _scan_yaml(data: bytes, path: str, check: _Checker) -> Iterator[_Record | Pr
         )
         return
     for node in items.value:
+        walker.spend(1)
         if not isinstance(node, yaml.MappingNode):
             yield Problem(path, _line(node), "job", f"expected a mapping, got {_yaml_kind(node)}")
             continue
@@ -131,9 +169,17 @@ class _YamlWalker:
     message needs, and which keeps recursive alias graphs from looping.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, limit: int) -> None:
         self.path = path
         self.problems: list[Problem] = []
+        self.limit = limit
+        self._left = limit
+
+    def spend(self, count: int) -> None:
+        """Count keys or items visited; raise `_Expanded` past the limit."""
+        self._left -= count
+        if self._left < 0:
+            raise _Expanded
 
     def take(self) -> list[Problem]:
         problems, self.problems = self.problems, []
@@ -160,6 +206,7 @@ class _YamlWalker:
             return out
         if isinstance(node, yaml.SequenceNode):
             entries: list[Any] = []
+            self.spend(len(node.value))
             for i, item in enumerate(node.value):
                 prefix = f"params[{i}]"
                 at[prefix] = _line(item)
@@ -204,6 +251,7 @@ class _YamlWalker:
         """
         own: dict[str, tuple[yaml.Node, int]] = {}
         merges: list[yaml.Node] = []
+        self.spend(len(node.value))
         for key_node, value_node in node.value:
             line = _line(key_node)
             if key_node.tag == _YAML_MERGE:

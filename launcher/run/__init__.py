@@ -9,7 +9,7 @@ the ledger recorded, and `resume_hint` the line that says how to resume.
 
 from __future__ import annotations
 
-from launcher.run.connect import Connection, connect, resolve_endpoint
+from launcher.run.connect import Connection, connect, ensure_descriptors, resolve_endpoint
 from launcher.run.plan import Plan, plan_manifest
 from launcher.run.recorded import (
     latest_header,
@@ -26,6 +26,7 @@ __all__ = [
     "Plan",
     "RunResult",
     "connect",
+    "ensure_descriptors",
     "latest_header",
     "launch",
     "parse_only",

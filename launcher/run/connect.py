@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from launcher.config import RunOptions
-from launcher.dlf.auth import Auth, NoAuth, auth_from_env
+from launcher.dlf.auth import Auth, NoAuth, auth_from_env, check_credentials, check_url
 from launcher.dlf.client import DlfClient, endpoint_for_region
 from launcher.dlf.proxy import ProxySettings
 from launcher.errors import UsageError
@@ -22,17 +22,62 @@ from launcher.errors import UsageError
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["Connection", "connect", "resolve_endpoint"]
+__all__ = ["DESCRIPTOR_RESERVE", "Connection", "connect", "ensure_descriptors", "resolve_endpoint"]
+
+# Descriptors a run needs besides one per connection: stdio, the ledger and its
+# fold, the event loop's own, the IAM session, Redis, the embedded simulator.
+DESCRIPTOR_RESERVE = 64
 
 
-def resolve_endpoint(options: RunOptions) -> str:
-    """`--endpoint` as given, else derived from `--region`; UsageError when neither is set."""
+def resolve_endpoint(options: RunOptions, env: Mapping[str, str] | None = None) -> str:
+    """`--endpoint` as given, else derived from `--region`; UsageError when neither is set.
+
+    Checked first, so that a run refuses them before anything is read, written or
+    sent: endpoint URLs with user info or a control character (`check_url`), and,
+    with `env`, credential variables holding a control character (`check_credentials`).
+    """
+    if options.iam_endpoint:
+        check_url(options.iam_endpoint, "--iam-endpoint")
+    if env is not None and options.endpoint != "sim":
+        check_credentials(env)
     if options.endpoint:
+        check_url(options.endpoint, "--endpoint")
         return options.endpoint
     if options.region:
         return endpoint_for_region(options.region)
     raise UsageError(
         "no endpoint: give --endpoint URL, --region ID, or --endpoint sim for the simulator"
+    )
+
+
+def ensure_descriptors(concurrency: int, flag: str = "--concurrency") -> None:
+    """Make sure `concurrency` connections fit under the open-file limit, before any is made.
+
+    Each request in flight holds a socket. Without enough descriptors the
+    connections past the limit fail as "connect" errors one by one (and the
+    run reads as a service outage); instead the soft limit is raised towards
+    the hard one when that suffices (forked workers inherit it), and
+    otherwise the run stops now, exit 2, naming descriptors and the limit.
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX: no such limit to check
+        return
+    need = concurrency + DESCRIPTOR_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= need:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+            return
+        except (ValueError, OSError):
+            pass
+    limit = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    raise UsageError(
+        f"{flag} {concurrency} needs about {need} file descriptors (one socket per request "
+        f"in flight, plus {DESCRIPTOR_RESERVE}), but the open-file limit (ulimit -n) is "
+        f"{soft} (hard limit {limit}): lower {flag} or raise the limit"
     )
 
 
@@ -59,7 +104,7 @@ async def connect(
     Raises UsageError for a missing endpoint or credentials and AuthFailed
     when a login is refused; nothing has been sent to DLF in either case.
     """
-    endpoint = resolve_endpoint(options)
+    endpoint = resolve_endpoint(options, env)
     async with _base_url(endpoint, options) as (url, simulated):
 
         def make_auth(session: Callable[[], aiohttp.ClientSession]) -> Auth:

@@ -53,9 +53,9 @@ import anyio
 import orjson
 
 from launcher.config import RunOptions
-from launcher.dispatch import Dispatcher, Tally
 from launcher.dlf.transport import backend_options
 from launcher.errors import EXIT_INTERRUPTED, LauncherError, UsageError
+from launcher.flow.dispatch import Dispatcher, Tally
 from launcher.flow.policy import parse_halt
 from launcher.ledger.history import (
     CountedPart,
@@ -107,7 +107,8 @@ def usable_cpus() -> int:
 def choose_workers(options: RunOptions, jobs: int, cpus: int) -> int:
     """How many dispatch processes a run of `jobs` unsettled jobs uses.
 
-    `--workers N` asks for N; `auto` (0) takes every CPU at `--rate 0`, and at
+    `--workers N` asks for N, at most one per usable CPU (`cpus`; a warning
+    says so); `auto` (0) takes every CPU at `--rate 0`, and at
     a rate one process cannot sustain as many as that rate needs; small runs
     stay in one process. Either way the count never exceeds the smallest
     concurrency bound, so that every bound splits into whole, non-zero shares
@@ -117,7 +118,11 @@ def choose_workers(options: RunOptions, jobs: int, cpus: int) -> int:
     if options.dry_run or options.endpoint == "sim":
         return 1
     if options.workers:
-        wanted = options.workers
+        # More processes than cores only contend for them (and each costs memory
+        # and connections): --workers 100000 on 2 cores runs 2.
+        wanted = min(options.workers, cpus)
+        if wanted < options.workers:
+            log.warning("--workers capped at the usable cores", asked=options.workers, cores=cpus)
     else:
         if options.rate > 0:
             wanted = min(cpus, math.ceil(options.rate / AUTO_RATE_PER_WORKER))

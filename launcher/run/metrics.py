@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import anyio
 
 from launcher.config import RunOptions
-from launcher.dispatch import Tally
 from launcher.errors import UsageError
+from launcher.flow.dispatch import Tally
 
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector

@@ -16,21 +16,21 @@ job's identity (`shard_of`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any
 
 from launcher import __version__
 from launcher.config import RunOptions
-from launcher.errors import ManifestInvalid
+from launcher.errors import ManifestChanged, ManifestInvalid, UsageError
 from launcher.flow.shard import parse_shard, shard_of
 from launcher.logs import get_logger
 from launcher.manifest.validate import (
     Defaults,
     Validation,
     detect_format,
-    file_sha256,
+    file_digests,
     iter_jobs,
     scan,
     validate,
@@ -67,16 +67,29 @@ class Plan:
     shard: tuple[int, int] | None  # (index, count) with --shard I/N
     jobs: int  # jobs this run handles: the shard's, or all of them
 
-    def iter_jobs(self, lines: tuple[int, int] | None = None) -> Iterator[Job]:
+    def iter_jobs(
+        self,
+        lines: tuple[int, int] | None = None,
+        on_change: Callable[[ManifestChanged], None] | None = None,
+    ) -> Iterator[Job]:
         """Stream this run's jobs from the manifest (the shard's only, with --shard);
         `lines=(i, n)`: only every n-th job from the i-th (a worker's share).
 
         Jobs the validation kept are not read again: exactly the jobs whose bytes
-        were checked and hashed, whatever happens to the file meanwhile.
+        were checked and hashed, whatever happens to the file meanwhile. Streamed
+        ones are compared chunk by chunk with the bytes validated: `ManifestChanged`
+        (or `on_change`, see `iter_jobs`) at the first difference.
         """
         kept = self.validation.kept
         if kept is None:
-            jobs = iter_jobs(self.manifest, self.defaults, fmt=self.fmt, lines=lines)
+            jobs = iter_jobs(
+                self.manifest,
+                self.defaults,
+                fmt=self.fmt,
+                lines=lines,
+                checked=self.validation,
+                on_change=on_change,
+            )
         elif lines is None:
             jobs = iter(kept)
         else:
@@ -117,6 +130,12 @@ def plan_manifest(
             ]
             if missing:
                 raise ManifestInvalid(missing[:20], len(missing))
+    if validation.jobs == 0 and not options.allow_empty:
+        # An empty manifest is most often a generator that failed: not a success.
+        raise UsageError(
+            f"{manifest}: no jobs in the manifest (empty, or only blank and comment lines); "
+            "pass --allow-empty when nothing to do is expected"
+        )
     shard = parse_shard(options.shard) if options.shard else None
     plan = Plan(manifest, validation, defaults, options.manifest_format, shard, validation.jobs)
     if shard is not None:
@@ -165,11 +184,11 @@ def _validated_before(
     total = described.get("total_jobs")
     if not isinstance(total, int) or isinstance(total, bool):
         return None
-    digest = file_sha256(manifest)
+    digest, chunks = file_digests(manifest)
     if digest != described.get("sha256"):
         return None
     log.info("manifest unchanged since the ledger's last segment: not validated again")
-    return Validation(manifest, total, (), 0, digest)
+    return Validation(manifest, total, (), 0, digest, chunks=chunks)
 
 
 def file_size(path: str) -> int:

@@ -11,7 +11,7 @@ from typing import TextIO
 
 import anyio
 
-from launcher.dispatch import Tally
+from launcher.flow.dispatch import Tally
 
 __all__ = ["eta_seconds", "held_back", "show_progress", "status_line"]
 

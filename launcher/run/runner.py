@@ -17,15 +17,15 @@ from typing import TextIO
 import anyio
 
 from launcher.config import RunOptions
-from launcher.dispatch import Tally
 from launcher.dlf.client import job_body, path_segment
 from launcher.dlf.transport import backend_options
 from launcher.errors import EXIT_INTERRUPTED, HaltError
+from launcher.flow.dispatch import Tally
 from launcher.flow.pacing import format_rate
 from launcher.ledger.history import LiveFold, catch_up, fold, save_fold
 from launcher.ledger.report import format_text, summary_of
 from launcher.ledger.writer import Ledger, default_ledger_path, read_ledger
-from launcher.run.connect import connect, resolve_endpoint
+from launcher.run.connect import connect, ensure_descriptors, resolve_endpoint
 from launcher.run.metrics import serving_metrics
 from launcher.run.plan import Plan, plan_manifest
 from launcher.run.resume import Next, Segment, plan_segment, resume_history, step_lookup
@@ -114,7 +114,9 @@ def launch(
     # (~1.5 µs a start) and found little; at 10,000 it does ~5 for 0.01 s.
     gc.set_threshold(10_000)
     stdout = out if out is not None else sys.stdout
-    endpoint = resolve_endpoint(options)
+    endpoint = resolve_endpoint(options, env)
+    if not options.dry_run:
+        ensure_descriptors(options.concurrency)
     ledger_path = options.ledger or str(default_ledger_path(manifest))
     # A resume folds its ledger first: its latest header may spare re-validation.
     # (A dry run changes no file: it reads a crashed fleet's parts where they are.)

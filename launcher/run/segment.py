@@ -26,9 +26,9 @@ import anyio
 
 from launcher import __version__
 from launcher.config import RunOptions
-from launcher.dispatch import Dispatcher, DispatchSettings, Tally, WorkspaceLimits
 from launcher.errors import EXIT_INTERRUPTED, HaltError, LedgerFailed
 from launcher.flow.adaptive import AdaptiveRate
+from launcher.flow.dispatch import Dispatcher, DispatchSettings, Tally, WorkspaceLimits
 from launcher.flow.pacing import Pacer, RateGate, TokenBucket, format_rate
 from launcher.flow.policy import RetryBudget, RetryPolicy, parse_halt
 from launcher.ledger.history import LiveFold
@@ -133,7 +133,11 @@ async def run_segment(
     # Which worker sends a job does not matter for resume: every worker folds
     # the whole ledger and skips what is settled.
     share = (role.index, role.count) if role is not None else None
-    jobs = segment.to_send(plan.iter_jobs(share), options.retry_failed)
+    # A manifest changed under a streaming run stops it like a halt (exit 3, resumable).
+    jobs = segment.to_send(
+        plan.iter_jobs(share, lambda error: dispatcher.stop("manifest_changed", error)),
+        options.retry_failed,
+    )
     interrupted = await _supervise(dispatcher, jobs, ledger, tally, options, role, live, shared)
 
     halt = dispatcher.halt_error

@@ -37,7 +37,7 @@ from redis.exceptions import NoScriptError, RedisError
 from launcher.logs import get_logger, redact_url, scrub
 
 if TYPE_CHECKING:
-    from launcher.dispatch import Service
+    from launcher.flow.dispatch import Service
     from launcher.models import Action, Job, JobStatus, Reply
 
 __all__ = ["ACQUIRE", "RENEW", "SharedConcurrencyService", "SharedSemaphore"]

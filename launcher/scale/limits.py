@@ -90,7 +90,7 @@ from launcher.scale.lua import RESERVE, RESERVE_SHA1
 
 if TYPE_CHECKING:
     from launcher.config import RunOptions
-    from launcher.dispatch import Service
+    from launcher.flow.dispatch import Service
 
 __all__ = [
     "FleetMeter",

@@ -97,25 +97,34 @@ def test_memory_is_flat_arrays() -> None:
             assert size <= 64 * n + 8
 
 
-def test_keys_written_to_their_empty_home_slot_count_as_added() -> None:
-    table = CompactMap(bits=4)  # 16 slots, grows past 8 keys
+def test_slots_of_a_batch_find_or_add_every_key_and_stay_valid_through_it() -> None:
+    table = CompactMap(bits=2)  # 4 slots: every batch below makes it grow first
     reference: dict[int, int] = {}
     rng = random.Random(7)
-    added = 0
-    for _ in range(200):
-        key = rng.getrandbits(64) or 1
-        i = key & (table.capacity - 1)
-        if table.keys[i] == 0 and table.room() > added:  # as history.fold does
-            table.keys[i] = key
-            table.values[i] = 5
-            added += 1
-        else:
-            table.note_added(added)
-            added = 0
-            table[key] = 5
-        reference[key] = 5
-    table.note_added(added)
-    assert len(table) == len(reference)
-    assert len(table) <= table.capacity // 2
+    for round_ in range(60):
+        old = list(reference)
+        batch = [rng.getrandbits(64) or 1 for _ in range(rng.randint(0, 40))]
+        batch += rng.sample(old, min(len(old), 10)) + [0] * (round_ % 2) + batch[:3]
+        slots = table.slots(batch)
+        for key, i in zip(batch, slots, strict=True):  # as the ledger fold does
+            assert table.values[i] == reference.get(key, 0)
+            table.values[i] += 1
+            reference[key] = reference.get(key, 0) + 1
+        assert len(table) == len(reference)
+        assert len(table) <= table.capacity // 2 + 1  # (key 0 lives past the end)
     assert dict(table.items()) == reference
-    assert table.room() == table.capacity // 2 - len(table)
+
+
+def test_absent_keys_are_added_whole_and_nonzero_items_read_back() -> None:
+    table = CompactMap(bits=2)
+    table[5] = 1
+    rng = random.Random(3)
+    keys = list({rng.getrandbits(64) or 1 for _ in range(300)} - {5})
+    assert table.holds_any([*keys[:5], 5])
+    assert not table.holds_any(keys)
+    table.add_absent(keys, [n + 1 for n in range(len(keys))])
+    table[99 if 99 not in keys else 98] = 0  # a key with value 0 is no item
+    found, values = table.nonzero_items()
+    assert dict(zip(found, values, strict=True)) == {5: 1} | {k: n + 1 for n, k in enumerate(keys)}
+    assert sorted(table.nonzero_values()) == sorted(values)
+    assert len(table) <= table.capacity // 2

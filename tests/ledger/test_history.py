@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import re
 import tempfile
 from array import array
 from collections.abc import Iterator
@@ -16,19 +18,21 @@ from fold_helpers import observed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import launcher.ledger.history as history_module
+import launcher.ledger.parallel as parallel_module
 from launcher.errors import UsageError
-from launcher.ledger.history import (
+from launcher.ledger import (
     NOT_TAKEN,
     PERMANENT,
     JobRecord,
-    JobState,
+    LedgerRead,
     catch_up,
     fold,
     job_key,
-    pack_state,
-    unpack_state,
+    part_name,
+    read_ledger,
 )
+from launcher.ledger.folder import Folder
+from launcher.ledger.read import LedgerInvalid
 from launcher.ledger.report import (
     OUTCOMES,
     job_rows,
@@ -37,7 +41,7 @@ from launcher.ledger.report import (
     ranked,
     summary_of,
 )
-from launcher.ledger.writer import LedgerRead, part_name, read_ledger
+from launcher.ledger.state import JobState, pack_state, unpack_state
 from launcher.run.resume import Next, next_step, step_lookup
 
 STATES = st.builds(
@@ -340,6 +344,10 @@ class Iterated:
         return iter(self.read)
 
     @property
+    def positions(self) -> Any:
+        return self.read.positions
+
+    @property
     def torn_tail(self) -> bool:
         return self.read.torn_tail
 
@@ -431,16 +439,14 @@ def test_reading_the_file_equals_iterating_ledger_read(
         iterated = [read_ledger(p) for p in paths]
         try:
             want = fold([Iterated(r) for r in iterated], keep=keep)
-        except (TypeError, KeyError) as error:  # odd events the fold rejects (both ways)
-            with pytest.raises(type(error)):
+        except LedgerInvalid as error:  # lines every reader refuses, alike
+            with pytest.raises(LedgerInvalid, match=re.escape(str(error))):
                 fold(direct, keep=keep)
             return
         got = fold(direct, keep=keep)
     ids = job_ids_in(*(lines for lines, _ in ledgers))
     assert observed(got, ids) == observed(want, ids)
-    assert [(r.torn_tail, r.bad_lines) for r in direct] == [
-        (r.torn_tail, r.bad_lines) for r in iterated
-    ]
+    assert [r.torn_tail for r in direct] == [r.torn_tail for r in iterated]
 
 
 @settings(max_examples=150, deadline=None)
@@ -453,14 +459,14 @@ def test_catch_up_folds_what_was_appended_as_a_new_fold_would(
         write_lines(path, before, torn)
         try:
             history = fold([read_ledger(path)])
-        except (TypeError, KeyError):
+        except LedgerInvalid:
             return
         with open(path, "ab") as out:  # a new segment, after a torn line if there was one
             out.write(b"".join(line + b"\n" for line in after))
         try:
             fresh = fold([read_ledger(path)])
-        except (TypeError, KeyError) as error:
-            with pytest.raises(type(error)):
+        except LedgerInvalid as error:
+            with pytest.raises(LedgerInvalid, match=re.escape(str(error))):
                 catch_up(history)
             return
         caught_up = catch_up(history)
@@ -471,7 +477,7 @@ def test_catch_up_folds_what_was_appended_as_a_new_fold_would(
             out.write(b"".join(line + b"\n" for line in more))
         try:
             fresh = fold([read_ledger(path)])
-        except (TypeError, KeyError):
+        except LedgerInvalid:
             return
         assert observed(catch_up(caught_up), ids) == observed(fresh, ids)
 
@@ -488,17 +494,17 @@ def test_a_fold_up_to_end_reads_what_ledger_read_reads(
         direct, iterated = read_ledger(path, end=end), read_ledger(path, end=end)
         try:
             want = fold([Iterated(iterated)])
-        except (TypeError, KeyError):
+        except LedgerInvalid:
             return
         got = fold([direct])
         ids = job_ids_in(lines)
         assert observed(got, ids) == observed(want, ids)
-        assert (direct.torn_tail, direct.bad_lines) == (iterated.torn_tail, iterated.bad_lines)
+        assert direct.torn_tail == iterated.torn_tail
         with open(path, "ab") as out:
             out.write(b'{"event":"intent","job":"etl-01","t":5.0}\n')
         try:
             fresh = fold([read_ledger(path)])
-        except (TypeError, KeyError):
+        except LedgerInvalid:
             return
         assert observed(catch_up(got), ids) == observed(fresh, ids)  # read again, in full
 
@@ -512,7 +518,7 @@ def test_catch_up_of_a_replaced_ledger_folds_it_again(tmp_path: Path) -> None:
     (path,) = write_ledgers(tmp_path, [events])
     history = fold([read_ledger(path)])
     replaced = tmp_path / "new.jsonl"
-    replaced.write_bytes(path.read_bytes()[:-40] + b"\n" + orjson.dumps(events[0]) + b"\n")
+    replaced.write_bytes(orjson.dumps(events[0]) + b"\n" + orjson.dumps(events[0]) + b"\n")
     replaced.replace(path)  # another file now, not the one folded plus more
     again = catch_up(history)
     assert again is not history
@@ -524,7 +530,8 @@ def fleet_ledger(tmp_path: Path, merged: bool, parts_exist: bool) -> Path:
     ledger = tmp_path / "l.jsonl"
     part_names = [part_name(ledger, "f" * 32, index) for index in range(2)]
     parts: list[list[dict[str, Any]]] = [
-        [{"event": "run", "t": 2.0, "run_id": f"w{index}", "worker": f"{index}/2"},
+        [{"event": "run", "t": 2.0, "run_id": f"w{index}", "worker": f"{index}/2",
+          "fleet": "f" * 32},
          {"event": "intent", "job": f"job{index}", "t": 3.0, "workspace": "ws"},
          {"event": "result", "job": f"job{index}", "t": 4.0, "verdict": "started",
           "status": 204, "latency_ms": 2.5, "outcome": "started"}]
@@ -612,20 +619,20 @@ def test_a_table_with_no_header_grows_as_jobs_come(tmp_path: Path) -> None:
 def parallel_parts(cpus: int) -> Iterator[list[int]]:
     """Fold every file in up to `cpus` parallel parts, however small; yields the forks made."""
     forks: list[int] = []
-    fork = history_module._fork
+    fork = parallel_module._fork
 
     def counted(*args: Any) -> Any:
         forks.append(1)
         return fork(*args)
 
-    saved = (history_module._PARALLEL_PART_BYTES, history_module._cpus, history_module._fork)
-    history_module._PARALLEL_PART_BYTES = 1
-    history_module._cpus = lambda: cpus
-    history_module._fork = counted
+    saved = (parallel_module.PART_BYTES, parallel_module.usable_cpus, parallel_module._fork)
+    parallel_module.PART_BYTES = 1
+    parallel_module.usable_cpus = lambda: cpus
+    parallel_module._fork = counted
     try:
         yield forks
     finally:
-        (history_module._PARALLEL_PART_BYTES, history_module._cpus, history_module._fork) = saved
+        (parallel_module.PART_BYTES, parallel_module.usable_cpus, parallel_module._fork) = saved
 
 
 @settings(max_examples=120, deadline=None)
@@ -640,8 +647,8 @@ def test_folding_in_parallel_parts_equals_one_pass(
         paths = write_line_ledgers(directory, ledgers)
         try:
             want = fold([Iterated(read_ledger(p)) for p in paths])
-        except (TypeError, KeyError) as error:
-            with parallel_parts(cpus), pytest.raises(type(error)):
+        except LedgerInvalid as error:
+            with parallel_parts(cpus), pytest.raises(LedgerInvalid, match=re.escape(str(error))):
                 fold([read_ledger(p) for p in paths], parallel=True)
             return
         direct = [read_ledger(p) for p in paths]
@@ -652,9 +659,7 @@ def test_folding_in_parallel_parts_equals_one_pass(
             list(read)
     ids = job_ids_in(*(lines for lines, _ in ledgers))
     assert observed(got, ids) == observed(want, ids)
-    assert [(r.torn_tail, r.bad_lines) for r in direct] == [
-        (r.torn_tail, r.bad_lines) for r in iterated
-    ]
+    assert [r.torn_tail for r in direct] == [r.torn_tail for r in iterated]
 
 
 def run_of_jobs(count: int, *, retried: int = 0, odd_verdict: bool = False) -> list[bytes]:
@@ -703,18 +708,18 @@ def test_parts_hand_jobs_that_straddle_them_to_the_parent(
     write_lines(path, lines, torn)
     want = fold([Iterated(read_ledger(path))])
     merged: list[bool] = []
-    merge = history_module._Folder.merge
+    merge = Folder.merge
 
     def noted(folder: Any, ordinal: int, part: Any) -> bool:
         merged.append(merge(folder, ordinal, part))
         return merged[-1]
 
-    history_module._Folder.merge = noted  # type: ignore[method-assign]
+    Folder.merge = noted  # type: ignore[method-assign]
     try:
         with parallel_parts(3) as forks:
             got = fold([read_ledger(path)], parallel=True)
     finally:
-        history_module._Folder.merge = merge  # type: ignore[method-assign]
+        Folder.merge = merge  # type: ignore[method-assign]
     assert len(forks) == 2
     # Merged, but for the part with a verdict the launcher never writes: folded again.
     assert merged == ([True, False] if odd_verdict else [True, True])
@@ -722,8 +727,9 @@ def test_parts_hand_jobs_that_straddle_them_to_the_parent(
     assert observed(got, ids) == observed(want, ids)
     assert 598 <= got.job_count == want.job_count
     assert got.intent_times  # the jobs in doubt keep their intent time
-    with open(path, "ab") as out:  # and it continues as one pass would
-        out.write(torn + b"\n" + b"\n".join(run_of_jobs(3)) + b"\n")
+    with open(path, "r+b") as out:  # and it continues (its torn line cut) as one pass would
+        out.seek(out.truncate(out.seek(0, os.SEEK_END) - len(torn)))
+        out.write(b"\n".join(run_of_jobs(3)) + b"\n")
     with parallel_parts(3):
         fresh = fold([read_ledger(path)], parallel=True)
         assert observed(catch_up(got), ids) == observed(fresh, ids)
@@ -768,8 +774,8 @@ def test_parts_of_a_shuffled_run_fold_as_one_pass(
         write_lines(path, lines, torn)
         try:
             want = fold([Iterated(read_ledger(path))])
-        except (TypeError, KeyError) as error:
-            with parallel_parts(cpus), pytest.raises(type(error)):
+        except LedgerInvalid as error:
+            with parallel_parts(cpus), pytest.raises(LedgerInvalid, match=re.escape(str(error))):
                 fold([read_ledger(path)], parallel=True)
             return
         with parallel_parts(cpus):
@@ -806,13 +812,13 @@ def test_a_child_that_fails_leaves_its_part_to_the_parent(tmp_path: Path) -> Non
     def broken(*args: Any) -> Any:
         raise RuntimeError("the child failed")
 
-    saved = history_module._Folder.part
-    history_module._Folder.part = broken  # type: ignore[method-assign]
+    saved = parallel_module.fold_part
+    parallel_module.fold_part = broken
     try:
         with parallel_parts(2) as forks:
             got = fold([read_ledger(path)], parallel=True)
     finally:
-        history_module._Folder.part = saved  # type: ignore[method-assign]
+        parallel_module.fold_part = saved
     assert forks
     ids = [f"{n:032x}" for n in range(300)]
     assert observed(got, ids) == observed(want, ids)

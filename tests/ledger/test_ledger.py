@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from launcher.errors import LedgerFailed
-from launcher.ledger.writer import Ledger, default_ledger_path, read_ledger
+from launcher.ledger import Ledger, default_ledger_path, read_ledger
 from launcher.models import Failure, Job, JobParam, Reply
 
 JOB = Job(
@@ -121,10 +121,9 @@ def test_a_torn_last_line_is_skipped_and_reported(tmp_path: Path) -> None:
 
 
 def test_an_unwritable_ledger_raises_ledger_failed(tmp_path: Path) -> None:
-    """/dev/full accepts the open and fails every write with ENOSPC, like a full disk."""
-    if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full on this system")
-    ledger = Ledger("/dev/full", fsync="never")
+    """A write the OS refuses (here: the ledger's descriptor made read-only) stops the run."""
+    ledger = Ledger(tmp_path / "l.jsonl", fsync="never")
+    os.dup2(os.open(tmp_path / "l.jsonl", os.O_RDONLY), ledger._fd)
     with pytest.raises(LedgerFailed, match="cannot write the ledger"):
         ledger.intent(JOB, 1, "start")
 

@@ -264,14 +264,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(not HAS_DEV_FULL, reason="no /dev/full to stand for a full disk")
-async def test_unwritable_ledger_sends_nothing_and_exits_3(tmp_path: Path) -> None:
+async def test_a_device_as_ledger_sends_nothing_and_exits_2(tmp_path: Path) -> None:
+    # /dev/full fails every write: a ledger must be a regular file, refused before sending.
     manifest = write_manifest(tmp_path / "m.jsonl", job_lines(10))
     async with running() as (sim, url):
         done = await launcher(
             "run", str(manifest), "--endpoint", url, "--project-id", "p1", "--ledger", "/dev/full"
         )
-    assert done.code == 3
-    assert "ledger" in done.stderr
+    assert done.code == 2
+    assert "/dev/full: not a regular file" in done.stderr
     assert sim.stats.requests == 0
 
 

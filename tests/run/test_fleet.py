@@ -76,7 +76,9 @@ from launcher.simulator import SimConfig, Simulator, running
         ({"rate": 0.0, "workspaces": {"ws": (1, 0.0, 1)}}, 50_000, 8, 1),
         ({"rate": 0.0, "endpoint": "sim"}, 50_000, 8, 1),  # the simulator lives in-process
         ({"rate": 0.0, "dry_run": True}, 50_000, 8, 1),
-        ({"workers": 4}, 100, 1, 4),  # asked for: given, whatever the rate and cores
+        ({"workers": 4}, 100, 8, 4),  # asked for: given, whatever the rate
+        ({"workers": 4}, 100, 1, 1),  # but not more than the usable cores
+        ({"workers": 100_000}, 50_000, 2, 2),
         ({"workers": 4}, 3, 8, 3),  # but not more than there are jobs
     ],
 )
@@ -184,9 +186,10 @@ def _job(n: int) -> Job:
     return Job(f"{n:032x}", f"job-{n}", (), None, "p1", line=n + 1)
 
 
-def _write_part(path: Path, jobs: range, *, torn: bool = False) -> None:
+def _write_part(path: Path, jobs: range, *, worker: str, torn: bool = False) -> None:
     ledger = Ledger(path, fsync="never")
-    ledger.header({"run_id": path.name, "segment": 1, "manifest": {"jobs": 6}})
+    header = {"run_id": path.name, "segment": 1, "manifest": {"jobs": 6}}
+    ledger.header({**header, "worker": worker, "fleet": "f" * 32})  # as a worker writes it
     for n in jobs:
         ledger.intent(_job(n), 1, "start")
         ledger.result(_job(n), 1, Reply(status=204, latency=0.001), "started", "started")
@@ -200,8 +203,8 @@ def _fleet(tmp_path: Path) -> tuple[Path, object]:
     ledger = tmp_path / "l.jsonl"
     names = [part_name(ledger, "f" * 32, index) for index in range(2)]
     pending = open_fleet(ledger, {"fleet": "f" * 32, "count": 2, "parts": names})
-    _write_part(tmp_path / names[0], range(3))
-    _write_part(tmp_path / names[1], range(3, 6), torn=True)
+    _write_part(tmp_path / names[0], range(3), worker="0/2")
+    _write_part(tmp_path / names[1], range(3, 6), worker="1/2", torn=True)
     return ledger, pending
 
 
@@ -270,9 +273,9 @@ def test_a_part_a_live_worker_holds_is_not_merged(tmp_path: Path) -> None:
 
 def test_reading_can_stop_at_a_byte_offset(tmp_path: Path) -> None:
     ledger = tmp_path / "l.jsonl"
-    _write_part(ledger, range(3))
+    _write_part(ledger, range(3), worker="0/1")
     size = ledger.stat().st_size
-    _write_part(tmp_path / "more.jsonl", range(3, 5))
+    _write_part(tmp_path / "more.jsonl", range(3, 5), worker="0/1")
     with open(ledger, "ab") as handle:
         handle.write((tmp_path / "more.jsonl").read_bytes())
     assert fold([read_ledger(ledger, end=size)]).job_count == 3

@@ -8,7 +8,7 @@ from collections import Counter
 import anyio
 import pytest
 
-from launcher.dispatch import Tally
+from launcher.flow.dispatch import Tally
 from launcher.run.progress import show_progress, status_line
 
 

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from launcher.dispatch import Dispatcher, DispatchSettings, WorkspaceLimits
 from launcher.errors import AuthFailed, TlsFailed
+from launcher.flow.dispatch import Dispatcher, DispatchSettings, WorkspaceLimits
 from launcher.flow.pacing import Pacer, TokenBucket
 from launcher.flow.policy import RetryPolicy
 from launcher.ledger.report import Summary, summarize
