@@ -10,13 +10,10 @@ pulls the next. Memory is therefore proportional to the concurrency, never to
 the manifest. Everything lives in one anyio task group.
 
 With per-workspace limits (`--per-workspace`, `[workspaces."ID"]`), a worker
-takes the next job whose workspace may send now: a job whose workspace is at
-its rate or in-flight limit waits in that workspace's queue (FIFO) while the
-worker reads on, so a slow workspace at the head of a manifest does not hold
-back the others (no head-of-line blocking). The queues together hold at most
-`look_ahead` jobs: memory stays bounded, and once they are full the workers
-wait for the first workspace that may send. Without such limits, none of this
-runs: a pull is one `next()`.
+takes the next job whose workspace may send now from `WorkspaceQueues`
+(`launcher.flow.workspaces`): a job whose workspace is at its limit waits in
+its workspace's queue while the others go on (no head-of-line blocking).
+Without such limits, none of this runs: a pull is one `next()`.
 
 Stopping is designed in three strengths:
 - `stop(reason)`: no new attempt starts; requests in flight finish and are
@@ -27,10 +24,9 @@ Stopping is designed in three strengths:
 
 from __future__ import annotations
 
-import math
 import random
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -39,8 +35,9 @@ import anyio
 
 from launcher.errors import AuthFailed, HaltError, TlsFailed
 from launcher.flow.adaptive import AdaptiveRate
-from launcher.flow.pacing import Pacer, RateGate, TokenBucket, format_rate
+from launcher.flow.pacing import Pacer, RateGate
 from launcher.flow.policy import HaltRule, RetryBudget, RetryPolicy, Verdict, classify, retry_delay
+from launcher.flow.workspaces import WorkspaceLimits, WorkspaceQueues
 from launcher.models import Action, Job, JobStatus, Reply
 
 __all__ = [
@@ -114,15 +111,6 @@ class DispatchSettings:
     look_ahead: int = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class WorkspaceLimits:
-    """Limits for one workspace on top of the global ones (0: no limit of that kind)."""
-
-    concurrency: int = 0
-    rate: float = 0.0
-    burst: int = 1
-
-
 @dataclass(slots=True)
 class Tally:
     """Live counters of a run, read by the progress display."""
@@ -186,13 +174,19 @@ class Dispatcher:
         self._prior = prior
         self._clock = clock
         self._stopped = anyio.Event()  # wakes jobs sleeping in a backoff when the run stops
-        self._gates: dict[str | None, _Gate] = {}
         self._gated = settings.per_workspace > 0 or bool(settings.workspaces)
-        # Jobs read ahead of their workspace's limit, by workspace (only non-empty queues).
-        self._queues: dict[str | None, deque[Job]] = {}
-        self._queued = 0
-        self._exhausted = False  # the source has no job left
-        self._freed = anyio.Event()  # set (and replaced) when a workspace slot frees up
+        self._workspaces = (
+            WorkspaceQueues(
+                settings.per_workspace,
+                settings.workspaces,
+                settings.look_ahead,
+                clock,
+                self.tally.queued,
+                self.tally.limits,
+            )
+            if self._gated
+            else None
+        )
         self._local_pacer = isinstance(pacer, Pacer)
         self._stopping = False
         self.stop_reason: str | None = None
@@ -220,8 +214,8 @@ class Dispatcher:
             self.halt_error = error
         self._stopped.set()
         self._release()  # release the workers waiting on the canary
-        if self._gated:
-            self._wake()  # and those waiting for a workspace
+        if self._workspaces is not None:
+            self._workspaces.stop()  # and those waiting for a workspace
 
     async def run(self, jobs: Iterable[Job]) -> None:
         """Launch every job of `jobs` (pulled lazily) and return when all are settled."""
@@ -241,7 +235,7 @@ class Dispatcher:
         iteration per job, and a job is only read when a worker is free to send it.
         """
         canary = self._settings.canary
-        gated = self._gated
+        workspaces = self._workspaces
         while not self._stopping:
             if not self._released:
                 if self._canary_out:
@@ -250,7 +244,7 @@ class Dispatcher:
                 # The first request goes alone: if the credentials are wrong, one
                 # rejection is all the service sees, not one per worker.
                 self._canary_out = canary
-            job = await self._next_ready(source) if gated else next(source, None)
+            job = await workspaces.next_ready(source) if workspaces else next(source, None)
             if job is None:
                 self._release()  # no job at all: nothing to wait for
                 return
@@ -268,108 +262,20 @@ class Dispatcher:
         self._released = True
         self._canary_answered.set()
 
-    def _workspace_gate(self, workspace: str | None) -> _Gate:
-        gate = self._gates.get(workspace)
-        if gate is None:
-            settings = self._settings
-            limits = settings.workspaces.get(workspace or "", WorkspaceLimits())
-            concurrency = limits.concurrency or settings.per_workspace
-            gate = _Gate(
-                anyio.CapacityLimiter(concurrency) if concurrency > 0 else None,
-                Pacer(TokenBucket(limits.rate, limits.burst), self._clock)
-                if limits.rate > 0
-                else None,
-            )
-            self._gates[workspace] = gate
-            described = [format_rate(limits.rate)] if limits.rate > 0 else []
-            if concurrency > 0:
-                described.append(f"{concurrency} in flight")
-            if described:
-                self.tally.limits[workspace] = (", ".join(described), limits.rate)
-        return gate
-
-    def _may_send(self, gate: _Gate, now: float) -> bool:
-        """Whether a job of the workspace of `gate` could be sent now without waiting."""
-        limiter, pacer = gate.limiter, gate.pacer
-        return (limiter is None or limiter.available_tokens >= 1) and (
-            pacer is None or pacer.bucket.ready_in(now) <= 0.0
-        )
-
-    async def _next_ready(self, source: Iterator[Job]) -> Job | None:
-        """The next job whose workspace may send now (with per-workspace limits).
-
-        Queued jobs first, their workspace's oldest; else read on, queueing
-        jobs whose workspace is at its limit (or has jobs queued already: each
-        workspace keeps its manifest order), up to `look_ahead` queued jobs;
-        else wait for the first workspace to free up. None: no job is left
-        (or the run stopped).
-        """
-        queues = self._queues
-        gate_of = self._workspace_gate
-        may_send = self._may_send
-        while not self._stopping:
-            now = self._clock()
-            for workspace, queue in queues.items():
-                if may_send(gate_of(workspace), now):
-                    job = queue.popleft()
-                    self._queued -= 1
-                    self.tally.queued[workspace] -= 1
-                    if not queue:
-                        del queues[workspace]  # (the loop ends here: no iteration after)
-                        del self.tally.queued[workspace]
-                    return job
-            if not self._exhausted and self._queued < self._settings.look_ahead:
-                read = next(source, None)
-                if read is None:
-                    self._exhausted = True
-                    continue
-                workspace = read.workspace
-                if workspace not in queues and may_send(gate_of(workspace), now):
-                    return read
-                line = queues.get(workspace)
-                if line is None:
-                    line = queues[workspace] = deque()
-                line.append(read)
-                self._queued += 1
-                self.tally.queued[workspace] += 1
-                continue
-            if not queues:
-                return None
-            await self._wait_for_a_workspace(now)
-        return None
-
-    async def _wait_for_a_workspace(self, now: float) -> None:
-        """Sleep until a queued workspace's rate allows a send, or any slot frees up."""
-        delay = math.inf  # every queued workspace is at its in-flight limit: wait for a slot
-        for workspace in self._queues:
-            gate = self._gates[workspace]
-            if gate.limiter is None or gate.limiter.available_tokens >= 1:
-                wait = gate.pacer.bucket.ready_in(now) if gate.pacer is not None else 0.0
-                delay = min(delay, wait)
-        freed = self._freed
-        with anyio.move_on_after(delay):
-            await freed.wait()
-
-    def _wake(self) -> None:
-        """Wake the workers waiting for a workspace (a slot freed up, or the run stops)."""
-        freed = self._freed
-        self._freed = anyio.Event()
-        freed.set()
-
     async def _attempt(self, job: Job, attempt: int, action: Action) -> tuple[Reply, float] | None:
         """Wait for a send slot, record the intent, send: (reply, intent Unix time).
 
         None: stopped before sending, or nothing could be sent.
         """
-        if self._gated:
-            gate = self._workspace_gate(job.workspace)
+        workspaces = self._workspaces
+        if workspaces is not None:
+            gate = workspaces.gate(job.workspace)
             if gate.limiter is not None:
                 try:
                     async with gate.limiter:
                         return await self._paced_attempt(job, attempt, action, gate.pacer)
                 finally:
-                    if self._queues:
-                        self._wake()  # a slot of this workspace is free: its queue may go
+                    workspaces.slot_freed()  # its queue may go
             return await self._paced_attempt(job, attempt, action, gate.pacer)
         return await self._paced_attempt(job, attempt, action, None)
 
@@ -619,14 +525,6 @@ _AUTH = frozenset({Verdict.AUTH_FAILED, Verdict.REFRESH_AUTH})
 _STARTED = Verdict.STARTED  # read per job: a global is 5x faster than an Enum member
 _NO_REPLY = Reply(None, 0.0)
 _NOT_SENT = Reply(None, 0.0, error_msg="not sent: no credentials")
-
-
-@dataclass(frozen=True, slots=True)
-class _Gate:
-    """A workspace's own limits: its in-flight cap and its pacer (None: none of that kind)."""
-
-    limiter: anyio.CapacityLimiter | None
-    pacer: Pacer | None
 
 
 def tls_failure_message(reply: Reply) -> str:
