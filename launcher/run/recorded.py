@@ -23,6 +23,8 @@ import orjson
 
 from launcher.config import RunOptions
 from launcher.errors import UsageError
+from launcher.ledger.check import problem
+from launcher.ledger.read import LedgerInvalid, open_regular
 from launcher.ledger.writer import read_ledger
 
 __all__ = ["latest_header", "recorded_manifest", "recorded_options", "resume_command"]
@@ -39,22 +41,23 @@ _HEADER_PREFIX = b'{"event":"run"'
 def latest_header(ledger: str) -> dict[str, Any]:
     """The latest `run` header of `ledger` (UsageError when there is none).
 
-    Header lines are found by their first bytes, without decoding every event;
-    a ledger whose headers are only in a crashed fleet's parts is read in full.
+    Header lines are found by their first bytes, without decoding every event,
+    and checked as every reader checks them (`FILE:LINE: problem`, exit 2); a
+    ledger that is not a regular file is refused before anything is read. A
+    ledger whose headers are only in a crashed fleet's parts is read in full.
     """
     found: dict[str, Any] | None = None
-    try:
-        with open(ledger, "rb") as handle:
-            for line in handle:
-                if line.startswith(_HEADER_PREFIX) and line.endswith(b"\n"):
-                    try:
-                        event = orjson.loads(line)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(event, dict):
-                        found = event
-    except OSError as error:
-        raise UsageError(f"{ledger}: cannot read the ledger: {error.strerror}") from None
+    with open_regular(ledger) as handle:
+        for number, line in enumerate(handle, 1):
+            if line.startswith(_HEADER_PREFIX) and line.endswith(b"\n"):
+                try:
+                    event = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    raise LedgerInvalid(f"{ledger}:{number}: not JSON") from None
+                wrong = problem(event, ledger) if isinstance(event, dict) else "not an object"
+                if wrong is not None:
+                    raise LedgerInvalid(f"{ledger}:{number}: {wrong}")
+                found = event
     if found is None:
         for event in read_ledger(ledger):
             if event.get("event") == "run":

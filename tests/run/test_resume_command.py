@@ -3,12 +3,14 @@ ends with jobs left says how to resume it."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 from launch_helpers import (
     Completed,
@@ -148,3 +150,19 @@ async def test_a_resume_dry_run_shows_what_the_resume_would_send(tmp_path: Path)
     assert f"dry run: {pending} job(s) would be sent by this resume" in dry.stdout
     assert ledger.stat().st_size == size  # nothing written
     assert dry.stdout.count("POST ") == min(pending, 20)
+
+
+async def test_resume_reads_a_ledger_as_every_reader_does(tmp_path: Path) -> None:
+    """Issue 17's rules hold for `launcher resume` too: a FIFO is refused at once (no
+    wait for a writer), a header field of the wrong kind is FILE:LINE, exit 2."""
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    refused = await launcher("resume", str(fifo))
+    assert refused.code == 2, refused.stderr
+    assert "not a regular file" in refused.stderr
+    ledger = tmp_path / "l.jsonl"
+    header = {"event": "run", "t": 1.0, "manifest": {"path": "m.jsonl"}, "run_options": [1]}
+    ledger.write_bytes(orjson.dumps(header) + b"\n")
+    bad = await launcher("resume", str(ledger))
+    assert bad.code == 2, bad.stderr
+    assert f"{ledger}:1: run_options: an object" in bad.stderr
