@@ -346,7 +346,7 @@ def replay(
             project_id=flags.get("project_id") or file_values.get("project_id"),
             workspace_map=parse_workspace_map(map_workspace),
             ledger=options.ledger,
-            endpoint=resolve_endpoint(options),
+            endpoint=resolve_endpoint(options, os.environ),  # before anything is written
             force=options.force,
             manifest=manifest_path,
         )
