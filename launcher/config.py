@@ -319,7 +319,12 @@ class RunOptions:
         commands=_RUN | {"validate"},
         metavar="I/N",
     )
-    force: bool = _option(False, _flag, "Resume even if the manifest changed")
+    force: bool = _option(
+        False,
+        _flag,
+        "Resume even if the manifest or the target (endpoint, project, workspace, action, "
+        "shard) changed; replay to the source's own endpoint and project",
+    )
     retry_failed: bool = _option(
         False, _flag, "On --resume, send permanent failures (DLF.* errors) again too"
     )

@@ -135,9 +135,10 @@ def _job_event(kind: str, event: dict[str, Any]) -> str | None:
 
 
 def _run(event: dict[str, Any]) -> str | None:
-    options = event.get("options")
-    if options is not None and type(options) is not dict:
-        return f"options: an object, not {_shown(options)}"
+    for name in ("options", "run_options"):  # (run_options: a fleet worker's run's own)
+        options = event.get(name)
+        if options is not None and type(options) is not dict:
+            return f"{name}: an object, not {_shown(options)}"
     manifest = event.get("manifest")
     if manifest is not None:
         if type(manifest) is not dict:

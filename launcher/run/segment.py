@@ -71,6 +71,7 @@ class WorkerRole:
     # Runs beside the dispatcher: reports the tally to the parent, obeys its orders.
     companion: Callable[[Dispatcher, Tally], Coroutine[Any, Any, None]]
     on_signal: Callable[[int], None] | None = None  # worker 0 passes signals on
+    run_options: RunOptions | None = None  # the run's own (a worker's are its share)
 
 
 def exit_code(
@@ -256,6 +257,12 @@ def _write_header(
             "simulator": connection.simulated,
             "auth": auth,
             "options": options.public(),
+            # A worker records its share of the limits, and the run's for a resume.
+            **(
+                {"run_options": role.run_options.public()}
+                if role is not None and role.run_options is not None
+                else {}
+            ),
             "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
             "host": socket.gethostname(),
             "pid": os.getpid(),

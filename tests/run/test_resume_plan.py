@@ -152,7 +152,7 @@ def test_nothing_left_skips_the_manifest_pass(tmp_path: Path) -> None:
     ledger = tmp_path / "l.jsonl"
     write_run(ledger, manifest, OPTIONS, settle=40)
     plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=latest_header(ledger))
-    segment = resume.plan_segment(str(ledger), plan, OPTIONS)
+    segment = resume.plan_segment(str(ledger), plan, OPTIONS, endpoint="sim")
     assert segment.nothing_left
     assert (segment.already_started, segment.already_settled) == (40, 40)
     assert list(segment.to_send(plan.iter_jobs(), retry_failed=False)) == []
@@ -164,7 +164,7 @@ def test_an_unsettled_job_means_a_manifest_pass(tmp_path: Path) -> None:
     ledger = tmp_path / "l.jsonl"
     write_run(ledger, manifest, OPTIONS, settle=39)
     plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=latest_header(ledger))
-    segment = resume.plan_segment(str(ledger), plan, OPTIONS)
+    segment = resume.plan_segment(str(ledger), plan, OPTIONS, endpoint="sim")
     assert not segment.nothing_left
     assert [job.name for job in segment.to_send(plan.iter_jobs(), retry_failed=False)] == [
         "job-0039"
@@ -186,6 +186,6 @@ def test_a_ledger_of_another_manifest_is_never_taken_as_settling_this_one(
     with open(ledger, "ab") as out:  # then a segment forced onto `manifest`
         out.write((tmp_path / "forced.jsonl").read_bytes())
     plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=latest_header(ledger))
-    segment = resume.plan_segment(str(ledger), plan, OPTIONS)
+    segment = resume.plan_segment(str(ledger), plan, OPTIONS, endpoint="sim")
     assert not segment.nothing_left
     assert len(list(segment.to_send(plan.iter_jobs(), retry_failed=False))) == 40
