@@ -134,6 +134,8 @@ class Ledger:
             event["project_id"] = job.project_id
             event["params"] = [[p.name, p.value, p.param_type] for p in job.params]
             event["line"] = job.line
+            if job.wave:
+                event["wave"] = job.wave
         self._pending.append(_line(event))
         if self._mirror is not None:
             self._mirror.append(event)
@@ -227,6 +229,38 @@ class Ledger:
         if self._mirror is not None:
             self._mirror.append(event)
         if len(pending) >= _RESULTS_PER_WRITE:
+            self.flush()
+
+    def instance(self, job: Job, instance_id: int | str | None, status: str) -> None:
+        """Record a followed run's new status (`--wait`; see `launcher.ledger.instances`)."""
+        event = {
+            "event": "instance",
+            "job": job.id,
+            "t": time.time(),
+            "instance_id": instance_id,
+            "status": status,
+        }
+        self._pending.append(_line(event))
+        if self._mirror is not None:
+            self._mirror.append(event)
+        if len(self._pending) >= _RESULTS_PER_WRITE:
+            self.flush()
+
+    def verify(self, job: Job, expected: str, found: str | None) -> None:
+        """Record a job whose state after the run is not what its call set (`--verify`)."""
+        event = {
+            "event": "verify",
+            "job": job.id,
+            "t": time.time(),
+            "name": job.name,
+            "workspace": job.workspace,
+            "expected": expected,
+            "found": found,
+        }
+        self._pending.append(_line(event))
+        if self._mirror is not None:
+            self._mirror.append(event)
+        if len(self._pending) >= _RESULTS_PER_WRITE:
             self.flush()
 
     def footer(self, fields: Mapping[str, Any]) -> None:

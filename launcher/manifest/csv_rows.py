@@ -17,7 +17,7 @@ from launcher.manifest.rules import MAX_PARAM_NAME, _Checker, _show, _too_long_n
 
 __all__ = ["_count_csv", "_scan_csv"]
 
-_CSV_FIELDS: Final = ("name", "workspace", "project_id", "id", "action")
+_CSV_FIELDS: Final = ("name", "workspace", "project_id", "id", "action", "wave")
 _CSV_COLUMNS: Final = (*_CSV_FIELDS, "params")
 _PARAM_COLUMN_TYPO: Final = re.compile(r"(?i)params?[\W_]+(\S.*)")
 
@@ -116,8 +116,8 @@ def _scan_csv(
 def _count_csv(lines: Iterator[bytes | None], path: str) -> int | None:
     """The jobs of a valid CSV manifest: its rows after the header that are not all empty,
     split as `_scan_csv` splits them (`_CsvSource`, `csv.reader`) but with no cell
-    checked. None for bytes that cannot be valid (a line over the cap, bad UTF-8,
-    a CSV error).
+    checked; all of wave 0. None for bytes that cannot be valid (a line over the cap,
+    bad UTF-8, a CSV error) and for a header with a `wave` column.
     """
     src = _CsvSource(lines, path)
     reader = csv.reader(src, strict=True)
@@ -132,6 +132,8 @@ def _count_csv(lines: Iterator[bytes | None], path: str) -> int | None:
             return None
         if src.bad:
             return None
+        if rows < 0 and any(cell.strip() == "wave" for cell in row):
+            return None  # jobs of several waves, maybe: validated for their counts
         if rows < 0 or any(row):
             rows += 1
 

@@ -173,7 +173,8 @@ def _validated_before(
     The header is written only after its segment validated the manifest, with
     the hash of exactly the bytes it checked; the same bytes under the same
     rules and options pass again, so only the hash needs computing. The count
-    of jobs is the file's own, taken in the same pass (`counted_digests`): a
+    of jobs is the file's own, taken in the same pass (`counted_digests`), and
+    so are its waves (one, when no line can name a wave; else it is validated): a
     ledger is data, and a count it claims could make a resume think every job
     settled and send none of the rest.
     """
@@ -182,9 +183,10 @@ def _validated_before(
     described = recorded.get("manifest") or {}
     digest, chunks, jobs = counted_digests(manifest, options.manifest_format)
     if digest != described.get("sha256") or jobs is None:
-        return None
+        return None  # (None: bytes that may hold waves, or a YAML file: validated again)
     log.info("manifest unchanged since the ledger's last segment: not validated again")
-    return Validation(manifest, jobs, (), 0, digest, chunks=chunks)
+    waves = {0: jobs} if jobs else {}  # no line names a wave: all in wave 0
+    return Validation(manifest, jobs, (), 0, digest, waves=waves, chunks=chunks)
 
 
 def file_size(path: str) -> int:

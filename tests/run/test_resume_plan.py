@@ -39,6 +39,7 @@ def write_run(
                 "jobs": len(jobs),
                 "total_jobs": len(jobs),
                 "format": options.manifest_format,
+                "waves": {"0": len(jobs)},
             },
             "shard": options.shard,
             "options": options.public(),
@@ -79,6 +80,29 @@ def test_an_unchanged_manifest_is_hashed_not_validated(
     assert validations == []
     assert (plan.jobs, plan.validation.jobs, plan.validation.problem_count) == (30, 30, 0)
     assert plan.validation.sha256 == file_sha256(manifest)
+    assert plan.validation.waves == {0: 30}
+
+
+def test_wave_counts_come_from_the_manifest_never_from_the_header(
+    tmp_path: Path, validations: list[str]
+) -> None:
+    """A header's wave counts are a claim: waves are the manifest's own."""
+    plain = write_manifest(tmp_path / "m.jsonl", job_lines(30))
+    write_run(tmp_path / "l.jsonl", plain, OPTIONS, settle=10)
+    recorded = latest_header(tmp_path / "l.jsonl")
+    del recorded["manifest"]["waves"]  # (or any count: not read)
+    plan = planning.plan_manifest(str(plain), OPTIONS, recorded=recorded)
+    assert validations == []  # no line can name a wave: all 30 in wave 0, from the bytes
+    assert plan.validation.waves == {0: 30}
+    waved = write_manifest(
+        tmp_path / "w.jsonl", job_lines(10) + job_lines(20, prefix="late", wave=1)
+    )
+    write_run(tmp_path / "w-l.jsonl", waved, OPTIONS, settle=0)
+    recorded = latest_header(tmp_path / "w-l.jsonl")
+    recorded["manifest"]["waves"] = {"0": 30}  # forged: one wave, so no gate
+    plan = planning.plan_manifest(str(waved), OPTIONS, recorded=recorded)
+    assert validations == [str(waved)]  # a line names a wave: validated, and counted
+    assert plan.validation.waves == {0: 10, 1: 20}
 
 
 @pytest.mark.parametrize(
@@ -158,7 +182,7 @@ def test_nothing_left_skips_the_manifest_pass(tmp_path: Path) -> None:
     ledger = tmp_path / "l.jsonl"
     write_run(ledger, manifest, OPTIONS, settle=40)
     plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=latest_header(ledger))
-    segment = resume.plan_segment(str(ledger), plan, OPTIONS)
+    segment = resume.plan_segment(str(ledger), plan, OPTIONS, endpoint="sim")
     assert segment.nothing_left
     assert (segment.already_started, segment.already_settled) == (40, 40)
     assert list(segment.to_send(plan.iter_jobs(), retry_failed=False)) == []
@@ -170,7 +194,7 @@ def test_an_unsettled_job_means_a_manifest_pass(tmp_path: Path) -> None:
     ledger = tmp_path / "l.jsonl"
     write_run(ledger, manifest, OPTIONS, settle=39)
     plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=latest_header(ledger))
-    segment = resume.plan_segment(str(ledger), plan, OPTIONS)
+    segment = resume.plan_segment(str(ledger), plan, OPTIONS, endpoint="sim")
     assert not segment.nothing_left
     assert [job.name for job in segment.to_send(plan.iter_jobs(), retry_failed=False)] == [
         "job-0039"
@@ -192,6 +216,6 @@ def test_a_ledger_of_another_manifest_is_never_taken_as_settling_this_one(
     with open(ledger, "ab") as out:  # then a segment forced onto `manifest`
         out.write((tmp_path / "forced.jsonl").read_bytes())
     plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=latest_header(ledger))
-    segment = resume.plan_segment(str(ledger), plan, OPTIONS)
+    segment = resume.plan_segment(str(ledger), plan, OPTIONS, endpoint="sim")
     assert not segment.nothing_left
     assert len(list(segment.to_send(plan.iter_jobs(), retry_failed=False))) == 40
