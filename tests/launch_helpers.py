@@ -7,10 +7,13 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
+
+if TYPE_CHECKING:
+    from launcher.config import RunOptions
 
 CREDENTIAL_VARIABLES = (
     "HUAWEICLOUD_SDK_AK",
@@ -112,3 +115,38 @@ def report_json(ledger: Path) -> dict[str, Any]:
 def ledger_events(ledger: Path) -> list[dict[str, Any]]:
     """Every event of a ledger."""
     return [orjson.loads(line) for line in ledger.read_bytes().splitlines() if line.strip()]
+
+
+def write_run(
+    ledger: Path, manifest: Path, options: RunOptions, *, settle: int, **header: Any
+) -> None:
+    """A ledger like `launcher run` writes: a header, then `settle` jobs started."""
+    from launcher import __version__
+    from launcher.ledger import Ledger
+    from launcher.manifest import Defaults, file_sha256, iter_jobs
+    from launcher.models import Reply
+
+    jobs = list(iter_jobs(manifest, Defaults(project_id=options.project_id)))
+    out = Ledger(ledger, fsync="never")
+    out.header(
+        {
+            "run_id": "r1",
+            "segment": 1,
+            "version": __version__,
+            "manifest": {
+                "path": str(manifest.resolve()),
+                "sha256": file_sha256(manifest),
+                "jobs": len(jobs),
+                "total_jobs": len(jobs),
+                "format": options.manifest_format,
+                "waves": {"0": len(jobs)},
+            },
+            "shard": options.shard,
+            "options": options.public(),
+            **header,
+        }
+    )
+    for job in jobs[:settle]:
+        out.intent(job, 1, "start")
+        out.result(job, 1, Reply(204, 0.01), "started", "started")
+    out.close()

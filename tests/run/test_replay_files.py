@@ -12,14 +12,11 @@ from typing import Any
 
 import orjson
 import pytest
-from launch_helpers import job_lines, write_manifest
+from launch_helpers import job_lines, write_manifest, write_run
 
-from launcher import __version__
 from launcher.config import RunOptions
 from launcher.errors import UsageError
-from launcher.ledger import Ledger, fold, read_ledger
-from launcher.manifest import Defaults, file_sha256, iter_jobs
-from launcher.models import Reply
+from launcher.ledger import fold, read_ledger
 from launcher.run import replay as replaying
 from launcher.run import reports
 
@@ -30,26 +27,7 @@ def source_ledger(tmp_path: Path, jobs: int = 20, sent: int = 5) -> tuple[Path, 
     """A run of `jobs` jobs that sent the first `sent` (the rest were never sent)."""
     manifest = write_manifest(tmp_path / "m.jsonl", job_lines(jobs))
     ledger = tmp_path / "l.jsonl"
-    out = Ledger(ledger, fsync="never")
-    out.header(
-        {
-            "run_id": "r1",
-            "segment": 1,
-            "version": __version__,
-            "manifest": {
-                "path": str(manifest.resolve()),
-                "sha256": file_sha256(manifest),
-                "jobs": jobs,
-                "total_jobs": jobs,
-                "format": None,
-            },
-            "options": OPTIONS.public(),
-        }
-    )
-    for job in list(iter_jobs(manifest, Defaults(project_id="p1")))[:sent]:
-        out.intent(job, 1, "start")
-        out.result(job, 1, Reply(204, 0.01), "started", "started")
-    out.close()
+    write_run(ledger, manifest, OPTIONS, settle=sent)
     return manifest, ledger
 
 

@@ -9,47 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from launch_helpers import job_lines, write_manifest
+from launch_helpers import job_lines, write_manifest, write_run
 
-from launcher import __version__
 from launcher.config import RunOptions
-from launcher.ledger import Ledger, fold, read_ledger
-from launcher.manifest.validate import Defaults, file_sha256, iter_jobs
-from launcher.models import Reply
+from launcher.ledger import fold, read_ledger
+from launcher.manifest.validate import file_sha256
 from launcher.run import plan as planning
 from launcher.run import resume
 
 OPTIONS = RunOptions(project_id="p1", resume=True)
-
-
-def write_run(
-    ledger: Path, manifest: Path, options: RunOptions, *, settle: int, **header: Any
-) -> None:
-    """A ledger like `launcher run` writes: a header, then `settle` jobs started."""
-    jobs = list(iter_jobs(manifest, Defaults(project_id=options.project_id)))
-    out = Ledger(ledger, fsync="never")
-    out.header(
-        {
-            "run_id": "r1",
-            "segment": 1,
-            "version": __version__,
-            "manifest": {
-                "path": str(manifest.resolve()),
-                "sha256": file_sha256(manifest),
-                "jobs": len(jobs),
-                "total_jobs": len(jobs),
-                "format": options.manifest_format,
-                "waves": {"0": len(jobs)},
-            },
-            "shard": options.shard,
-            "options": options.public(),
-            **header,
-        }
-    )
-    for job in jobs[:settle]:
-        out.intent(job, 1, "start")
-        out.result(job, 1, Reply(204, 0.01), "started", "started")
-    out.close()
 
 
 @pytest.fixture
