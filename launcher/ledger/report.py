@@ -24,7 +24,7 @@ from launcher.ledger.fold import fold
 from launcher.ledger.folded import History
 from launcher.ledger.lineage import active_seconds
 from launcher.ledger.read import LedgerRead
-from launcher.models import Job
+from launcher.models import STANDINGS, Job, Standing
 
 __all__ = [
     "CSV_COLUMNS",
@@ -46,7 +46,7 @@ __all__ = [
     "write_csv",
 ]
 
-OUTCOMES = ("started", "failed", "unknown", "pending")
+OUTCOMES = STANDINGS  # where a job stands: its outcome, or pending
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -64,9 +64,9 @@ class Summary:
     ledgers: list[str]
     run_ids: list[str]
     jobs: int
-    outcomes: dict[str, int]
+    outcomes: dict[Standing, int]
     failed_by_code: dict[str, int]
-    by_workspace: dict[str, dict[str, int]]
+    by_workspace: dict[str, dict[Standing, int]]
     attempts: int
     reconciled: int
     elapsed_s: float
@@ -114,7 +114,7 @@ def summary_of(history: History, last_writes: Mapping[str, float] | None = None)
     """
     outcomes = dict.fromkeys(OUTCOMES, 0)
     failed_by_code: Counter[str] = Counter()
-    by_workspace: dict[str, dict[str, int]] = {}
+    by_workspace: dict[str, dict[Standing, int]] = {}
     reconciled = 0
     overlaps = 0
     for record, count in history.groups():

@@ -36,7 +36,7 @@ import orjson
 from launcher.errors import LedgerFailed, UsageError
 from launcher.ledger.read import LedgerRead, Unmerged, part_name, part_paths, read_ledger
 from launcher.logs import get_logger
-from launcher.models import Action, Job, Reply
+from launcher.models import Action, Conclusion, Job, Outcome, RecordedVerdict, Reply
 
 __all__ = [
     "FsyncPolicy",
@@ -164,8 +164,8 @@ class Ledger:
         job: Job,
         attempt: int,
         reply: Reply,
-        verdict: str,
-        outcome: str | None,
+        verdict: RecordedVerdict,
+        outcome: Outcome | None,
     ) -> None:
         """Record what `attempt` got back; `outcome` is the job's final one, on its last attempt."""
         event: dict[str, Any] = {
@@ -204,8 +204,8 @@ class Ledger:
         attempt: int,
         reply: Reply,
         state: str | None,
-        conclusion: str,
-        outcome: str | None = None,
+        conclusion: Conclusion,
+        outcome: Outcome | None = None,
     ) -> None:
         """Record a status check made to settle an ambiguous attempt, and what it concluded."""
         event: dict[str, Any] = {

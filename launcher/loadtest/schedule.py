@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from launcher.flow.pacing import parse_rate
-from launcher.flow.policy import RetryPolicy, Verdict, parse_duration
-from launcher.models import Reply
+from launcher.flow.policy import STARTED, RetryPolicy, parse_duration
+from launcher.models import Reply, Verdict
 
 __all__ = [
     "READ_ONLY",
@@ -249,7 +249,7 @@ def error_key(reply: Reply, verdict: Verdict) -> str | None:
     `APIGW.0308`, `DLF.0100` when the body names a code; `503`, `404` when it
     does not; `timeout`, `connect`, `disconnect` when no answer was read.
     """
-    if verdict is Verdict.STARTED:
+    if verdict is STARTED:
         return None
     if reply.error_code:
         return reply.error_code
