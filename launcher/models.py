@@ -28,13 +28,17 @@ __all__ = [
     "Conclusion",
     "Failure",
     "Job",
+    "JobFields",
     "JobParam",
+    "JobParamFields",
     "JobStatus",
     "Outcome",
     "RecordedVerdict",
     "Reply",
+    "ReplyFields",
     "Standing",
     "Verdict",
+    "from_fields",
     "job_identity",
 ]
 
@@ -118,6 +122,29 @@ class Reply(NamedTuple):
     retry_after: float | None = None  # seconds, from a Retry-After header
     instance_id: int | str | None = None  # run-immediate's answer (a number, or a string)
     detail: str | None = None  # why no answer was read (transport failures), e.g. the TLS error
+
+
+# Named tuples made per request (`Reply`) and per job (`Job`, `JobParam`) are built with
+# `from_fields(Cls, fields)`: `tuple.__new__`, which skips NamedTuple's generated
+# `__new__` (a Python function: ~1.7 K instructions more a `Reply`, benchmarks/RESULTS.md).
+# `fields` is annotated with the class's `...Fields` type, so mypy checks each field:
+#     fields: ReplyFields = (status, latency, None, None, request_id, None, after, None, None)
+#     reply = from_fields(Reply, fields)
+# tests/test_models.py checks each `...Fields` is its class's fields, in order.
+from_fields = tuple.__new__
+JobParamFields = tuple[str, str, str | None]
+JobFields = tuple[str, str, tuple[JobParam, ...], str | None, str | None, int, Action | None]
+ReplyFields = tuple[
+    int | None,
+    float,
+    str | None,
+    str | None,
+    str | None,
+    Failure | None,
+    float | None,
+    int | str | None,
+    str | None,
+]
 
 
 class JobStatus(NamedTuple):

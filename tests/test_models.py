@@ -3,21 +3,32 @@ by the dispatcher that writes it and the fold, reports and resume that read it."
 
 from __future__ import annotations
 
-from typing import get_args
+import sys
+from typing import get_args, get_type_hints
+
+import pytest
 
 import launcher.flow.dispatch as dispatch
 import launcher.flow.policy as policy
 import launcher.loadtest.schedule as schedule
+from launcher.dlf.transport import Answer, AnswerFields
 from launcher.ledger import state
 from launcher.ledger.report import OUTCOMES
+from launcher.manifest.records import _Param
 from launcher.models import (
     NOT_SENT,
     STANDINGS,
+    Job,
+    JobFields,
+    JobParam,
+    JobParamFields,
     Outcome,
     RecordedVerdict,
     Reply,
+    ReplyFields,
     Standing,
     Verdict,
+    from_fields,
 )
 
 
@@ -86,3 +97,32 @@ def test_the_started_global_is_the_enum_member_everywhere_it_is_read() -> None:
     for status in (200, 201, 204, 299):
         assert policy.classify(Reply(status, 0.0)) is Verdict.STARTED
     assert policy.classify(Reply(503, 0.0)) is not Verdict.STARTED
+
+
+@pytest.mark.parametrize(
+    ("cls", "fields"),
+    [
+        (Reply, ReplyFields),
+        (Job, JobFields),
+        (JobParam, JobParamFields),
+        (Answer, AnswerFields),
+        (JobParam, _Param),
+    ],
+)
+def test_each_fields_type_is_its_classes_fields_in_order(cls: type, fields: object) -> None:
+    """`from_fields(Cls, fields)` skips the named tuple's `__new__`: the annotation on
+    `fields` is all mypy checks, so it must list the class's fields, types and order."""
+    hints = get_type_hints(cls, vars(sys.modules[cls.__module__]))
+    assert list(hints) == list(cls._fields)
+    assert tuple(hints.values()) == get_args(fields)
+
+
+def test_from_fields_builds_what_the_class_builds() -> None:
+    fields: ReplyFields = (503, 0.5, "APIG.0202", "busy", "r-1", None, 2.0, None, None)
+    built = from_fields(Reply, fields)
+    assert type(built) is Reply
+    assert built == Reply(*fields)
+    assert built.retry_after == 2.0
+    param = from_fields(JobParam, ("p", "v", None))
+    assert type(param) is JobParam
+    assert param == JobParam("p", "v")
