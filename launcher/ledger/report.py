@@ -135,13 +135,13 @@ def summary_of(history: History, last_writes: Mapping[str, float] | None = None)
     jobs = max(history.declared_jobs, seen, total)
     outcomes["pending"] += jobs - seen
     run_ids: list[str] = []
-    for header in history.headers:
-        run_id = header.get("run_id")
-        if isinstance(run_id, str) and run_id not in run_ids:
+    for run in history.runs:
+        run_id = run.run_id
+        if run_id is not None and run_id not in run_ids:
             run_ids.append(run_id)
     # The time segments ran, not the gaps between an interruption and its resume.
     elapsed = (
-        active_seconds(history.headers, history.footers, history.last_t, last_writes)
+        active_seconds(history.runs, history.footers, history.last_t, last_writes)
         if history.last_t > history.first_t
         else 0.0
     )
@@ -256,15 +256,13 @@ def _shards(history: History) -> tuple[int, list[str]]:
     """
     seen: dict[tuple[str, int], set[int]] = {}
     totals: dict[tuple[str, int], int] = {}
-    for header in history.headers:
-        shard = header.get("shard")
-        manifest = header.get("manifest") or {}
-        if not isinstance(shard, str):
+    for run in history.runs:
+        if run.shard is None:
             continue
-        index, _, count = shard.partition("/")
-        key = (str(manifest.get("sha256")), int(count))
+        index, _, count = run.shard.partition("/")
+        key = (str(run.manifest_sha256), int(count))
         seen.setdefault(key, set()).add(int(index))
-        totals[key] = int(manifest.get("total_jobs") or 0)
+        totals[key] = run.manifest_total_jobs or 0
     missing = [
         f"{index}/{count}"
         for (digest, count), present in sorted(seen.items())

@@ -34,6 +34,7 @@ import anyio
 import orjson
 
 from launcher.errors import LedgerFailed, UsageError
+from launcher.ledger.events import CheckEvent, EndFields, IntentEvent, ResultEvent, RunFields
 from launcher.ledger.read import LedgerRead, Unmerged, part_name, part_paths, read_ledger
 from launcher.logs import get_logger
 from launcher.models import Action, Conclusion, Job, Outcome, RecordedVerdict, Reply
@@ -91,7 +92,7 @@ class Ledger:
         self._pending: list[bytes] = []
         self._dirty = False  # written since the last fsync
         # With `mirror`, the events written, as mappings, until `take_events` (see there).
-        self._mirror: list[dict[str, Any]] | None = [] if mirror else None
+        self._mirror: list[Mapping[str, Any]] | None = [] if mirror else None
         self.mirror_intact = mirror  # every event taken or to take was written in full
         self._intents_deferred = False  # see `defer_intents`
         self.bytes_written = 0
@@ -110,7 +111,7 @@ class Ledger:
 
     # -- events ---------------------------------------------------------------
 
-    def header(self, fields: Mapping[str, Any]) -> None:
+    def header(self, fields: RunFields) -> None:
         """Write the `run` header at once."""
         line = _line({"event": "run", "t": time.time(), **fields})
         self._pending.append(line)
@@ -124,7 +125,7 @@ class Ledger:
         The first attempt carries the job's description (name, params,
         workspace, project) so that a ledger alone is enough to replay a run.
         """
-        event: dict[str, Any] = {
+        event: IntentEvent = {
             "event": "intent",
             "job": job.id,
             "attempt": attempt,
@@ -168,7 +169,7 @@ class Ledger:
         outcome: Outcome | None,
     ) -> None:
         """Record what `attempt` got back; `outcome` is the job's final one, on its last attempt."""
-        event: dict[str, Any] = {
+        event: ResultEvent = {
             "event": "result",
             "job": job.id,
             "attempt": attempt,
@@ -208,7 +209,7 @@ class Ledger:
         outcome: Outcome | None = None,
     ) -> None:
         """Record a status check made to settle an ambiguous attempt, and what it concluded."""
-        event: dict[str, Any] = {
+        event: CheckEvent = {
             "event": "check",
             "job": job.id,
             "attempt": attempt,
@@ -231,7 +232,7 @@ class Ledger:
         if len(self._pending) >= _RESULTS_PER_WRITE:
             self.flush()
 
-    def footer(self, fields: Mapping[str, Any]) -> None:
+    def footer(self, fields: EndFields) -> None:
         """Write the `end` footer and push everything to disk."""
         line = _line({"event": "end", "t": time.time(), **fields})
         self._pending.append(line)
@@ -261,7 +262,7 @@ class Ledger:
         self.bytes_written += len(data)
         self._dirty = True
 
-    def take_events(self) -> list[dict[str, Any]]:
+    def take_events(self) -> list[Mapping[str, Any]]:
         """The events recorded since the last call, as the mappings their lines encode.
 
         Only with `mirror`. For a reader in this process that would otherwise read

@@ -16,15 +16,15 @@ job's identity (`shard_of`).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from itertools import islice
-from typing import Any
 
 from launcher import __version__
 from launcher.config import RunOptions
 from launcher.errors import ManifestChanged, ManifestInvalid, UsageError
 from launcher.flow.shard import parse_shard, shard_of
+from launcher.ledger.events import RunHeader
 from launcher.logs import get_logger
 from launcher.manifest.validate import (
     Defaults,
@@ -100,9 +100,7 @@ class Plan:
         return (job for job in jobs if shard_of(job.id, count) == index)
 
 
-def plan_manifest(
-    manifest: str, options: RunOptions, *, recorded: Mapping[str, Any] | None = None
-) -> Plan:
+def plan_manifest(manifest: str, options: RunOptions, *, recorded: RunHeader | None = None) -> Plan:
     """Validate the whole manifest before anything is sent (raises ManifestInvalid).
 
     `recorded` is the latest `run` header of the ledger a resume continues:
@@ -141,9 +139,9 @@ def plan_manifest(
     if shard is not None:
         # The shard's size, for progress, reports and exit codes: recorded in the
         # header of a segment that ran this very shard, else one more streaming pass.
-        shard_jobs = ((recorded or {}).get("manifest") or {}).get("jobs")
-        same_shard = reused and recorded is not None and recorded.get("shard") == options.shard
-        if not same_shard or not isinstance(shard_jobs, int):
+        shard_jobs = recorded.manifest_jobs if recorded is not None else None
+        same_shard = reused and recorded is not None and recorded.shard == options.shard
+        if not same_shard or shard_jobs is None:
             shard_jobs = sum(1 for _ in plan.iter_jobs())
         plan = replace(plan, jobs=shard_jobs)
     return plan
@@ -154,23 +152,22 @@ def plan_manifest(
 _IDENTITY_OPTIONS = ("project_id", "workspace", "allow_duplicates", "manifest_format")
 
 
-def same_identities(header: Mapping[str, Any], manifest: str, options: RunOptions) -> bool:
+def same_identities(header: RunHeader, manifest: str, options: RunOptions) -> bool:
     """Whether a `run` header was written by this version with this run's identity options."""
-    recorded_options = header.get("options") or {}
-    recorded_path = (header.get("manifest") or {}).get("path")
+    recorded_options = header.options
+    recorded_path = header.manifest_path
     return (
-        header.get("version") == __version__
-        and isinstance(recorded_options, dict)
+        header.version == __version__
         and all(recorded_options.get(name) == getattr(options, name) for name in _IDENTITY_OPTIONS)
         # Without --format the file name decides the format: the same bytes as
         # a .csv are other jobs than as a .jsonl.
-        and isinstance(recorded_path, str)
+        and recorded_path is not None
         and detect_format(recorded_path) == detect_format(manifest)
     )
 
 
 def _validated_before(
-    manifest: str, options: RunOptions, recorded: Mapping[str, Any] | None
+    manifest: str, options: RunOptions, recorded: RunHeader | None
 ) -> Validation | None:
     """The validation `recorded` (a ledger's latest header) vouches for, if it does.
 
@@ -180,12 +177,11 @@ def _validated_before(
     """
     if recorded is None or not same_identities(recorded, manifest, options):
         return None
-    described = recorded.get("manifest") or {}
-    total = described.get("total_jobs")
-    if not isinstance(total, int) or isinstance(total, bool):
+    total = recorded.manifest_total_jobs
+    if total is None:
         return None
     digest, chunks = file_digests(manifest)
-    if digest != described.get("sha256"):
+    if digest != recorded.manifest_sha256:
         return None
     log.info("manifest unchanged since the ledger's last segment: not validated again")
     return Validation(manifest, total, (), 0, digest, chunks=chunks)

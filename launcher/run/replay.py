@@ -134,22 +134,21 @@ def _never_sent(
     history: History, project_id: str | None, workspace_map: Mapping[str, str]
 ) -> Iterator[dict[str, Any]]:
     """Jobs of the original manifest that the ledger never mentions (pending, never sent)."""
-    header = history.headers[0]
-    manifest = header.get("manifest") or {}
-    path = manifest.get("path")
-    if not isinstance(path, str) or not os.path.exists(path):
+    header = history.runs[0]
+    path = header.manifest_path
+    if path is None or not os.path.exists(path):
         log.warning(
             "never-sent jobs cannot be replayed: the original manifest is gone", manifest=path
         )
         return
-    if file_sha256(path) != manifest.get("sha256"):
+    if file_sha256(path) != header.manifest_sha256:
         log.warning(
             "never-sent jobs cannot be replayed: the original manifest changed", manifest=path
         )
         return
-    options = header.get("options") or {}
+    options = header.options
     defaults = Defaults(project_id=options.get("project_id"), workspace=options.get("workspace"))
-    for job in iter_jobs(path, defaults, fmt=manifest.get("format")):
+    for job in iter_jobs(path, defaults, fmt=header.manifest_format):
         if job.id in history:
             continue
         description = {

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from launcher.errors import LauncherError, UsageError
+from launcher.ledger.check import problem
+from launcher.ledger.events import RunHeader
 from launcher.ledger.history import History, fold, load_fold
 from launcher.ledger.lineage import (
     describe_run,
@@ -36,6 +38,7 @@ from launcher.ledger.lineage import (
     segment_last_writes,
     segment_states,
 )
+from launcher.ledger.read import LedgerInvalid
 from launcher.ledger.report import Summary, summary_of
 from launcher.ledger.writer import read_ledger
 from launcher.manifest.validate import Defaults, file_sha256, iter_jobs
@@ -80,6 +83,9 @@ def first_record(path: str) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         record = None
     if isinstance(record, dict) and record.get("event") in ("run", "workers"):
+        found = problem(record, path)
+        if found is not None:  # (as the fold would say: a ledger is data)
+            raise LedgerInvalid(f"{path}:1: {found}")
         return record
     looks = (
         ": it looks like a manifest (a job per line)"
@@ -92,11 +98,11 @@ def first_record(path: str) -> dict[str, Any]:
     )
 
 
-def _run_header(path: str, record: dict[str, Any]) -> dict[str, Any]:
+def _run_header(path: str, record: dict[str, Any]) -> RunHeader:
     if record.get("event") == "run":
-        return record
+        return RunHeader.of(record)
     # A fleet's ledger opens with its `workers` record: the fleet id is the run's.
-    return {"run_id": record.get("fleet"), "fleet": record.get("fleet")}
+    return RunHeader(run_id=record.get("fleet"), fleet=record.get("fleet"))
 
 
 def read_runs(
@@ -167,25 +173,23 @@ def add_never_sent(
 def _killed_and_resumed(history: History) -> bool:
     """Whether a segment without an `end` record was resumed (its end is then in the file)."""
     ended = {footer.get("run_id") for footer in history.footers}
-    resumed = {header.get("resumes") for header in history.headers}
-    return any(
-        header.get("run_id") in resumed and header.get("run_id") not in ended
-        for header in history.headers
-    )
+    runs = history.runs
+    resumed = {run.resumes for run in runs}
+    return any(run.run_id in resumed and run.run_id not in ended for run in runs)
 
 
 def describe_runs(reports: Sequence[RunReport]) -> list[str]:
     """Each run in a few words, for a message that names them."""
     return [
         f"{', '.join(report.paths)}: "
-        + (describe_run(report.history.headers[0]) if report.history.headers else "a run")
+        + (describe_run(report.history.runs[0]) if report.history.headers else "a run")
         for report in reports
     ]
 
 
 def _state(summary: Summary, history: History, paths: Sequence[str], now: float) -> None:
     """Set the summary's state: running, interrupted, unknown, or how its segments ended."""
-    states = segment_states(history.headers, history.footers)
+    states = segment_states(history.runs, history.footers)
     mtimes = [os.stat(path).st_mtime for path in paths if os.path.exists(path)]
     age = max(0.0, now - max(mtimes)) if mtimes else None
     summary.state_text = describe_state(states, age)
@@ -224,7 +228,7 @@ class Unsent:
         return counts
 
 
-def never_sent(history: History, headers: Sequence[Mapping[str, Any]] | None = None) -> Unsent:
+def never_sent(history: History, headers: Sequence[RunHeader] | None = None) -> Unsent:
     """The jobs of the manifests named in `headers` (default: the history's) that the
     history never attempted, in manifest order, each manifest read once.
 
@@ -234,12 +238,9 @@ def never_sent(history: History, headers: Sequence[Mapping[str, Any]] | None = N
     unsent = Unsent()
     seen: set[tuple[Any, ...]] = set()
     listed: set[str] = set()
-    for header in headers if headers is not None else history.headers:
-        manifest = header.get("manifest") or {}
-        options = header.get("options") or {}
-        if not isinstance(manifest, Mapping) or not isinstance(options, Mapping):
-            continue
-        path, digest = manifest.get("path"), manifest.get("sha256")
+    for header in headers if headers is not None else history.runs:
+        options = header.options
+        path, digest = header.manifest_path, header.manifest_sha256
         key = (
             path,
             digest,
@@ -247,12 +248,12 @@ def never_sent(history: History, headers: Sequence[Mapping[str, Any]] | None = N
             options.get("workspace"),
             options.get("manifest_format"),
         )
-        if key in seen or not isinstance(path, str):
+        if key in seen or path is None:
             continue
         seen.add(key)
-        problem = _unreadable(path, digest)
-        if problem is not None:
-            unsent.missing.append(problem)
+        unreadable = _unreadable(path, digest)
+        if unreadable is not None:
+            unsent.missing.append(unreadable)
             continue
         defaults = Defaults(
             project_id=options.get("project_id"), workspace=options.get("workspace")

@@ -214,12 +214,12 @@ def plan_segment(
     # manifest with these identity options and this shard; then as many settled
     # jobs as the run has means that all of them are settled.
     nothing_left = settled >= plan.jobs and all(
-        (header.get("manifest") or {}).get("sha256") == digest
-        and header.get("shard") == options.shard
+        header.manifest_sha256 == digest
+        and header.shard == options.shard
         and same_identities(header, plan.manifest, options)
-        for header in history.headers
+        for header in history.runs
     )
-    last = history.headers[-1]
+    last = history.runs[-1]
     log.info(
         "resuming",
         ledger=ledger_path,
@@ -231,7 +231,7 @@ def plan_segment(
     )
     return Segment(
         number=len(history.headers) + 1,
-        resumes=last.get("run_id"),
+        resumes=last.run_id,
         history=history,
         already_started=started,
         already_settled=settled,

@@ -80,7 +80,7 @@ def launch(
     ledger_path = options.ledger or str(default_ledger_path(manifest))
     # A resume folds its ledger first: its latest header may spare re-validation.
     resumed = resume_history(ledger_path) if options.resume and not options.dry_run else None
-    plan = plan_manifest(manifest, options, recorded=resumed.headers[-1] if resumed else None)
+    plan = plan_manifest(manifest, options, recorded=resumed.runs[-1] if resumed else None)
     if options.dry_run:
         print_dry_run(plan, options, endpoint, stdout)
         return RunResult(0, None, None)

@@ -31,6 +31,7 @@ from launcher.flow.adaptive import AdaptiveRate
 from launcher.flow.dispatch import Dispatcher, DispatchSettings, Tally, WorkspaceLimits
 from launcher.flow.pacing import Pacer, RateGate, TokenBucket, format_rate
 from launcher.flow.policy import RetryBudget, RetryPolicy, parse_halt
+from launcher.ledger.events import RunFields
 from launcher.ledger.history import LiveFold
 from launcher.ledger.report import Summary
 from launcher.ledger.writer import Ledger
@@ -183,30 +184,31 @@ def _write_header(
 ) -> None:
     """The segment's `run` header: what it runs, against what, with which options."""
     auth = connection.client.auth.describe()
-    ledger.header(
-        {
-            "run_id": run_id,
-            "segment": segment.number,
-            "resumes": segment.resumes,
-            "version": __version__,
-            "manifest": {
-                "path": str(Path(plan.manifest).resolve()),
-                "sha256": plan.validation.sha256,
-                "jobs": plan.jobs,
-                "total_jobs": plan.validation.jobs,
-                "format": options.manifest_format,
-            },
-            "shard": options.shard,
-            **({"worker": f"{role.index}/{role.count}", "fleet": role.fleet} if role else {}),
-            "endpoint": connection.url,
-            "simulator": connection.simulated,
-            "auth": auth,
-            "options": options.public(),
-            "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
-    )
+    fields: RunFields = {
+        "run_id": run_id,
+        "segment": segment.number,
+        "resumes": segment.resumes,
+        "version": __version__,
+        "manifest": {
+            "path": str(Path(plan.manifest).resolve()),
+            "sha256": plan.validation.sha256,
+            "jobs": plan.jobs,
+            "total_jobs": plan.validation.jobs,
+            "format": options.manifest_format,
+        },
+        "shard": options.shard,
+        "endpoint": connection.url,
+        "simulator": connection.simulated,
+        "auth": auth,
+        "options": options.public(),
+        "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+    if role is not None:
+        fields["worker"] = f"{role.index}/{role.count}"
+        fields["fleet"] = role.fleet
+    ledger.header(fields)
     log.info(
         "run starting",
         run_id=run_id,

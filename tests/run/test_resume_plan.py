@@ -13,6 +13,7 @@ from launch_helpers import job_lines, write_manifest
 
 from launcher import __version__
 from launcher.config import RunOptions
+from launcher.ledger.events import RunHeader
 from launcher.ledger.history import fold
 from launcher.ledger.writer import Ledger, read_ledger
 from launcher.manifest.validate import Defaults, file_sha256, iter_jobs
@@ -66,8 +67,8 @@ def validations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def latest_header(ledger: Path) -> dict[str, Any]:
-    return fold([read_ledger(ledger)]).headers[-1]
+def latest_header(ledger: Path) -> RunHeader:
+    return fold([read_ledger(ledger)]).runs[-1]
 
 
 def test_an_unchanged_manifest_is_hashed_not_validated(
@@ -125,8 +126,7 @@ def test_a_shard_takes_its_size_from_the_header_of_the_same_shard(
     sharded = replace(OPTIONS, shard="1/3")
     first = planning.plan_manifest(str(manifest), sharded)  # validates, counts the shard
     write_run(tmp_path / "l.jsonl", manifest, sharded, settle=0)
-    header = latest_header(tmp_path / "l.jsonl")
-    header["manifest"]["jobs"] = first.jobs
+    header = replace(latest_header(tmp_path / "l.jsonl"), manifest_jobs=first.jobs)
     again = planning.plan_manifest(str(manifest), sharded, recorded=header)
     assert validations == [str(manifest)]  # only the first time
     assert again.jobs == first.jobs < 60
