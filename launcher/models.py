@@ -126,7 +126,7 @@ class Reply(NamedTuple):
 
 # Named tuples made per request (`Reply`) and per job (`Job`, `JobParam`) are built with
 # `from_fields(Cls, fields)`: `tuple.__new__`, which skips NamedTuple's generated
-# `__new__` (a Python function: ~1.7 K instructions more a `Reply`, benchmarks/RESULTS.md).
+# `__new__` (a Python function, which costs more than the whole tuple: benchmarks/RESULTS.md).
 # `fields` is annotated with the class's `...Fields` type, so mypy checks each field:
 #     fields: ReplyFields = (status, latency, None, None, request_id, None, after, None, None)
 #     reply = from_fields(Reply, fields)

@@ -27,10 +27,10 @@ __all__ = [
 ]
 
 
-# The verdict of nearly every reply, read per request here and by the dispatcher: an
-# Enum member read off its class costs ~70 ns in Python 3.11, seven times a module
-# global (benchmarks/RESULTS.md). The only enum member kept as a global, and only here;
-# tests/flow/test_policy.py checks it is the member.
+# The verdict of nearly every reply, read per request here, by the dispatcher and by
+# the load tester: an Enum member read off its class costs several times a module
+# global in Python 3.11 (benchmarks/RESULTS.md). The only enum member kept as a
+# global, and only here; tests/test_models.py checks it is the member.
 STARTED = Verdict.STARTED
 
 # The API gateway names its errors APIGW.xxxx (signing guide) or APIG.xxxx (APIG's

@@ -70,8 +70,7 @@ def launch(
     """
     # Most objects of a run (manifest records, requests, replies) die young: the
     # youngest generation is collected every 10,000 net allocations instead of
-    # 700. At 700 a 50,000-start run did ~350 collections for 0.08 s of CPU
-    # (~1.5 µs a start) and found little; at 10,000 it does ~5 for 0.01 s.
+    # 700, which found little at a far higher cost (benchmarks/RESULTS.md).
     gc.set_threshold(10_000)
     stdout = out if out is not None else sys.stdout
     endpoint = resolve_endpoint(options, env)
