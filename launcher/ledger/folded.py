@@ -105,7 +105,10 @@ class History:
 
     @property
     def runs(self) -> list[RunHeader]:
-        """The `run` headers (checked as they were folded), as typed views, in order."""
+        """The `run` headers (checked as they were folded), as typed views, in order.
+
+        Built on each call from `headers`, which snapshots and worker parts carry as
+        decoded JSON: one view per segment, a handful."""
         return [RunHeader.of(header) for header in self.headers]
 
     @property
