@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple, TypeVar, get_args
 
-from launcher.errors import UsageError
+from launcher.errors import UsageError, require_extra
 from launcher.flow.pacing import parse_rate
 from launcher.flow.policy import parse_duration, parse_halt
 from launcher.flow.shard import parse_shard
@@ -53,8 +53,9 @@ DEFAULT_RATE = "30/s"
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 ProgressMode = Literal["auto", "bar", "lines", "off"]
+WaveFailures = Literal["stop", "continue"]
 # The commands whose options come from this table.
-Command = Literal["run", "replay", "validate", "loadtest"]
+Command = Literal["run", "replay", "validate", "loadtest", "snapshot"]
 # How a value is given on the command line (the converter checks it in every case).
 Kind = Literal["text", "path", "int", "float", "choice", "flag"]
 
@@ -67,6 +68,10 @@ _SPEC: Final = "launcher.option"
 _RUN: frozenset[Command] = frozenset({"run", "replay"})
 _MANIFEST: frozenset[Command] = _RUN | {"validate", "loadtest"}
 _SERVICE: frozenset[Command] = _RUN | {"loadtest"}
+# How to reach the service and log: every command that calls it, `snapshot` included.
+_CONNECT: frozenset[Command] = _SERVICE | {"snapshot"}
+# Pacing and retries of a run's calls, which snapshot's pages share.
+_PACED: frozenset[Command] = _RUN | {"snapshot"}
 
 
 class Option(NamedTuple):
@@ -279,20 +284,20 @@ class RunOptions:
     """
 
     endpoint: str | None = _option(
-        None, _text, "DLF endpoint URL, or `sim` for the embedded simulator", commands=_SERVICE
+        None, _text, "DLF endpoint URL, or `sim` for the embedded simulator", commands=_CONNECT
     )
     region: str | None = _option(
         None,
         _header_safe,
         "Region id; derives the endpoint",
-        commands=_SERVICE,
+        commands=_CONNECT,
         env="HUAWEICLOUD_SDK_REGION",
     )
     project_id: str | None = _option(
         None,
         _header_safe,
         "Default project id",
-        commands=_MANIFEST,
+        commands=_MANIFEST | {"snapshot"},
         env="HUAWEICLOUD_SDK_PROJECT_ID",
     )
     workspace: str | None = _option(
@@ -314,7 +319,12 @@ class RunOptions:
         commands=_RUN | {"validate"},
         metavar="I/N",
     )
-    force: bool = _option(False, _flag, "Resume even if the manifest changed")
+    force: bool = _option(
+        False,
+        _flag,
+        "Resume even if the manifest or the target (endpoint, project, workspace, action, "
+        "shard) changed; replay to the source's own endpoint and project",
+    )
     retry_failed: bool = _option(
         False, _flag, "On --resume, send permanent failures (DLF.* errors) again too"
     )
@@ -326,12 +336,20 @@ class RunOptions:
         parse_rate(DEFAULT_RATE),
         _rate,
         "Most requests started per second: 30/s, 120/m, 0 = unlimited",
+        commands=_PACED,
         shown=DEFAULT_RATE,
     )
-    burst: int = _option(1, _positive_int, "Requests that may go back to back after idling")
-    max_attempts: int = _option(5, _positive_int, "Attempts per job, the first included")
+    burst: int = _option(
+        1, _positive_int, "Requests that may go back to back after idling", commands=_PACED
+    )
+    max_attempts: int = _option(
+        5,
+        _positive_int,
+        "Attempts per job (per page for snapshot), the first included",
+        commands=_PACED,
+    )
     timeout: float = _option(
-        10.0, _positive_float, "Per-request timeout in seconds", commands=_SERVICE
+        10.0, _positive_float, "Per-request timeout in seconds", commands=_CONNECT
     )
     backoff_base: float = _option(
         0.1, _positive_float, "First retry waits up to this", shown="0.1 s"
@@ -369,14 +387,14 @@ class RunOptions:
         None,
         _text,
         "CA certificates (PEM) to trust instead of the system store",
-        commands=_SERVICE,
+        commands=_CONNECT,
         path=True,
     )
     iam_endpoint: str | None = _option(
         None,
         _text,
         "IAM endpoint for password login",
-        commands=_SERVICE,
+        commands=_CONNECT,
         shown="from --region",
     )
     # Forward proxy URL for every call (IAM login too); None: HTTPS_PROXY etc.; "": none.
@@ -384,7 +402,7 @@ class RunOptions:
         None,
         _any_text,
         "Forward proxy for every call, IAM too: http://[USER:PASSWORD@]HOST:PORT; '' for none",
-        commands=_SERVICE,
+        commands=_CONNECT,
         metavar="URL",
         shown="HTTPS_PROXY, HTTP_PROXY, NO_PROXY",
     )
@@ -397,9 +415,33 @@ class RunOptions:
         flag="--format",
         shown="by file suffix",
     )
-    log_format: LogFormat = _option("auto", LogFormat, "Logs on stderr", commands=_SERVICE)
-    log_level: LogLevel = _option("info", LogLevel, "Log level", commands=_SERVICE)
+    log_format: LogFormat = _option("auto", LogFormat, "Logs on stderr", commands=_CONNECT)
+    log_level: LogLevel = _option("info", LogLevel, "Log level", commands=_CONNECT)
     progress: ProgressMode = _option("auto", ProgressMode, "Progress display")
+    # Waves (launcher.run.waves), --wait (launcher.run.wait), --verify (launcher.run.verify).
+    wave_failures: WaveFailures = _option(
+        "stop",
+        WaveFailures,
+        "After a wave with failed, unknown or pending jobs: stop before the next wave "
+        "(resumable), or continue",
+    )
+    wait: bool = _option(
+        False,
+        _flag,
+        "With run-immediate: follow each accepted run until it ends; a failed run means exit 1",
+    )
+    wait_timeout: float = _option(
+        6 * 3600.0,
+        _duration,
+        "Stop following a run this long after it was accepted (90s, 30m, 6h); it ends `unknown`",
+        shown="6h",
+    )
+    verify: bool = _option(
+        False,
+        _flag,
+        "After the last call, check in the job list that started jobs read SCHEDULING "
+        "(stopped: STOPPED); a mismatch means exit 1",
+    )
     # Scale-out (launcher.scale.limits): one rate limit for every launcher on the same key.
     redis: str | None = _option(
         None,
@@ -600,6 +642,8 @@ def _resolve(
         merged["sim"] = dict(file_values["sim"])
     if file_values.get("workspaces"):
         merged["workspaces"] = dict(file_values["workspaces"])
+    if merged.get("redis") or merged.get("shared_concurrency"):
+        require_extra("redis", "redis", "--redis (a limit shared through Redis)")
     return RunOptions(**merged)
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "ManifestInvalid",
     "TlsFailed",
     "UsageError",
+    "require_extra",
 ]
 
 EXIT_INTERRUPTED = 130
@@ -74,6 +75,18 @@ class TlsFailed(HaltError):
 
 class LedgerFailed(HaltError):
     """The ledger could not be written; nothing more may be sent."""
+
+
+def require_extra(module: str, extra: str, feature: str) -> None:
+    """Raise `UsageError` (exit 2) at once when `feature` needs `module`, which the
+    optional dependency group `extra` installs, and it is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(
+            f"{feature} needs the {extra!r} extra, which is not installed; run: "
+            f"pip install 'launcher[{extra}]'"
+        )
 
 
 class ManifestChanged(HaltError):

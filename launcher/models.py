@@ -64,7 +64,8 @@ class Job(NamedTuple):
 
     `id` is the manifest's `id` when given, else `job_identity(...)`; resume,
     replay, sharding and reports key on it. `line` is the manifest line it came
-    from (1-based), for messages.
+    from (1-based), for messages. `wave` orders the run (see `launcher.run.waves`);
+    it is not part of the identity: the same job in two waves is a duplicate.
     """
 
     id: str
@@ -74,6 +75,7 @@ class Job(NamedTuple):
     project_id: str | None
     line: int = 0
     action: Action | None = None  # None: the run's --action
+    wave: int = 0  # jobs of wave k+1 are sent once every job of waves <= k is settled
 
 
 def job_identity(
@@ -133,7 +135,7 @@ class Reply(NamedTuple):
 # tests/test_models.py checks each `...Fields` is its class's fields, in order.
 from_fields = tuple.__new__
 JobParamFields = tuple[str, str, str | None]
-JobFields = tuple[str, str, tuple[JobParam, ...], str | None, str | None, int, Action | None]
+JobFields = tuple[str, str, tuple[JobParam, ...], str | None, str | None, int, Action | None, int]
 ReplyFields = tuple[
     int | None,
     float,

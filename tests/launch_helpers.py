@@ -75,6 +75,32 @@ async def launcher(*args: str, env: Mapping[str, str] | None = None) -> Complete
     return Completed(result.returncode, result.stdout.decode(), result.stderr.decode())
 
 
+async def until_started(sim: Any, count: int, *, limit: float = 60.0) -> None:
+    """Wait until the simulator `sim` has taken `count` starts in all (polled; at most
+    `limit` seconds). Tests that interrupt a run do it once it is under way, not after
+    a fixed sleep, which a loaded machine outlasts before the first request."""
+    with anyio.fail_after(limit):
+        while sum(sim.stats.starts.values()) < count:  # noqa: ASYNC110 - the sim has no event
+            await anyio.sleep(0.02)
+
+
+async def signal_when_started(
+    sim: Any, count: int, signum: int, *args: str, env: Mapping[str, str] | None = None
+) -> int:
+    """Start `python -m launcher ARGS`, send it `signum` once `sim` has taken `count`
+    more starts, and return its exit status."""
+    goal = sum(sim.stats.starts.values()) + count
+    process = await anyio.open_process(
+        [sys.executable, "-m", "launcher", *args],
+        env=dict(env) if env is not None else sim_env(),
+    )
+    async with process:
+        await until_started(sim, goal)
+        process.send_signal(signum)
+        with anyio.fail_after(60):
+            return await process.wait()
+
+
 def report_json(ledger: Path) -> dict[str, Any]:
     """`launcher report LEDGER --format json`, in-process (pure file reading)."""
     from launcher.ledger.report import summarize, to_json

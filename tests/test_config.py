@@ -102,6 +102,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "rate": ("7/s", "7/s"),
     "halt": ("fail=3", "fail=3"),
     "deadline": ("90s", "90s"),
+    "wait_timeout": ("90s", "90s"),
     "workers": ("2", 2),
 }
 

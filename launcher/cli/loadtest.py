@@ -26,7 +26,7 @@ import click
 
 from launcher.cli.options import options_of
 from launcher.config import OPTIONS, RunOptions, did_you_mean, load_options, read_config_file
-from launcher.errors import EXIT_INTERRUPTED, LauncherError, UsageError
+from launcher.errors import EXIT_INTERRUPTED, LauncherError, UsageError, require_extra
 from launcher.flow.pacing import parse_rate
 from launcher.flow.policy import parse_duration
 from launcher.loadtest.runner import run_loadtest
@@ -157,7 +157,7 @@ def loadtest_settings(
     abort_on_fail = check(lambda: _flag(*pick("abort_on_fail")))
     summary_json = check(lambda: _path(*pick("summary_json")))
     timeseries = check(lambda: _path(*pick("timeseries")))
-    report = check(lambda: _path(*pick("report")))
+    report = check(lambda: _charts(_path(*pick("report"))))
     acknowledged = check(lambda: _flag(*pick("yes")))
     if problems or schedule is None:
         raise UsageError("\n".join(problems))
@@ -179,6 +179,13 @@ def loadtest_settings(
         metrics_port=metrics_port,
         acknowledged=bool(acknowledged),
     )
+
+
+def _charts(report: str | None) -> str | None:
+    """`--report` draws with matplotlib: the `loadtest` extra (checked before anything runs)."""
+    if report is not None:
+        require_extra("matplotlib", "loadtest", "--report (load-test charts)")
+    return report
 
 
 def _schedule(source: Mapping[str, Any], where: str, *, once: bool) -> Schedule:

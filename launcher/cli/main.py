@@ -17,7 +17,7 @@ import orjson
 
 from launcher import __version__
 from launcher.cli.options import options_of
-from launcher.config import load_options
+from launcher.config import load_config_file, load_options, resolve_options
 from launcher.errors import EXIT_INTERRUPTED, HaltError, LauncherError, UsageError
 from launcher.ledger.report import format_text
 from launcher.logs import configure_logging
@@ -78,22 +78,33 @@ Exit codes:
   1    the run finished; some jobs failed, ended unknown, or were never sent
   {UsageError.exit_code}    bad usage or bad input: nothing was sent
   {HaltError.exit_code}    halted by a safety stop (auth failure, --halt, unwritable ledger)
-  {EXIT_INTERRUPTED}  interrupted (SIGINT/SIGTERM): continue it with --resume
+  {EXIT_INTERRUPTED}  interrupted (SIGINT/SIGTERM): continue it with `launcher resume LEDGER`
 
 \b
 Examples:
   launcher run nightly.jsonl --region cn-north-4 --project-id 0123abcd --rate 30/s
   launcher run nightly.jsonl --config nightly.toml --ledger ledgers/n.jsonl --resume
+  launcher resume ledgers/n.jsonl     (the same, with the manifest and options recorded)
 """
 
 
 @cli.command(epilog=_RUN_EPILOG)
-@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.argument("manifest", type=click.Path(dir_okay=False), required=False)
 @options_of("run")
-def run(manifest: str, config_path: str | None, **flags: Any) -> None:
-    """Launch every job in MANIFEST."""
+def run(manifest: str | None, config_path: str | None, **flags: Any) -> None:
+    """Launch every job in MANIFEST.
+
+    `run --resume --ledger LEDGER` without MANIFEST continues the recorded run
+    with its recorded manifest and options, as `launcher resume LEDGER` does.
+    """
     from launcher.run.runner import launch
 
+    if manifest is None:
+        if flags.get("resume") and flags.get("ledger"):
+            _resume(flags.pop("ledger"), None, config_path, flags)
+            return
+        _fail(UsageError("run: give a MANIFEST, or --resume --ledger LEDGER to continue a run"))
+    assert manifest is not None
     try:
         options, _ = load_options(flags, config_path, os.environ)
         configure_logging(options.log_format, options.log_level)
@@ -102,7 +113,67 @@ def run(manifest: str, config_path: str | None, **flags: Any) -> None:
     except LauncherError as error:
         _fail(error)
         return
+    _exit(result, config_path)
+
+
+def _exit(result: Any, config_path: str | None) -> None:
+    """Exit with the run's code, saying first how to resume it if jobs are left."""
+    from launcher.run.recorded import resume_command
+    from launcher.run.runner import resume_hint
+
+    if result.ledger is not None:
+        hint = resume_hint(result, resume_command(result.ledger, config_path))
+        if hint is not None:
+            click.echo(hint, err=True)
     sys.exit(result.exit_code)
+
+
+def _resume(
+    ledger: str, manifest: str | None, config_path: str | None, flags: dict[str, Any]
+) -> None:
+    """Continue the run recorded in LEDGER: its manifest and options, `flags` over them."""
+    from launcher.run.recorded import latest_header, recorded_manifest, recorded_options
+    from launcher.run.runner import launch
+
+    try:
+        if flags.get("ledger") not in (None, ledger):
+            raise UsageError(f"resume: the ledger is {ledger}; --ledger says otherwise")
+        header = latest_header(ledger)
+        file_values = {
+            **recorded_options(header),
+            **(load_config_file(config_path) if config_path else {}),
+        }
+        flags = {**flags, "ledger": ledger, "resume": True}
+        source = config_path or f"{ledger}: recorded options"
+        options = resolve_options(flags, file_values, os.environ, config_path=source)
+        configure_logging(options.log_format, options.log_level)
+        result = launch(recorded_manifest(ledger, header, manifest), options, dict(os.environ))
+    except LauncherError as error:
+        _fail(error)
+        return
+    _exit(result, config_path)
+
+
+@cli.command("resume")
+@click.argument("ledger_path", metavar="LEDGER", type=click.Path(dir_okay=False))
+@click.option(
+    "--manifest",
+    "manifest_path",
+    type=click.Path(dir_okay=False),
+    help="The run's manifest, if it moved (the same content: its hash is checked).",
+)
+@options_of("run")
+def resume_run(
+    ledger_path: str, manifest_path: str | None, config_path: str | None, **flags: Any
+) -> None:
+    """Continue the run recorded in LEDGER with its manifest and options.
+
+    Flags given override the recorded options (and are recorded); the run's
+    target (endpoint, project, workspace, action, shard) must stay the same
+    unless --force. A recorded --deadline is not reused (it bounded that
+    invocation's window); give one again if this one needs it.
+    """
+    _resume(ledger_path, manifest_path, config_path, flags)
 
 
 @cli.command("validate")
@@ -237,17 +308,27 @@ def report(ledgers: tuple[str, ...], fmt: str, outcome: str | None, merge_runs: 
     metavar="OLD=NEW",
     help="Rename a workspace (repeatable). --project-id replaces every job's project.",
 )
+@click.option(
+    "--manifest",
+    "manifest_path",
+    type=click.Path(dir_okay=False),
+    help="The source run's manifest, if it moved (for jobs the run never sent).",
+)
 def replay(
     source: str,
     config_path: str | None,
     only: str | None,
     map_workspace: tuple[str, ...],
+    manifest_path: str | None,
     **flags: Any,
 ) -> None:
     """Re-issue the jobs recorded in LEDGER as a new run, into another project,
-    workspace or region (--endpoint/--region), with its own ledger."""
+    workspace or region (--endpoint/--region), with its own ledger.
+
+    A replay to the source's own endpoint and project is refused unless --force."""
     from dataclasses import replace
 
+    from launcher.run.connect import resolve_endpoint
     from launcher.run.replay import parse_only, parse_workspace_map, plan_replay
     from launcher.run.runner import launch
 
@@ -256,8 +337,8 @@ def replay(
         configure_logging(options.log_format, options.log_level)
         if options.resume:
             raise UsageError(
-                "replay --resume: resume a replay with `launcher run REPLAY.manifest.jsonl "
-                "--ledger REPLAY.jsonl --resume`"
+                "replay --resume: resume a replay with `launcher resume REPLAY.jsonl` "
+                "(the replay's ledger)"
             )
         plan = plan_replay(
             source,
@@ -265,6 +346,9 @@ def replay(
             project_id=flags.get("project_id") or file_values.get("project_id"),
             workspace_map=parse_workspace_map(map_workspace),
             ledger=options.ledger,
+            endpoint=resolve_endpoint(options, os.environ),  # before anything is written
+            force=options.force,
+            manifest=manifest_path,
         )
         click.echo(f"replay: {plan.jobs} job(s) from {source} -> {plan.manifest}", err=True)
         # Nothing to replay (no job had those outcomes) is an answer, not an error.
@@ -273,7 +357,49 @@ def replay(
     except LauncherError as error:
         _fail(error)
         return
-    sys.exit(result.exit_code)
+    _exit(result, config_path)
+
+
+@cli.command("snapshot")
+@options_of("snapshot")
+@click.option(
+    "--workspace",
+    "workspaces",
+    multiple=True,
+    help="Workspace to list (repeatable) [the default workspace].",
+)
+@click.option("--status", help="Keep only jobs in these states: SCHEDULING,STOPPED,PAUSED [all].")
+@click.option("--name-filter", help="Keep only jobs whose name contains this text.")
+@click.option(
+    "--output", default="-", show_default=True, help="Manifest to write (JSONL); - for stdout."
+)
+def snapshot_command(
+    config_path: str | None,
+    workspaces: tuple[str, ...],
+    status: str | None,
+    name_filter: str | None,
+    output: str,
+    **flags: Any,
+) -> None:
+    """Write the service's job list as a manifest (one {"name", "workspace",
+    "project_id"} line per job) that `validate` and `run` accept as it is."""
+    from launcher.run.snapshot import parse_states, snapshot
+
+    try:
+        options, _ = load_options(flags, config_path, os.environ)
+        configure_logging(options.log_format, options.log_level)
+        count = snapshot(
+            options,
+            dict(os.environ),
+            workspaces=workspaces,
+            states=parse_states(status),
+            name_filter=name_filter,
+            output=output,
+        )
+    except LauncherError as error:
+        _fail(error)
+        return
+    click.echo(f"snapshot: {count} job(s) -> {output}", err=True)
 
 
 def main() -> None:

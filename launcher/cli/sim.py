@@ -190,6 +190,15 @@ def _bind_error(group: BaseException) -> OSError | None:
 @click.option("--refused-5xx", type=_FRACTION, help="Fraction refused before forwarding (500) [0].")
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="Serve https with this PEM.")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="Private key of --tls-cert.")
+@click.option(
+    "--scheduled-fraction",
+    type=_FRACTION,
+    help="A seeded estate: this fraction of the --known-jobs reads SCHEDULING at first [0].",
+)
+@click.option(
+    "--run-seconds", type=_SECONDS, help="How long a run-immediate instance runs [forever]."
+)
+@click.option("--run-fail", type=_FRACTION, help="Fraction of runs that end `fail`, seeded [0].")
 @click.option("--seed", type=int, help="Seed of the fault draws (deterministic faults).")
 def sim_command(
     host: str,

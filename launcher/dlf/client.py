@@ -126,14 +126,12 @@ class DlfClient:
         return None if self._proxy is None else self._proxy.describe()
 
     async def __aenter__(self) -> DlfClient:
-        # Verification is always on. --ca-bundle REPLACES the system trust store (as
-        # curl's --cacert and the SDK's ignore_ssl_verification=False + ssl_ca_cert do).
-        try:
-            verifying = ssl.create_default_context(cafile=self._ca_bundle)
-        except (OSError, ssl.SSLError) as error:
-            raise UsageError(
-                f"--ca-bundle {self._ca_bundle}: cannot be read as PEM: {error}"
-            ) from None
+        # A plain-HTTP endpoint (the simulator, a test server) needs no trust store
+        # until an IAM login: loading the system's costs ~80 ms of start-up, so it
+        # waits. A --ca-bundle given is read now, so a bad one fails before sending.
+        verifying = None
+        if self._scheme == "https" or self._ca_bundle is not None:
+            verifying = self._verifying_context()
         ssl_context = verifying if self._scheme == "https" else None
         self._pool = HttpPool(
             self._hostname,
@@ -162,6 +160,16 @@ class DlfClient:
         self._routes.clear()  # they hold the previous auth's signing material
         return self
 
+    def _verifying_context(self) -> ssl.SSLContext:
+        """A context that verifies certificates (always on): --ca-bundle REPLACES the
+        system trust store, as curl's --cacert and the SDK's ssl_ca_cert do."""
+        try:
+            return ssl.create_default_context(cafile=self._ca_bundle)
+        except (OSError, ssl.SSLError) as error:
+            raise UsageError(
+                f"--ca-bundle {self._ca_bundle}: cannot be read as PEM: {error}"
+            ) from None
+
     def write_ahead(self, before_write: Callable[[], None]) -> None:
         """Call `before_write` before any request leaves (see `HttpPool.write_ahead`)."""
         if self._pool is None:
@@ -177,7 +185,7 @@ class DlfClient:
         if self._session is None:
             import aiohttp
 
-            context = self._ssl_context or ssl.create_default_context(cafile=self._ca_bundle)
+            context = self._ssl_context or self._verifying_context()
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=4, ssl=context),
                 timeout=aiohttp.ClientTimeout(total=max(self._timeout, 30.0)),

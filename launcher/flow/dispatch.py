@@ -9,6 +9,12 @@ the manifest iterator, each running one job's whole attempt loop before it
 pulls the next. Memory is therefore proportional to the concurrency, never to
 the manifest. Everything lives in one anyio task group.
 
+With per-workspace limits (`--per-workspace`, `[workspaces."ID"]`), a worker
+takes the next job whose workspace may send now from `WorkspaceQueues`
+(`launcher.flow.workspaces`): a job whose workspace is at its limit waits in
+its workspace's queue while the others go on (no head-of-line blocking).
+Without such limits, none of this runs: a pull is one `next()`.
+
 Stopping is designed in three strengths:
 - `stop(reason)`: no new attempt starts; requests in flight finish and are
   recorded (graceful shutdown, `--deadline`, safety stops);
@@ -29,8 +35,9 @@ import anyio
 
 from launcher.errors import AuthFailed, HaltError, TlsFailed
 from launcher.flow.adaptive import AdaptiveRate
-from launcher.flow.pacing import Pacer, RateGate, TokenBucket
+from launcher.flow.pacing import Pacer, RateGate
 from launcher.flow.policy import STARTED, HaltRule, RetryBudget, RetryPolicy, classify, retry_delay
+from launcher.flow.workspaces import WorkspaceLimits, WorkspaceQueues
 from launcher.models import (
     NOT_SENT,
     Action,
@@ -115,15 +122,8 @@ class DispatchSettings:
     halt: HaltRule | None = None
     # Per-workspace overrides from the config file: workspace -> (concurrency, rate).
     workspaces: Mapping[str, WorkspaceLimits] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class WorkspaceLimits:
-    """Limits for one workspace on top of the global ones (0: no limit of that kind)."""
-
-    concurrency: int = 0
-    rate: float = 0.0
-    burst: int = 1
+    # Most jobs held in per-workspace queues, waiting for their workspace's limit.
+    look_ahead: int = 10_000
 
 
 @dataclass(slots=True)
@@ -139,6 +139,11 @@ class Tally:
     in_flight: int = 0
     throttled: int = 0
     failures: Counter[str] = field(default_factory=Counter)
+    wave: str = ""  # the wave being sent, for the display ("" when the run has none)
+    # Per-workspace limits: jobs read ahead and waiting for their workspace, and
+    # each limited workspace's limit as (description, rate or 0.0).
+    queued: Counter[str | None] = field(default_factory=Counter)
+    limits: dict[str | None, tuple[str, float]] = field(default_factory=dict)
 
 
 def failure_key(reply: Reply) -> str:
@@ -189,8 +194,19 @@ class Dispatcher:
         self._prior = prior
         self._clock = clock
         self._stopped = anyio.Event()  # wakes jobs sleeping in a backoff when the run stops
-        self._gates: dict[str | None, _Gate] = {}
         self._gated = settings.per_workspace > 0 or bool(settings.workspaces)
+        self._workspaces = (
+            WorkspaceQueues(
+                settings.per_workspace,
+                settings.workspaces,
+                settings.look_ahead,
+                clock,
+                self.tally.queued,
+                self.tally.limits,
+            )
+            if self._gated
+            else None
+        )
         self._local_pacer = isinstance(pacer, Pacer)
         self._stopping = False
         self.stop_reason: str | None = None
@@ -200,6 +216,11 @@ class Dispatcher:
         self._canary_out = False  # the canary was pulled and is not answered yet
 
     # -- control --------------------------------------------------------------
+
+    @property
+    def pacer(self) -> RateGate:
+        """The run's rate gate (`--wait` paces its polls by it too)."""
+        return self._pacer
 
     @property
     def stopping(self) -> bool:
@@ -218,6 +239,8 @@ class Dispatcher:
             self.halt_error = error
         self._stopped.set()
         self._release()  # release the workers waiting on the canary
+        if self._workspaces is not None:
+            self._workspaces.stop()  # and those waiting for a workspace
 
     async def run(self, jobs: Iterable[Job]) -> None:
         """Launch every job of `jobs` (pulled lazily) and return when all are settled."""
@@ -237,6 +260,7 @@ class Dispatcher:
         iteration per job, and a job is only read when a worker is free to send it.
         """
         canary = self._settings.canary
+        workspaces = self._workspaces
         while not self._stopping:
             if not self._released:
                 if self._canary_out:
@@ -245,7 +269,7 @@ class Dispatcher:
                 # The first request goes alone: if the credentials are wrong, one
                 # rejection is all the service sees, not one per worker.
                 self._canary_out = canary
-            job = next(source, None)
+            job = await workspaces.next_ready(source) if workspaces else next(source, None)
             if job is None:
                 self._release()  # no job at all: nothing to wait for
                 return
@@ -263,31 +287,20 @@ class Dispatcher:
         self._released = True
         self._canary_answered.set()
 
-    def _workspace_gate(self, workspace: str | None) -> _Gate:
-        gate = self._gates.get(workspace)
-        if gate is None:
-            settings = self._settings
-            limits = settings.workspaces.get(workspace or "", WorkspaceLimits())
-            concurrency = limits.concurrency or settings.per_workspace
-            gate = _Gate(
-                anyio.CapacityLimiter(concurrency) if concurrency > 0 else None,
-                Pacer(TokenBucket(limits.rate, limits.burst), self._clock)
-                if limits.rate > 0
-                else None,
-            )
-            self._gates[workspace] = gate
-        return gate
-
     async def _attempt(self, job: Job, attempt: int, action: Action) -> tuple[Reply, float] | None:
         """Wait for a send slot, record the intent, send: (reply, intent Unix time).
 
         None: stopped before sending, or nothing could be sent.
         """
-        if self._gated:
-            gate = self._workspace_gate(job.workspace)
+        workspaces = self._workspaces
+        if workspaces is not None:
+            gate = workspaces.gate(job.workspace)
             if gate.limiter is not None:
-                async with gate.limiter:
-                    return await self._paced_attempt(job, attempt, action, gate.pacer)
+                try:
+                    async with gate.limiter:
+                        return await self._paced_attempt(job, attempt, action, gate.pacer)
+                finally:
+                    workspaces.slot_freed()  # its queue may go
             return await self._paced_attempt(job, attempt, action, gate.pacer)
         return await self._paced_attempt(job, attempt, action, None)
 
@@ -538,14 +551,6 @@ def _instance_state(instances: list[dict[str, Any]]) -> str:
 _AUTH = frozenset({Verdict.AUTH_FAILED, Verdict.REFRESH_AUTH})
 _NO_REPLY = Reply(None, 0.0)
 _NOT_SENT = Reply(None, 0.0, error_msg="not sent: no credentials")
-
-
-@dataclass(frozen=True, slots=True)
-class _Gate:
-    """A workspace's own limits: its in-flight cap and its pacer (None: none of that kind)."""
-
-    limiter: anyio.CapacityLimiter | None
-    pacer: Pacer | None
 
 
 def tls_failure_message(reply: Reply) -> str:

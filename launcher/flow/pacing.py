@@ -92,6 +92,12 @@ class TokenBucket:
         self._tat = max(self._tat, now) + interval
         return send_at - now
 
+    def ready_in(self, now: float) -> float:
+        """How long until `reserve` would return 0.0 (go now); claims nothing."""
+        if self.rate <= 0:
+            return 0.0
+        return max(0.0, self._tat - (self.burst - 1) / self.rate - now)
+
     def set_rate(self, rate: float, now: float) -> None:
         """Change the rate from now on.
 

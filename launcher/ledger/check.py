@@ -29,6 +29,7 @@ MAX_LATENCY_MS = 1e9
 # `--shard I/N`: a report lists the shards it lacks, so N must stay countable.
 MAX_SHARDS = 100_000
 _MAX_JOBS = 1 << 40  # a manifest's jobs, as a header counts them
+_MAX_WAVE = 1_000_000  # as the manifest rule allows
 _MAX_PARTS = 4096  # worker processes a `workers` record may name
 
 _NONE = type(None)
@@ -43,7 +44,7 @@ _FLEET = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # (absent is None). `job` is checked apart: it must be there, a string.
 _FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     # kind: (strings, integers, numbers)
-    "intent": (("action", "name", "workspace", "project_id"), ("attempt", "line"), ("t",)),
+    "intent": (("action", "name", "workspace", "project_id"), ("attempt", "line", "wave"), ("t",)),
     "result": (
         ("verdict", "outcome", "error_code", "error_msg", "request_id", "failure", "detail"),
         ("attempt", "status"),
@@ -70,6 +71,9 @@ _FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
         ("t",),
     ),
     "end": (("reason",), ("exit_code",), ("t",)),
+    # --wait: a followed run's new status; --verify: a job not in the state set.
+    "instance": (("status",), (), ("t",)),
+    "verify": (("name", "workspace", "expected", "found"), (), ("t",)),
     "workers": (("fleet",), ("count",), ("t",)),
     "merged": (("fleet",), (), ("t",)),
 }
@@ -109,13 +113,14 @@ def _job_event(kind: str, event: dict[str, Any]) -> str | None:
     job = event.get("job")
     if type(job) is not str:
         return f"job: a string (the job's id), not {_shown(job)}"
+    if kind == "result" or kind == "instance":
+        instance = event.get("instance_id")
+        if type(instance) not in (str, int, _NONE):
+            return f"instance_id: a string or an integer, not {_shown(instance)}"
     if kind == "result":
         latency = event.get("latency_ms")
         if latency is not None and not 0.0 <= latency <= MAX_LATENCY_MS:
             return f"latency_ms: {latency!r} is not between 0 and {MAX_LATENCY_MS:.0e}"
-        instance = event.get("instance_id")
-        if type(instance) not in (str, int, _NONE):
-            return f"instance_id: a string or an integer, not {_shown(instance)}"
     elif kind == "intent":
         params = event.get("params")
         if params is not None:
@@ -133,13 +138,17 @@ def _job_event(kind: str, event: dict[str, Any]) -> str | None:
     attempt = event.get("attempt")
     if attempt is not None and attempt < 0:
         return f"attempt: {attempt} is negative"
+    wave = event.get("wave")
+    if wave is not None and not 0 <= wave <= _MAX_WAVE:
+        return f"wave: {wave} is not between 0 and {_MAX_WAVE:,}"
     return None
 
 
 def _run(event: dict[str, Any]) -> str | None:
-    options = event.get("options")
-    if options is not None and type(options) is not dict:
-        return f"options: an object, not {_shown(options)}"
+    for name in ("options", "run_options"):  # (run_options: a fleet worker's run's own)
+        options = event.get(name)
+        if options is not None and type(options) is not dict:
+            return f"{name}: an object, not {_shown(options)}"
     manifest = event.get("manifest")
     if manifest is not None:
         if type(manifest) is not dict:
@@ -148,6 +157,12 @@ def _run(event: dict[str, Any]) -> str | None:
             jobs = manifest.get(name)
             if jobs is not None and (type(jobs) is not int or not 0 <= jobs <= _MAX_JOBS):
                 return f"manifest.{name}: a count of jobs, not {_shown(jobs)}"
+        waves = manifest.get("waves")
+        if waves is not None and (
+            type(waves) is not dict
+            or not all(type(jobs) is int and 0 <= jobs <= _MAX_JOBS for jobs in waves.values())
+        ):
+            return f"manifest.waves: a count of jobs per wave, not {_shown(waves)}"
         for name in ("sha256", "path", "format"):
             if type(manifest.get(name)) not in _STR:
                 return f"manifest.{name}: a string, not {_shown(manifest.get(name))}"
@@ -187,7 +202,7 @@ def _merged(event: dict[str, Any]) -> str | None:
     return None if event.get("fleet") else "fleet: a non-empty string is required"
 
 
-_JOB_KINDS = frozenset({"intent", "result", "check"})
+_JOB_KINDS = frozenset({"intent", "result", "check", "instance", "verify"})
 _OTHER = {"run": _run, "end": lambda event: None, "merged": _merged}
 
 

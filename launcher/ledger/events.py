@@ -22,12 +22,14 @@ from launcher.models import Action, Conclusion, Outcome, RecordedVerdict
 __all__ = [
     "CheckEvent",
     "EndFields",
+    "InstanceEvent",
     "IntentEvent",
     "ManifestRecord",
     "ResultEvent",
     "RunFields",
     "RunHeader",
     "TallyRecord",
+    "VerifyEvent",
 ]
 
 
@@ -38,6 +40,7 @@ class ManifestRecord(TypedDict):
     sha256: str  # of the bytes validated
     jobs: int  # this segment's jobs (a shard's share)
     total_jobs: int  # the whole manifest's
+    waves: NotRequired[dict[str, int]]  # jobs per wave ("1": 120, ...)
     format: str | None  # --format, None: from the file name
 
 
@@ -56,6 +59,7 @@ class RunFields(TypedDict):
     simulator: bool
     auth: str
     options: dict[str, Any]  # RunOptions.public()
+    run_options: NotRequired[dict[str, Any]]  # a worker's: the whole run's options
     started_at: str  # ISO 8601, UTC
     host: str
     pid: int
@@ -78,6 +82,9 @@ class EndFields(TypedDict):
     elapsed_s: float
     finished_at: str
     tally: TallyRecord
+    waves: NotRequired[dict[str, Any]]  # --waves: each wave's counts
+    wait: NotRequired[dict[str, Any]]  # --wait: how the followed runs ended
+    verify: NotRequired[dict[str, Any]]  # --verify: what the job list said after the run
 
 
 class IntentEvent(TypedDict):
@@ -93,6 +100,7 @@ class IntentEvent(TypedDict):
     project_id: NotRequired[str | None]
     params: NotRequired[list[list[str | None]]]  # [name, value, type]
     line: NotRequired[int]
+    wave: NotRequired[int]  # when not 0
 
 
 class ResultEvent(TypedDict):
@@ -130,6 +138,28 @@ class CheckEvent(TypedDict):
     outcome: NotRequired[Outcome]
 
 
+class InstanceEvent(TypedDict):
+    """A followed run-immediate instance's new status (`--wait`)."""
+
+    event: Literal["instance"]
+    job: str
+    t: float
+    instance_id: int | str | None
+    status: str
+
+
+class VerifyEvent(TypedDict):
+    """A job whose state after the run is not what its call set (`--verify`)."""
+
+    event: Literal["verify"]
+    job: str
+    t: float
+    name: str
+    workspace: str | None
+    expected: str
+    found: str | None
+
+
 _NOTHING: Mapping[str, Any] = {}
 
 
@@ -148,6 +178,7 @@ class RunHeader:
     worker: str | None = None
     fleet: str | None = None
     endpoint: str | None = None
+    simulator: bool = False  # the run went to the built-in simulator
     started_at: str | None = None
     host: str | None = None
     pid: int | None = None
@@ -158,6 +189,7 @@ class RunHeader:
     manifest_format: str | None = None
     manifest_jobs: int | None = None  # this segment's jobs
     manifest_total_jobs: int | None = None  # the whole manifest's
+    manifest_waves: Mapping[str, int] | None = None  # jobs per wave ("1": 120, ...)
 
     @classmethod
     def of(cls, event: Mapping[str, Any]) -> "RunHeader":
@@ -174,6 +206,7 @@ class RunHeader:
             worker=get("worker"),
             fleet=get("fleet"),
             endpoint=get("endpoint"),
+            simulator=bool(get("simulator")),
             started_at=get("started_at"),
             host=get("host"),
             pid=get("pid"),
@@ -184,4 +217,5 @@ class RunHeader:
             manifest_format=manifest.get("format"),
             manifest_jobs=manifest.get("jobs"),
             manifest_total_jobs=manifest.get("total_jobs"),
+            manifest_waves=manifest.get("waves"),
         )

@@ -20,10 +20,12 @@ from typing import Any, TextIO
 
 import orjson
 
+from launcher.flow.waiting import run_failed
 from launcher.ledger.fold import fold
 from launcher.ledger.folded import History
+from launcher.ledger.instances import fold_instances, waited
 from launcher.ledger.lineage import active_seconds
-from launcher.ledger.read import LedgerRead
+from launcher.ledger.read import LedgerRead, read_ledger
 from launcher.models import STANDINGS, Job, Standing
 
 __all__ = [
@@ -85,6 +87,12 @@ class Summary:
     state_text: str = ""
     live: list[dict[str, Any]] = field(default_factory=list)
     unlisted: list[str] = field(default_factory=list)  # manifests that cannot list pending jobs
+    # A run with waves: each wave's jobs by outcome, as its latest segment saw them.
+    waves: list[dict[str, Any]] = field(default_factory=list)
+    # A run with --wait: followed runs by their latest instance status (None: no wait).
+    instances: dict[str, int] | None = None
+    # A run with --verify: jobs checked against the job list, and the mismatches.
+    verify: dict[str, Any] | None = None
 
     @property
     def request_rate(self) -> float:
@@ -164,7 +172,63 @@ def summary_of(history: History, last_writes: Mapping[str, float] | None = None)
         overlap_examples=history.overlap_examples,
         missing_shards=missing_shards,
         stopped=_stopped(history),
+        waves=_waves(history.footers),
+        instances=_instances(history),
+        verify=_verify(history.footers),
     )
+
+
+def _verify(footers: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """With --verify, the latest segment's check per shard, added up."""
+    latest: dict[Any, dict[str, Any]] = {}
+    for footer in footers:
+        verified = footer.get("verify")
+        if isinstance(verified, dict):
+            latest[verified.get("shard")] = verified
+    if not latest:
+        return None
+    total: dict[str, Any] = {"checked": 0, "mismatches": 0, "examples": []}
+    for verified in latest.values():
+        for key in ("checked", "mismatches"):
+            value = verified.get(key)
+            total[key] += value if isinstance(value, int) else 0
+        total["examples"] += list(verified.get("examples") or ())
+        if verified.get("error"):
+            total["error"] = verified["error"]
+    return total
+
+
+def _instances(history: History) -> dict[str, int] | None:
+    """With --wait, the followed runs by latest status: a pass over the `instance` events."""
+    if not waited(history.runs):
+        return None
+    return fold_instances(read_ledger(path) for path in history.ledgers).counts()
+
+
+_WAVE_COUNTS = ("jobs", "started", "failed", "unknown", "pending", "runs_failed")
+
+
+def _waves(footers: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The waves of a run: the latest footer's per shard (`launcher.run.waves`), added up."""
+    latest: dict[Any, list[Any]] = {}
+    for footer in footers:
+        waves = footer.get("waves")
+        if isinstance(waves, dict) and isinstance(waves.get("waves"), list):
+            latest[waves.get("shard")] = waves["waves"]
+    merged: dict[int, dict[str, Any]] = {}
+    for waves in latest.values():
+        for entry in waves:
+            if not isinstance(entry, dict) or not isinstance(entry.get("wave"), int):
+                continue
+            into = merged.setdefault(
+                entry["wave"], {"wave": entry["wave"], "state": entry.get("state")}
+            )
+            if entry.get("state") != into["state"]:
+                into["state"] = "mixed"
+            for key in _WAVE_COUNTS:
+                value = entry.get(key)
+                into[key] = into.get(key, 0) + (value if isinstance(value, int) else 0)
+    return [merged[wave] for wave in sorted(merged)]
 
 
 def _stopped(history: History) -> list[str]:
@@ -182,7 +246,11 @@ def _stopped(history: History) -> list[str]:
 
 def exit_status(summary: Summary) -> int:
     """`launcher report`'s exit status: 0 when every job started, else 1 (a job failed,
-    is unknown, or was never sent)."""
+    is unknown, or was never sent; with --wait a run failed, with --verify a job mismatched)."""
+    if summary.instances and any(run_failed(status) for status in summary.instances):
+        return 1  # --wait: a followed run failed or did not end
+    if summary.verify is not None and (summary.verify["mismatches"] or "error" in summary.verify):
+        return 1  # --verify: a job is not in the state its call set
     return 0 if summary.jobs > 0 and summary.outcomes["started"] == summary.jobs else 1
 
 
@@ -295,6 +363,9 @@ def to_json(summary: Summary) -> dict[str, Any]:
         "state": summary.state,
         **({"live": summary.live} if summary.live else {}),
         **({"pending_unlisted": summary.unlisted} if summary.unlisted else {}),
+        **({"waves": summary.waves} if summary.waves else {}),
+        **({"instances": summary.instances} if summary.instances is not None else {}),
+        **({"verify": summary.verify} if summary.verify is not None else {}),
     }
 
 
@@ -346,6 +417,21 @@ def format_text(summary: Summary) -> str:
             f"missing   shard(s) {', '.join(summary.missing_shards)} have no ledger here; "
             "their jobs count as pending"
         )
+    if summary.verify is not None:
+        check = summary.verify
+        line = f"verify    {check['checked']} checked, {check['mismatches']} not as expected"
+        if check.get("error"):
+            line += f" (listing failed: {check['error']})"
+        lines.append(line)
+        lines.extend(f"            {example}" for example in check["examples"])
+    if summary.instances is not None:
+        runs = ", ".join(f"{n} {status}" for status, n in summary.instances.items())
+        lines.append(f"runs      {runs or 'none followed'}")
+    if summary.waves:
+        lines.append(f"{'waves':<12}" + "".join(f"{k:>12}" for k in _WAVE_COUNTS) + "  state")
+        for entry in summary.waves:
+            cells = "".join(f"{entry.get(k, 0):>12}" for k in _WAVE_COUNTS)
+            lines.append(f"  {'#' + str(entry['wave']):<10}{cells}  {entry['state']}")
     if summary.state_text:
         lines.append(f"state     {summary.state_text}")
     if summary.stopped:

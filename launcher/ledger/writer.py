@@ -34,7 +34,15 @@ import anyio
 import orjson
 
 from launcher.errors import LedgerFailed, UsageError
-from launcher.ledger.events import CheckEvent, EndFields, IntentEvent, ResultEvent, RunFields
+from launcher.ledger.events import (
+    CheckEvent,
+    EndFields,
+    InstanceEvent,
+    IntentEvent,
+    ResultEvent,
+    RunFields,
+    VerifyEvent,
+)
 from launcher.ledger.read import LedgerRead, Unmerged, part_name, part_paths, read_ledger
 from launcher.logs import get_logger
 from launcher.models import Action, Conclusion, Job, Outcome, RecordedVerdict, Reply
@@ -138,6 +146,8 @@ class Ledger:
             event["project_id"] = job.project_id
             event["params"] = [[p.name, p.value, p.param_type] for p in job.params]
             event["line"] = job.line
+            if job.wave:
+                event["wave"] = job.wave
         self._pending.append(_line(event))
         if self._mirror is not None:
             self._mirror.append(event)
@@ -226,6 +236,38 @@ class Ledger:
             event["detail"] = reply.detail
         if outcome is not None:
             event["outcome"] = outcome
+        self._pending.append(_line(event))
+        if self._mirror is not None:
+            self._mirror.append(event)
+        if len(self._pending) >= _RESULTS_PER_WRITE:
+            self.flush()
+
+    def instance(self, job: Job, instance_id: int | str | None, status: str) -> None:
+        """Record a followed run's new status (`--wait`; see `launcher.ledger.instances`)."""
+        event: InstanceEvent = {
+            "event": "instance",
+            "job": job.id,
+            "t": time.time(),
+            "instance_id": instance_id,
+            "status": status,
+        }
+        self._pending.append(_line(event))
+        if self._mirror is not None:
+            self._mirror.append(event)
+        if len(self._pending) >= _RESULTS_PER_WRITE:
+            self.flush()
+
+    def verify(self, job: Job, expected: str, found: str | None) -> None:
+        """Record a job whose state after the run is not what its call set (`--verify`)."""
+        event: VerifyEvent = {
+            "event": "verify",
+            "job": job.id,
+            "t": time.time(),
+            "name": job.name,
+            "workspace": job.workspace,
+            "expected": expected,
+            "found": found,
+        }
         self._pending.append(_line(event))
         if self._mirror is not None:
             self._mirror.append(event)

@@ -17,7 +17,7 @@ from launcher.manifest.rules import MAX_PARAM_NAME, _Checker, _show, _too_long_n
 
 __all__ = ["_scan_csv"]
 
-_CSV_FIELDS: Final = ("name", "workspace", "project_id", "id", "action")
+_CSV_FIELDS: Final = ("name", "workspace", "project_id", "id", "action", "wave")
 _CSV_COLUMNS: Final = (*_CSV_FIELDS, "params")
 _PARAM_COLUMN_TYPO: Final = re.compile(r"(?i)params?[\W_]+(\S.*)")
 

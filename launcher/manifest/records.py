@@ -46,10 +46,10 @@ class _Scalar(NamedTuple):
 # A parameter as the checker keeps it: (name, value, paramType).
 _Param = JobParamFields
 # One valid job as the scanners yield it: (name, params, workspace, project_id,
-# id, action, line), defaults applied. Plain tuples, not `Job`s: `validate`
+# id, action, line, wave), defaults applied. Plain tuples, not `Job`s: `validate`
 # needs no Job objects, and building them (and their JobParams) would be most
 # of its time; `scan` builds them.
-_Record = tuple[str, list[_Param], str | None, str | None, str | None, Action | None, int]
+_Record = tuple[str, list[_Param], str | None, str | None, str | None, Action | None, int, int]
 
 
 # A CSV header column: made by `manifest_csv`'s header check, read by `_Checker.csv_row`.

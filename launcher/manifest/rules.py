@@ -22,6 +22,7 @@ from launcher.models import ACTIONS
 __all__ = [
     "MAX_PARAM_NAME",
     "MAX_PARAM_VALUE",
+    "MAX_WAVE",
     "_CONTROL_OR_SPACE",
     "_Checker",
     "_check_text",
@@ -34,7 +35,8 @@ __all__ = [
 
 MAX_PARAM_NAME: Final = 64  # DLF API: "It cannot exceed 64 characters."
 MAX_PARAM_VALUE: Final = 1024  # DLF API: "It cannot exceed 1024 characters."
-_FIELDS: Final = ("name", "params", "workspace", "project_id", "id", "action")
+_FIELDS: Final = ("name", "params", "workspace", "project_id", "id", "action", "wave")
+MAX_WAVE: Final = 1_000_000
 _FIELD_SET: Final = frozenset(_FIELDS)
 _ENTRY_KEYS: Final = ("name", "value", "paramType")
 _ENTRY_KEY_SET: Final = frozenset(_ENTRY_KEYS)
@@ -46,6 +48,7 @@ _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_OR_SPACE: Final = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 _NO_SPACE: Final = "whitespace or control characters"
 _PLAIN_KEY: Final = re.compile(r"[\w.:-]+")
+_DIGITS: Final = re.compile(r"[0-9]{1,7}")
 _REPEATED_KEY: Final = "the same key twice in one object (JSON would keep only the last)"
 
 
@@ -121,7 +124,12 @@ class _Checker:
         action = obj.get("action")
         if action is not None and not (type(action) is str and action in ACTIONS):
             return None
-        return (name, params, workspace, project_id, jid, action, line)
+        wave = obj.get("wave")
+        if wave is None:
+            wave = 0
+        elif not (type(wave) is int and 0 <= wave <= MAX_WAVE):
+            return None
+        return (name, params, workspace, project_id, jid, action, line, wave)
 
     def csv_row(self, row: list[str], layout: list[_Column], line: int) -> _Record | list[Problem]:
         """One CSV data row under the header's `layout`."""
@@ -135,14 +143,17 @@ class _Checker:
                 )
             ]
         errs: list[tuple[str, str]] = []
-        fields: dict[str, str] = {}
+        fields: dict[str, str | int] = {}
         params: list[_Param] = []
         seen: dict[str, str] = {}
         for column, cell in zip(layout, row, strict=True):
             if not cell:
                 continue
             if column.kind == "field":
-                fields[column.arg] = cell
+                # A CSV cell is always text: a wave of plain digits is its number.
+                fields[column.arg] = (
+                    int(cell) if column.arg == "wave" and _DIGITS.fullmatch(cell) else cell
+                )
             elif column.kind == "param":
                 if len(cell) > MAX_PARAM_VALUE:
                     errs.append((column.label, _too_long_value(cell)))
@@ -301,14 +312,34 @@ class _Checker:
                 errs.append(
                     ("action", f"must be one of {', '.join(ACTIONS)}; got {_describe(action)}")
                 )
+        wave = _wave(errs, obj.get("wave"))
         if not errs:
-            return (name, params, workspace, project_id, jid, action, line)
+            return (name, params, workspace, project_id, jid, action, line, wave)
         path = self.path
         if at is None:
             return [Problem(path, line, _show(field), message) for field, message in errs]
         return [
             Problem(path, at.get(field, line), _show(field), message) for field, message in errs
         ]
+
+
+def _wave(errs: list[tuple[str, str]], value: Any) -> int:
+    """`wave`: a whole number from 0 to `MAX_WAVE`; 0 when absent or null."""
+    if value is None:
+        return 0
+    if type(value) is int and 0 <= value <= MAX_WAVE:
+        return value
+    if _is_null(value):
+        return 0
+    if type(value) is _Scalar and value.kind == "number" and _DIGITS.fullmatch(value.text):
+        number = int(value.text)
+        if number <= MAX_WAVE:
+            return number
+    message = f"must be a whole number from 0 to {MAX_WAVE}, got {_describe(value)}"
+    if type(value) is str and _DIGITS.fullmatch(value):
+        message += f"; write it without quotes: {value}"
+    errs.append(("wave", message))
+    return 0
 
 
 # --- messages -----------------------------------------------------------------

@@ -16,6 +16,10 @@ A manifest lists the jobs to start. Every format carries the same fields:
     effective project, workspace, name and params. Unique within a manifest.
 ``action``
     ``start``, ``stop`` or ``run-immediate``; absent: the run's action.
+``wave``
+    a whole number from 0 to 1,000,000 (default 0): the jobs of wave k+1 are sent
+    only once every job of the waves up to k has its final outcome (see
+    `launcher.run.waves`). Not part of the identity. In CSV a cell of digits.
 
 Unknown fields are errors (``parmas`` gets ``did you mean "params"?``), and so is
 the same job twice (same project, workspace, name and params after defaults)
@@ -81,6 +85,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -161,6 +166,9 @@ class Validation:
     # The jobs themselves, in manifest order, when `validate` was asked to keep them
     # and they fit (see `keep`); None: stream them from the file again.
     kept: Sequence[Job] | None = field(default=None, repr=False)
+    # Valid jobs per wave (the `wave` field), by wave number: one entry when the
+    # manifest has no waves. None: not counted (a resume that trusted its ledger).
+    waves: Mapping[int, int] | None = None
     # SHA-256 of each 1 MiB chunk of the bytes validated (None: not recorded): what
     # `iter_jobs(checked=...)` compares the bytes it streams for sending to.
     chunks: tuple[bytes, ...] | None = field(default=None, repr=False)
@@ -234,13 +242,14 @@ def validate(
     add_job = seen_jobs.add
     kept: list[Job] | None = [] if keep > 0 else None
     digest = b""
+    waves: Counter[int] = Counter()
     with _open(path) as f:
         if not allow_duplicates and kind != "yaml":  # (a YAML job spans several lines)
             # Sized up front: growing the table re-adds every key (and peaks in memory).
             seen_jobs.reserve(min(_expected_lines(f), _RESERVE_MAX))
         for item in _scan(f, name, kind, defaults, hasher):
             if isinstance(item, tuple):
-                job_name, params, workspace, project_id, jid, _, line = item
+                job_name, params, workspace, project_id, jid, _, line, wave = item
                 problems: list[Problem] | None = None  # made only for a duplicate
                 if jid is not None:
                     given_ids += 1
@@ -262,6 +271,7 @@ def validate(
                         problems = [*(problems or ()), Problem(name, line, "job", message)]
                 if problems is None:
                     jobs += 1
+                    waves[wave] += 1
                     if kept is not None:
                         kept.append(_job(item, digest))
                         if jobs > keep:
@@ -277,7 +287,9 @@ def validate(
         kept = None
     digest_hex = hasher.whole.hexdigest()
     chunks = tuple(hasher.chunks)
-    return Validation(name, jobs, tuple(listed), count, digest_hex, given_ids, kept, chunks)
+    return Validation(
+        name, jobs, tuple(listed), count, digest_hex, given_ids, kept, dict(waves), chunks
+    )
 
 
 # The most keys `validate` reserves room for on an estimate: 24 MB of table.
@@ -421,7 +433,7 @@ def _share_of(
 
 def _job(record: _Record, digest: bytes | None = None) -> Job:
     """The Job of a checked record; `digest`: the SHA-256 of its canonical form, if at hand."""
-    name, raw_params, workspace, project_id, jid, action, line = record
+    name, raw_params, workspace, project_id, jid, action, line, wave = record
     if jid is None:
         if digest is None:
             # `job_identity`, from the checker's (name, value, type) tuples: the same
@@ -429,7 +441,7 @@ def _job(record: _Record, digest: bytes | None = None) -> Job:
             digest = _sha256(_dumps((project_id, workspace, name, raw_params))).digest()
         jid = digest[:16].hex()  # its first 32 hex digits
     params = tuple(map(from_fields, _JOB_PARAMS, raw_params))
-    fields: JobFields = (jid, name, params, workspace, project_id, line, action)
+    fields: JobFields = (jid, name, params, workspace, project_id, line, action, wave)
     return from_fields(Job, fields)
 
 

@@ -180,11 +180,17 @@ def _validated_before(
     total = recorded.manifest_total_jobs
     if total is None:
         return None
+    if recorded.manifest_waves is None:
+        return None  # not recorded: validate again, and count them
+    try:  # the jobs per wave, as the header records them (JSON keys are strings)
+        waves = {int(wave): jobs for wave, jobs in recorded.manifest_waves.items()}
+    except ValueError:
+        return None
     digest, chunks = file_digests(manifest)
     if digest != recorded.manifest_sha256:
         return None
     log.info("manifest unchanged since the ledger's last segment: not validated again")
-    return Validation(manifest, total, (), 0, digest, chunks=chunks)
+    return Validation(manifest, total, (), 0, digest, waves=waves, chunks=chunks)
 
 
 def file_size(path: str) -> int:

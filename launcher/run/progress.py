@@ -13,16 +13,40 @@ import anyio
 
 from launcher.flow.dispatch import Tally
 
-__all__ = ["show_progress", "status_line"]
+__all__ = ["eta_seconds", "held_back", "show_progress", "status_line"]
+
+
+def held_back(tally: Tally) -> str:
+    """Which workspace limits hold jobs back now: `ws-warehouse: 5/s (84 queued)`."""
+    parts = []
+    for workspace, queued in tally.queued.most_common(3):
+        if queued > 0:
+            limit = tally.limits.get(workspace, ("its limit", 0.0))[0]
+            parts.append(f"{workspace or '(no workspace)'}: {limit} ({queued} queued)")
+    return ", ".join(parts)
+
+
+def eta_seconds(tally: Tally, rate: float) -> float | None:
+    """Seconds left: the remaining jobs at the rate so far, but never less than a held
+    workspace needs for its queued jobs at its own rate (None: no estimate yet)."""
+    remaining = max(0, tally.total - tally.done)
+    eta = remaining / rate if rate > 0 else None
+    for workspace, queued in tally.queued.items():
+        ws_rate = tally.limits.get(workspace, ("", 0.0))[1]
+        if queued > 0 and ws_rate > 0:
+            eta = max(eta or 0.0, queued / ws_rate)
+    return eta
 
 
 def status_line(tally: Tally, elapsed: float) -> str:
-    """One line of progress: done/total, rate, ETA and failures so far."""
+    """One line of progress: done/total, rate, ETA, failures so far, and the workspace
+    limits holding jobs back (which bind the ETA)."""
     rate = tally.done / elapsed if elapsed > 0 else 0.0
-    remaining = max(0, tally.total - tally.done)
-    eta = f"{remaining / rate:.0f}s" if rate > 0 else "?"
+    seconds = eta_seconds(tally, rate)
+    eta = f"{seconds:.0f}s" if seconds is not None else "?"
+    wave = f"{tally.wave}: " if tally.wave else ""
     line = (
-        f"{tally.done}/{tally.total} done, {tally.started} started, {tally.failed} failed, "
+        f"{wave}{tally.done}/{tally.total} done, {tally.started} started, {tally.failed} failed, "
         f"{tally.unknown} unknown, {tally.in_flight} in flight, {rate:.1f} jobs/s, ETA {eta}"
     )
     if tally.throttled:
@@ -30,6 +54,10 @@ def status_line(tally: Tally, elapsed: float) -> str:
     if tally.failures:
         top = ", ".join(f"{code}×{n}" for code, n in tally.failures.most_common(3))
         line += f" [{top}]"
+    if tally.queued:
+        held = held_back(tally)
+        if held:
+            line += f"; held back by {held}"
     return line
 
 
@@ -64,30 +92,38 @@ async def show_progress(
         TaskProgressColumn,
         TextColumn,
         TimeElapsedColumn,
-        TimeRemainingColumn,
     )
 
     console = Console(file=out)
     columns = (
-        TextColumn("[bold]launch"),
+        TextColumn("[bold]launch {task.fields[wave]}"),
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),
         TextColumn("{task.fields[rate]:.1f}/s"),
         TextColumn("[red]{task.fields[failed]} failed"),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        TextColumn("ETA {task.fields[eta]}"),  # eta_seconds: held workspaces count
+        TextColumn("{task.fields[held]}"),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("launch", total=tally.total or None, rate=0.0, failed=0)
+        task = bar.add_task(
+            "launch", total=tally.total or None, rate=0.0, failed=0, held="", eta="?", wave=""
+        )
 
         def refresh() -> None:
             elapsed = time.monotonic() - start
+            rate = tally.done / elapsed if elapsed > 0 else 0.0
+            seconds = eta_seconds(tally, rate)
+            held = held_back(tally) if tally.queued else ""
             bar.update(
                 task,
                 completed=tally.done,
-                rate=tally.done / elapsed if elapsed > 0 else 0.0,
+                rate=rate,
                 failed=tally.failed,
+                wave=tally.wave,
+                eta=f"{seconds:.0f}s" if seconds is not None else "?",
+                held=f"held back by {held}" if held else "",
             )
 
         try:

@@ -8,12 +8,22 @@ there unchanged (its path and hash are in the ledger header).
 
 The rebuilt list is written as a JSONL manifest beside the new ledger and then
 launched like any manifest, so a replay is validated, paced, recorded and
-resumable (`launcher run REPLAY-MANIFEST --ledger REPLAY-LEDGER --resume`)
-exactly like a run.
+resumable (`launcher resume REPLAY-LEDGER`) exactly like a run.
+
+Checked before anything is written or sent (`UsageError`, exit 2):
+- every `--map-workspace` OLD names a workspace the ledger knows (a typo
+  would silently rename nothing), with a suggestion;
+- when the run left jobs never sent and `pending` is replayed, their
+  manifest is still there, unchanged, or named with `--manifest PATH` (a
+  missing manifest would silently shrink the plan);
+- the replay aims elsewhere than its source (another endpoint, project or
+  workspace): to the same target, every job would start a second time,
+  unless `--force`.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -24,15 +34,18 @@ from typing import Any
 import orjson
 
 from launcher.errors import UsageError
+from launcher.flow.shard import parse_shard, shard_of
 from launcher.ledger.history import History, fold
 from launcher.ledger.report import OUTCOMES
 from launcher.ledger.writer import read_ledger
-from launcher.logs import get_logger
+from launcher.logs import get_logger, redact_url
 from launcher.manifest.validate import Defaults, file_sha256, iter_jobs
 from launcher.run.plan import has_content
 
 __all__ = [
     "ReplayPlan",
+    "check_new_target",
+    "check_workspace_map",
     "parse_only",
     "parse_workspace_map",
     "plan_replay",
@@ -80,6 +93,61 @@ class ReplayPlan:
     from_manifest: int  # never-sent jobs taken from the original manifest
 
 
+def check_workspace_map(source: str, history: History, workspace_map: Mapping[str, str]) -> None:
+    """Every OLD of `--map-workspace OLD=NEW` must be a workspace of the source ledger."""
+    known = {record.workspace for record, _ in history.groups() if record.workspace is not None}
+    for header in history.runs:
+        workspace = header.options.get("workspace")
+        if isinstance(workspace, str):  # (options are the run's, as recorded: any JSON)
+            known.add(workspace)
+    for old in workspace_map:
+        if old not in known:
+            close = difflib.get_close_matches(old, sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            listed = ", ".join(sorted(known)) or "none"
+            raise UsageError(
+                f"--map-workspace {old}={workspace_map[old]}: {source} has no job in workspace "
+                f"{old}{hint} (its workspaces: {listed})"
+            )
+
+
+def check_new_target(
+    source: str,
+    history: History,
+    *,
+    endpoint: str,
+    project_id: str | None,
+    workspace_map: Mapping[str, str],
+    force: bool,
+) -> None:
+    """Refuse a replay aimed at its source's own endpoint and project, unless `force`.
+
+    A new target is another endpoint (`--endpoint`, `--region`), another
+    project (`--project-id` other than every project the source's jobs name),
+    or a workspace renamed to another one (`--map-workspace`).
+    """
+    header = history.runs[-1]
+    recorded = "sim" if header.simulator else header.endpoint
+    if recorded is not None and recorded.rstrip("/") != endpoint.rstrip("/"):
+        return
+    if any(old != new for old, new in workspace_map.items()):
+        return
+    if project_id is not None:
+        projects = {(record.description or {}).get("project_id") for _, record in history.items()}
+        projects.add(header.options.get("project_id"))
+        if project_id not in projects:
+            return
+    if force:
+        log.warning("replaying to the source's own endpoint and project (--force)", source=source)
+        return
+    raise UsageError(
+        f"{source}: this replay aims at the endpoint ({redact_url(endpoint)}) and project "
+        "its source ran against: every job would start there a second time. Give a new "
+        "target (--project-id, --endpoint/--region, --map-workspace OLD=NEW), or --force "
+        "if that is what you mean"
+    )
+
+
 def plan_replay(
     source: str,
     *,
@@ -87,11 +155,30 @@ def plan_replay(
     project_id: str | None,
     workspace_map: Mapping[str, str],
     ledger: str | None,
+    endpoint: str | None = None,
+    force: bool = False,
+    manifest: str | None = None,
 ) -> ReplayPlan:
-    """Rebuild the job list of `source` and write it as the replay's manifest."""
+    """Rebuild the job list of `source` and write it as the replay's manifest.
+
+    `endpoint` (the replay's, as resolved; None: not checked) and `force` are
+    for `check_new_target`; `manifest` names the source run's manifest when
+    it moved (its hash must match the recorded one).
+    """
     history = fold([read_ledger(source)], keep=frozenset({"descriptions"}))
     if not history.headers:
         raise UsageError(f"{source}: no run header; this is not a launcher ledger")
+    check_workspace_map(source, history, workspace_map)
+    if endpoint is not None:
+        check_new_target(
+            source,
+            history,
+            endpoint=endpoint,
+            project_id=project_id,
+            workspace_map=workspace_map,
+            force=force,
+        )
+    original = _original_manifest(source, history, manifest) if "pending" in only else None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     ledger_path = (
         Path(ledger) if ledger else Path("ledgers") / f"replay-{Path(source).stem}-{stamp}.jsonl"
@@ -103,7 +190,7 @@ def plan_replay(
     if manifest_path.exists() and has_content(str(ledger_path)):
         raise UsageError(
             f"{manifest_path}: exists, and {ledger_path} holds the replay it started: continue "
-            f"it with `launcher run {manifest_path} --ledger {ledger_path} --resume`, or "
+            f"it with `launcher resume {ledger_path}`, or "
             "choose another --ledger for a new replay"
         )
     ledger_path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,8 +201,8 @@ def plan_replay(
         ):
             out.write(orjson.dumps(line) + b"\n")
             count += 1
-        if "pending" in only:
-            for line in _never_sent(history, project_id, workspace_map):
+        if original is not None:
+            for line in _never_sent(history, original, project_id, workspace_map):
                 out.write(orjson.dumps(line) + b"\n")
                 count += 1
                 from_manifest += 1
@@ -130,33 +217,55 @@ def plan_replay(
     return ReplayPlan(manifest_path, ledger_path, count, from_manifest)
 
 
+def _original_manifest(source: str, history: History, given: str | None) -> str | None:
+    """The source run's manifest, when jobs of the run were never sent (None: none were).
+
+    Those jobs are only in the manifest: a manifest that is gone or changed
+    is refused (UsageError) rather than replaying fewer jobs than the run had.
+    """
+    header = history.runs[-1]
+    jobs = header.manifest_jobs
+    if given is None and (jobs is None or jobs <= history.job_count):
+        return None  # the ledger mentions every job of the run
+    unsent = f"{jobs - history.job_count} job(s)" if jobs is not None else "jobs"
+    path = given or header.manifest_path
+    recorded = header.manifest_sha256
+    if path is None or not os.path.exists(path):
+        raise UsageError(
+            f"{source}: {unsent} of the run were never sent and are only in its manifest "
+            f"{path}, which is gone; point at it with --manifest PATH, or leave them out "
+            "with --only started,failed,unknown"
+        )
+    digest = file_sha256(path)
+    if digest != recorded:
+        raise UsageError(
+            f"{path}: not the manifest of the run in {source} (sha256 {str(recorded)[:12]}… "
+            f"then, {digest[:12]}… now): its {unsent} never sent cannot be taken from it; "
+            "point at the original with --manifest PATH, or leave them out with "
+            "--only started,failed,unknown"
+        )
+    return path
+
+
 def _never_sent(
-    history: History, project_id: str | None, workspace_map: Mapping[str, str]
+    history: History, path: str, project_id: str | None, workspace_map: Mapping[str, str]
 ) -> Iterator[dict[str, Any]]:
     """Jobs of the original manifest that the ledger never mentions (pending, never sent)."""
-    header = history.runs[0]
-    path = header.manifest_path
-    if path is None or not os.path.exists(path):
-        log.warning(
-            "never-sent jobs cannot be replayed: the original manifest is gone", manifest=path
-        )
-        return
-    if file_sha256(path) != header.manifest_sha256:
-        log.warning(
-            "never-sent jobs cannot be replayed: the original manifest changed", manifest=path
-        )
-        return
+    header = history.runs[-1]
     options = header.options
     defaults = Defaults(project_id=options.get("project_id"), workspace=options.get("workspace"))
+    shard = header.shard
+    index, count = parse_shard(shard) if shard is not None else (0, 1)
     for job in iter_jobs(path, defaults, fmt=header.manifest_format):
-        if job.id in history:
-            continue
+        if job.id in history or (count > 1 and shard_of(job.id, count) != index):
+            continue  # recorded, or another shard's
         description = {
             "name": job.name,
             "workspace": job.workspace,
             "project_id": job.project_id,
             "params": [[p.name, p.value, p.param_type] for p in job.params],
             "action": job.action,
+            "wave": job.wave,
         }
         yield replay_line(job.id, description, project_id, workspace_map)
 
@@ -212,4 +321,7 @@ def replay_line(
     action = description.get("action")
     if action not in (None, "start"):
         line["action"] = action
+    wave = description.get("wave")
+    if wave:
+        line["wave"] = wave  # a replay keeps the original run's order
     return line

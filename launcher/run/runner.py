@@ -19,6 +19,7 @@ import anyio
 from launcher.config import RunOptions
 from launcher.dlf.client import job_body, path_segment
 from launcher.dlf.transport import backend_options
+from launcher.errors import EXIT_INTERRUPTED, HaltError
 from launcher.flow.dispatch import Tally
 from launcher.flow.pacing import format_rate
 from launcher.ledger.history import LiveFold, catch_up, fold, save_fold
@@ -27,17 +28,39 @@ from launcher.ledger.writer import Ledger, default_ledger_path, read_ledger
 from launcher.run.connect import connect, ensure_descriptors, resolve_endpoint
 from launcher.run.metrics import serving_metrics
 from launcher.run.plan import Plan, plan_manifest
-from launcher.run.resume import Segment, plan_segment, resume_history
+from launcher.run.resume import Next, Segment, plan_segment, resume_history, step_lookup
 from launcher.run.segment import RunResult, run_segment
+from launcher.run.waves import has_waves
 
-__all__ = ["launch", "print_dry_run"]
+__all__ = ["launch", "print_dry_run", "resume_hint"]
+
+EXIT_HALTED = HaltError.exit_code
 
 
-def print_dry_run(plan: Plan, options: RunOptions, endpoint: str, out: TextIO) -> None:
-    """Print the requests a run would send (the first 20, then a count)."""
-    count = 0
-    for job in plan.iter_jobs():
+def print_dry_run(
+    plan: Plan,
+    options: RunOptions,
+    endpoint: str,
+    out: TextIO,
+    segment: Segment | None = None,
+) -> None:
+    """Print the requests a run would send (the first 20, then a count).
+
+    For a resume (`segment` with its ledger's history), only the jobs the
+    resume would send: not the settled ones, and those in doubt marked as
+    checked with the service first.
+    """
+    history = segment.history if segment is not None else None
+    jobs = plan.iter_jobs()
+    step = None
+    if segment is not None and history is not None:
+        jobs = segment.to_send(jobs, options.retry_failed)
+        step = step_lookup(history, retry_failed=options.retry_failed)
+    count = checked = 0
+    for job in jobs:
         count += 1
+        doubt = step is not None and step(job.id) is Next.CHECK
+        checked += doubt
         if count <= 20:
             action = job.action or options.action
             path = (
@@ -45,13 +68,31 @@ def print_dry_run(plan: Plan, options: RunOptions, endpoint: str, out: TextIO) -
             )
             body = job_body(job).decode()  # exactly what a run would send
             workspace = f" workspace={job.workspace}" if job.workspace else ""
-            out.write(f"POST {endpoint}{path}{workspace} {body}\n")
+            first = " (after a status check: its last request may have reached the service)"
+            out.write(f"POST {endpoint}{path}{workspace} {body}{first if doubt else ''}\n")
     if count > 20:
         out.write(f"... and {count - 20} more\n")
+    resumed = ""
+    if segment is not None and history is not None:
+        resumed = (
+            f" by this resume (segment {segment.number}; {checked} checked with the service "
+            f"first; {segment.already_settled} already settled and skipped)"
+        )
     out.write(
-        f"dry run: {count} job(s) would be sent at {format_rate(options.rate)}, "
+        f"dry run: {count} job(s) would be sent{resumed} at {format_rate(options.rate)}, "
         f"concurrency {options.concurrency}; nothing was sent\n"
     )
+
+
+def resume_hint(result: RunResult, resume_command: str) -> str | None:
+    """The line that says how to resume a run that ended with jobs left (None: none left)."""
+    summary = result.summary
+    left = summary is not None and (
+        summary.outcomes.get("pending", 0) + summary.outcomes.get("unknown", 0) > 0
+    )
+    if result.ledger is None or not (left or result.exit_code in (EXIT_HALTED, EXIT_INTERRUPTED)):
+        return None
+    return f"launcher: to resume this run: {resume_command}"
 
 
 def launch(
@@ -78,24 +119,32 @@ def launch(
         ensure_descriptors(options.concurrency)
     ledger_path = options.ledger or str(default_ledger_path(manifest))
     # A resume folds its ledger first: its latest header may spare re-validation.
-    resumed = resume_history(ledger_path) if options.resume and not options.dry_run else None
+    # (A dry run changes no file: it reads a crashed fleet's parts where they are.)
+    resumed = resume_history(ledger_path, merge=not options.dry_run) if options.resume else None
     plan = plan_manifest(manifest, options, recorded=resumed.runs[-1] if resumed else None)
-    if options.dry_run:
+    if options.dry_run and resumed is None:
         print_dry_run(plan, options, endpoint, stdout)
         return RunResult(0, None, None)
     if plan.jobs == 0:
         stdout.write(f"{manifest}: no jobs for this run; nothing to do\n")
         return RunResult(0, None, None)
 
-    segment = plan_segment(ledger_path, plan, options, resumed)
+    segment = plan_segment(ledger_path, plan, options, resumed, endpoint=endpoint)
     if resumed is not None and resumed.counted_only and not segment.nothing_left:
         # The snapshot's counts said jobs are left to send: that needs each job's state.
-        segment = plan_segment(ledger_path, plan, options, resume_history(ledger_path, saved=False))
+        history = resume_history(ledger_path, saved=False, merge=not options.dry_run)
+        segment = plan_segment(ledger_path, plan, options, history, endpoint=endpoint)
+    if options.dry_run:
+        print_dry_run(plan, options, endpoint, stdout, segment)
+        return RunResult(0, None, None)
     # What this process holds now (modules, the plan, a resume's fold) lives to
     # the end: out of every later collection, which would find nothing in it and,
     # in forked workers, copy every page it touched.
     gc.freeze()
-    if not segment.nothing_left and options.workers != 1:
+    # Waves need one process: the gate between two waves sees every job of the first.
+    # So do --wait (one process follows every run it started) and --verify (one check).
+    one_process = has_waves(plan.validation.waves) or options.wait or options.verify
+    if not segment.nothing_left and options.workers != 1 and not one_process:
         from launcher.run.fleet import choose_workers, start_fleet, usable_cpus
 
         unsettled = plan.jobs - segment.already_settled

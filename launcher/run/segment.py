@@ -28,10 +28,10 @@ from launcher import __version__
 from launcher.config import RunOptions
 from launcher.errors import EXIT_INTERRUPTED, HaltError, LedgerFailed
 from launcher.flow.adaptive import AdaptiveRate
-from launcher.flow.dispatch import Dispatcher, DispatchSettings, Tally, WorkspaceLimits
+from launcher.flow.dispatch import Dispatcher, DispatchSettings, Recorder, Tally, WorkspaceLimits
 from launcher.flow.pacing import Pacer, RateGate, TokenBucket, format_rate
 from launcher.flow.policy import RetryBudget, RetryPolicy, parse_halt
-from launcher.ledger.events import RunFields
+from launcher.ledger.events import EndFields, RunFields
 from launcher.ledger.history import LiveFold
 from launcher.ledger.report import Summary
 from launcher.ledger.writer import Ledger
@@ -41,6 +41,9 @@ from launcher.run.connect import Connection
 from launcher.run.plan import GRACE_SECONDS, Plan
 from launcher.run.progress import show_progress
 from launcher.run.resume import Segment
+from launcher.run.verify import verify
+from launcher.run.wait import Waiter, open_waiter, waiting_summary
+from launcher.run.waves import Waves, has_waves
 
 __all__ = ["RunResult", "WorkerRole", "exit_code", "run_segment"]
 
@@ -69,6 +72,7 @@ class WorkerRole:
     # Runs beside the dispatcher: reports the tally to the parent, obeys its orders.
     companion: Callable[[Dispatcher, Tally], Coroutine[Any, Any, None]]
     on_signal: Callable[[int], None] | None = None  # worker 0 passes signals on
+    run_options: RunOptions | None = None  # the run's own (a worker's are its share)
 
 
 def exit_code(
@@ -128,17 +132,60 @@ async def run_segment(
     if tally is None:
         tally = Tally()
     tally.total = max(0, plan.jobs - segment.already_settled)
-    dispatcher = _build_dispatcher(options, connection, ledger, segment, tally, shared)
     # A worker takes every count-th job: a share that costs next to nothing to skip.
     # Which worker sends a job does not matter for resume: every worker folds
     # the whole ledger and skips what is settled.
     share = (role.index, role.count) if role is not None else None
-    # A manifest changed under a streaming run stops it like a halt (exit 3, resumable).
-    jobs = segment.to_send(
-        plan.iter_jobs(share, lambda error: dispatcher.stop("manifest_changed", error)),
-        options.retry_failed,
+    waiter, instances = (None, None)
+    if options.wait:  # --wait: follow accepted runs (run/wait.py); else nothing of it
+        waiter, instances = open_waiter(
+            options, connection.client, ledger, segment, plan.iter_jobs(share)
+        )
+    dispatcher = _build_dispatcher(
+        options,
+        connection,
+        ledger,
+        segment,
+        tally,
+        shared,
+        waiter.recorder(ledger) if waiter is not None else ledger,
     )
-    interrupted = await _supervise(dispatcher, jobs, ledger, tally, options, role, live, shared)
+    if waiter is not None:
+        waiter.pacer, waiter.dispatcher = dispatcher.pacer, dispatcher
+
+    def send_jobs() -> Iterator[Job]:
+        # A manifest changed under a streaming run stops it like a halt (exit 3,
+        # resumable).
+        return plan.iter_jobs(share, lambda error: dispatcher.stop("manifest_changed", error))
+
+    jobs: Iterator[Job] | Waves
+    if has_waves(plan.validation.waves) and not segment.nothing_left:
+        jobs = Waves(
+            send_jobs,
+            plan.validation.waves or {},
+            segment,
+            options.retry_failed,
+            "continue" if options.wave_failures == "continue" else "stop",
+            exact_counts=plan.shard is None and role is None,
+            shard=options.shard,
+            waiter=waiter,
+            instances=instances,
+        )
+    else:
+        jobs = segment.to_send(send_jobs(), options.retry_failed)
+    interrupted = await _supervise(
+        dispatcher, jobs, ledger, tally, options, role, live, shared, waiter
+    )
+    verified = None
+    if options.verify and not interrupted and dispatcher.halt_error is None:
+        verified = await verify(
+            connection.client,
+            ledger,
+            lambda: plan.iter_jobs(share),
+            options.action,
+            RetryPolicy(max_attempts=options.max_attempts, base=options.backoff_base),
+            dispatcher.pacer,
+        )
 
     halt = dispatcher.halt_error
     if halt is not None:
@@ -153,22 +200,31 @@ async def run_segment(
         done=tally.done,
         jobs=plan.jobs,
     )
-    ledger.footer(
-        {
-            "run_id": run_id,
-            "reason": dispatcher.stop_reason or "complete",
-            "exit_code": code,
-            "elapsed_s": round(time.time() - started, 3),
-            "finished_at": datetime.now(UTC).isoformat(),
-            "tally": {
-                "done": tally.done,
-                "started": tally.started,
-                "failed": tally.failed,
-                "unknown": tally.unknown,
-                "attempts": tally.attempts,
-            },
-        }
-    )
+    if code == 0 and waiter is not None and (waiter.failed or waiter.pending):
+        code = 1  # a followed run failed, timed out, or is still running
+    if code == 0 and verified is not None and (verified["mismatches"] or "error" in verified):
+        code = 1  # a job is not in the state its call set, or the list could not say
+    footer: EndFields = {
+        "run_id": run_id,
+        "reason": dispatcher.stop_reason or "complete",
+        "exit_code": code,
+        "elapsed_s": round(time.time() - started, 3),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "tally": {
+            "done": tally.done,
+            "started": tally.started,
+            "failed": tally.failed,
+            "unknown": tally.unknown,
+            "attempts": tally.attempts,
+        },
+    }
+    if isinstance(jobs, Waves):
+        footer["waves"] = jobs.summary()
+    if waiter is not None:
+        footer["wait"] = waiting_summary(waiter)
+    if verified is not None:
+        footer["verify"] = {**verified, "shard": options.shard}
+    ledger.footer(footer)
     return code
 
 
@@ -194,6 +250,7 @@ def _write_header(
             "sha256": plan.validation.sha256,
             "jobs": plan.jobs,
             "total_jobs": plan.validation.jobs,
+            "waves": {str(wave): jobs for wave, jobs in (plan.validation.waves or {}).items()},
             "format": options.manifest_format,
         },
         "shard": options.shard,
@@ -208,6 +265,9 @@ def _write_header(
     if role is not None:
         fields["worker"] = f"{role.index}/{role.count}"
         fields["fleet"] = role.fleet
+        if role.run_options is not None:
+            # A worker records its share of the limits, and the run's for a resume.
+            fields["run_options"] = role.run_options.public()
     ledger.header(fields)
     log.info(
         "run starting",
@@ -229,6 +289,7 @@ def _build_dispatcher(
     segment: Segment,
     tally: Tally,
     shared: Any,
+    recorder: Recorder,
 ) -> Dispatcher:
     """The dispatcher for `options`, sending through the connection's client."""
     client = connection.client
@@ -256,7 +317,7 @@ def _build_dispatcher(
         pacer, flow = shared.pacer, shared.flow
     return Dispatcher(
         shared.service(client) if shared is not None else client,
-        ledger,
+        recorder,
         pacer,
         settings,
         tally=tally,
@@ -269,13 +330,14 @@ def _build_dispatcher(
 
 async def _supervise(
     dispatcher: Dispatcher,
-    jobs: Iterator[Job],
+    jobs: Iterator[Job] | Waves,
     ledger: Ledger,
     tally: Tally,
     options: RunOptions,
     role: WorkerRole | None,
     live: LiveFold | None,
     shared: Any,
+    waiter: Waiter | None = None,
 ) -> bool:
     """Dispatch `jobs` with everything that runs beside it; True when interrupted.
 
@@ -330,8 +392,13 @@ async def _supervise(
             tg.start_soon(show_run_progress, tally, options)
         if role is not None:
             tg.start_soon(role.companion, dispatcher, tally)
+        if waiter is not None:
+            tg.start_soon(waiter.run)
         with dispatch_scope:
             await _run_dispatcher(dispatcher, jobs)
+            if waiter is not None:  # every run sent: follow them to their end
+                waiter.close()
+                await waiter.idle()
         tg.cancel_scope.cancel()
     return interrupted
 
@@ -343,9 +410,9 @@ async def _fold_live(live: LiveFold) -> None:
         live.take()
 
 
-async def _run_dispatcher(dispatcher: Dispatcher, jobs: Iterator[Job]) -> None:
+async def _run_dispatcher(dispatcher: Dispatcher, jobs: Iterator[Job] | Waves) -> None:
     try:
-        await dispatcher.run(jobs)
+        await (jobs.run(dispatcher) if isinstance(jobs, Waves) else dispatcher.run(jobs))
     except* LedgerFailed as group:
         first = group.exceptions[0]
         assert isinstance(first, HaltError)

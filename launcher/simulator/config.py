@@ -109,6 +109,13 @@ class SimConfig:
     """PEM certificate (chain) file: serve https with it (needs `tls_key`)."""
     tls_key: str | None = None
     """PEM private key file of `tls_cert`."""
+    scheduled_fraction: float = 0.0
+    """A seeded estate: this fraction of the jobs (per workspace, drawn per job from
+    `seed`) reads SCHEDULING before any call; the others STOPPED."""
+    run_seconds: float | None = None
+    """How long a run-immediate instance stays `running` before it ends (None: forever)."""
+    run_fail: float = 0.0
+    """Fraction of run-immediate instances that end `fail` (the others `success`); seeded."""
     seed: int | None = None
     """Seed of the fault and jitter draws; the same seed and arrival order give the same faults."""
 
@@ -306,5 +313,8 @@ _CONVERTERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "iam_users": _as_iam_users,
     "tokens": _as_str_set,
     "token_ttl": _as_float,
+    "scheduled_fraction": _as_float,
+    "run_seconds": _as_opt_float,
+    "run_fail": _as_float,
     "seed": _as_opt_int,
 }

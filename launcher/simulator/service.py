@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import time
+from collections import Counter
 from typing import Final
 from urllib.parse import unquote
 
@@ -36,6 +38,9 @@ class JobService:
         self._jobs: dict[tuple[str, str | None], dict[str, _Job]] = {}
         self._instances: dict[tuple[str, str | None], list[dict[str, object]]] = {}
         self._next_instance_id = 1_000_000
+        self._run_rng = random.Random(None if config.seed is None else config.seed + 2)
+        # Instances still running: id -> (Unix time they end, final status, their job).
+        self._running: dict[int, tuple[float, str, _Job]] = {}
 
     def handle(
         self, route: str, request: web.Request, parts: list[str], body: bytes, rid: str
@@ -67,6 +72,7 @@ class JobService:
         job = space.get(name)
         if job is None:
             job = space[name] = _Job()
+            job.status = self.initial_status(project, workspace, name)
         key = (project, workspace, name)
         if route == "start":
             job.status = "SCHEDULING"
@@ -91,6 +97,9 @@ class JobService:
             }
         )
         job.last_instance_status = "running"
+        if self.config.run_seconds is not None:
+            ends = "fail" if self._run_rng.random() < self.config.run_fail else "success"
+            self._running[instance_id] = (time.time() + self.config.run_seconds, ends, job)
         self.stats.runs[key] += 1
         answer_id: int | str = str(instance_id) if self.config.instance_id_string else instance_id
         return Answer(200, orjson.dumps({"instanceId": answer_id}))
@@ -100,8 +109,41 @@ class JobService:
     ) -> Answer:
         for instance in self._instances.get((project, workspace), ()):
             if instance["jobName"] == name and str(instance["instanceId"]) == raw_id:
+                self._end_if_due(instance)
                 return Answer(200, orjson.dumps(instance))
         return error(400, "DLF.0100", "The job instance does not exist.", rid)
+
+    def initial_status(self, project: str, workspace: str | None, name: str) -> str:
+        """A job's state before any call: SCHEDULING for a seeded `scheduled_fraction`."""
+        fraction = self.config.scheduled_fraction
+        if fraction <= 0.0:
+            return "STOPPED"
+        draw = random.Random(f"{self.config.seed}:{project}:{workspace}:{name}").random()
+        return "SCHEDULING" if draw < fraction else "STOPPED"
+
+    def _end_if_due(self, instance: dict[str, object]) -> None:
+        """End a running instance whose `run_seconds` are over, with its drawn status."""
+        instance_id = instance["instanceId"]
+        if not isinstance(instance_id, int):
+            return
+        due = self._running.get(instance_id)
+        if due is None:
+            return
+        ends_at, status, job = due
+        if time.time() >= ends_at:
+            del self._running[instance_id]
+            instance["status"] = status
+            instance["endTime"] = int(ends_at * 1000)
+            job.last_instance_status = status
+
+    def instance_statuses(self) -> Counter[str]:
+        """Every run-immediate instance by status, as the service sees it now."""
+        counts: Counter[str] = Counter()
+        for instances in self._instances.values():
+            for instance in instances:
+                self._end_if_due(instance)
+                counts[str(instance["status"])] += 1
+        return counts
 
     def _exists(self, name: str) -> bool:
         config = self.config
@@ -139,7 +181,7 @@ class JobService:
                 {
                     "name": name,
                     "jobType": "REAL_TIME" if name in real_time else "BATCH",
-                    "status": job.status if job else "STOPPED",
+                    "status": job.status if job else self.initial_status(project, workspace, name),
                     "lastInstanceStatus": job.last_instance_status if job else None,
                 }
             )
@@ -161,6 +203,8 @@ class JobService:
         precise = query.get("preciseQuery") == "true"
         status = query.get("status") or None
         instance_type = query.get("instanceType") or None
+        for instance in self._instances.get((project, workspace), ()):
+            self._end_if_due(instance)
         found = [
             instance
             for instance in reversed(self._instances.get((project, workspace), []))  # newest first

@@ -21,6 +21,7 @@ SAMPLES: dict[str, str] = {
     "rate": "7/s",
     "halt": "fail=3",
     "deadline": "90s",
+    "wait_timeout": "90s",
     "workers": "2",
 }
 

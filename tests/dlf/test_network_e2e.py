@@ -156,3 +156,31 @@ async def test_failures_without_an_answer_are_grouped_by_their_reason(tmp_path: 
     [(key, count)] = report["failed_by_code"].items()
     assert count == 3
     assert key.startswith("connect: cannot connect to 127.0.0.1:")
+
+
+async def test_snapshot_lists_over_tls_through_the_proxy_flag(tmp_path: Path) -> None:
+    # snapshot takes run's connection options: --proxy (with credentials, never shown),
+    # --ca-bundle, AK/SK; the pages go through the proxy's tunnel.
+    files = tls_files(tmp_path)
+    jobs = [f"listed-{n:03d}" for n in range(120)]
+    config = SimConfig(
+        aksk={AK: SK},
+        tls_cert=str(files.cert),
+        tls_key=str(files.key),
+        known_jobs=frozenset(jobs),
+    )
+    snap = tmp_path / "snap.jsonl"
+    with tinyproxy(tmp_path, user="proxyuser", password="proxy-secret") as proxy:
+        async with running(config) as (sim, url):
+            done = await launcher(
+                "snapshot", "--endpoint", url, "--project-id", "p1", "--rate", "0",
+                "--ca-bundle", str(files.ca), "--proxy", proxy.url, "--workspace", "ws1",
+                "--output", str(snap), env=env(),
+            )  # fmt: skip
+            tunnels = len(proxy.requests("CONNECT"))
+    assert done.code == 0, done.stderr
+    assert tunnels >= 1  # through the proxy, not around it
+    assert sim.stats.bad_signatures == 0
+    listed = [line for line in snap.read_bytes().splitlines() if line]
+    assert len(listed) == len(jobs)
+    assert "proxy-secret" not in done.stdout + done.stderr

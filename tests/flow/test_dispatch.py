@@ -13,9 +13,11 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from launcher.errors import AuthFailed, TlsFailed
-from launcher.flow.dispatch import Dispatcher, DispatchSettings
+from launcher.flow.dispatch import Dispatcher, DispatchSettings, WorkspaceLimits
 from launcher.flow.pacing import Pacer, TokenBucket
 from launcher.flow.policy import RetryPolicy
 from launcher.ledger.report import Summary, summarize
@@ -111,7 +113,12 @@ async def dispatch(
     max_attempts: int = 4,
     canary: bool = True,
     total: int | None = None,
+    workspaces: dict[str, WorkspaceLimits] | None = None,
+    look_ahead: int = 10_000,
+    stop_after: int = 0,
 ) -> tuple[Dispatcher, Summary]:
+    """Dispatch `jobs` to `service`; with `stop_after`, stop the run once that many calls
+    were made (the rest end pending)."""
     ledger_path = tmp_path / "ledger.jsonl"
     ledger = Ledger(ledger_path, fsync="never")
     count = total if total is not None else len(jobs)  # type: ignore[arg-type]
@@ -121,9 +128,23 @@ async def dispatch(
         per_workspace=per_workspace,
         retry=RetryPolicy(max_attempts=max_attempts, base=0.001, cap=0.01, throttle_base=0.001),
         canary=canary,
+        workspaces=workspaces or {},
+        look_ahead=look_ahead,
     )
     dispatcher = Dispatcher(service, ledger, Pacer(TokenBucket(0.0)), settings)
-    await dispatcher.run(jobs)
+    if stop_after:
+        service.notify_after = stop_after
+        async with anyio.create_task_group() as tg:
+
+            async def stop_when_seen() -> None:
+                await service.calls_seen.wait()
+                dispatcher.stop("enough")
+
+            tg.start_soon(stop_when_seen)
+            await dispatcher.run(jobs)
+            tg.cancel_scope.cancel()
+    else:
+        await dispatcher.run(jobs)
     ledger.footer({"reason": dispatcher.stop_reason or "complete"})
     ledger.close()
     return dispatcher, summarize([read_ledger(ledger_path)])
@@ -155,6 +176,136 @@ async def test_per_workspace_limit_holds_while_others_proceed(tmp_path: Path) ->
     assert service.peak_by_workspace["ws-a"] <= 3
     assert service.peak_by_workspace["ws-b"] <= 3
     assert service.peak >= 4  # the two workspaces ran side by side
+
+
+async def test_a_slow_workspace_at_the_head_does_not_hold_back_the_others(
+    tmp_path: Path,
+) -> None:
+    """Issue 16: `ws-warehouse` at 5/s at the head of the manifest held every other
+    workspace back (their first request after 16.8 s). Here it is at 1/s: after its
+    first job, each next one waits a second, and the 30 others go meanwhile."""
+    jobs = make_jobs(6, "ws-warehouse", "wh") + make_jobs(30, "ws-other", "o")
+    service = FakeService()
+    dispatcher, summary = await dispatch(
+        tmp_path,
+        jobs,
+        service,
+        concurrency=4,
+        workspaces={"ws-warehouse": WorkspaceLimits(rate=1.0)},
+        stop_after=31,  # the canary and the 30 others: then stop (no need to wait 5 s)
+    )
+    assert service.calls[:31] == ["wh-0"] + [f"o-{n}" for n in range(30)]
+    assert summary.outcomes["started"] >= 31
+    assert dispatcher.tally.limits == {"ws-warehouse": ("1/s", 1.0)}
+
+
+async def test_a_workspace_at_its_in_flight_limit_does_not_hold_back_the_others(
+    tmp_path: Path,
+) -> None:
+    class SlowWarehouse(FakeService):
+        async def call(self, job: Job, action: Action) -> Reply:
+            if job.workspace == "ws-warehouse":
+                await anyio.sleep(0.3)
+            return await super().call(job, action)
+
+    jobs = make_jobs(5, "ws-warehouse", "wh") + make_jobs(30, "ws-other", "o")
+    service = SlowWarehouse()
+    dispatcher, _ = await dispatch(
+        tmp_path,
+        jobs,
+        service,
+        concurrency=4,
+        canary=False,
+        workspaces={"ws-warehouse": WorkspaceLimits(concurrency=1)},
+    )
+    # wh-0 is in flight (0.3 s); the others all go before wh-1 may.
+    assert service.calls.index("wh-1") > service.calls.index("o-29")
+    assert service.peak_by_workspace["ws-warehouse"] == 1
+    assert sorted(service.calls) == sorted(job.name for job in jobs)
+    assert dispatcher.tally.queued == {}
+
+
+async def test_jobs_read_ahead_of_their_workspace_stay_bounded(tmp_path: Path) -> None:
+    """The queues hold at most `look_ahead` jobs: a manifest of one slow workspace is not
+    read into memory while the workers wait for it."""
+    read = 0
+    sent_at_read: list[int] = []
+    service = FakeService()
+
+    def source() -> Iterator[Job]:
+        nonlocal read
+        for job in make_jobs(40, "ws-warehouse", "wh") + make_jobs(10, "ws-other", "o"):
+            read += 1
+            sent_at_read.append(read - len(service.calls))  # read, not yet sent
+            yield job
+
+    _, summary = await dispatch(
+        tmp_path,
+        source(),
+        service,
+        concurrency=4,
+        canary=False,
+        total=50,
+        look_ahead=5,
+        workspaces={"ws-warehouse": WorkspaceLimits(rate=200.0)},
+    )
+    assert summary.outcomes["started"] == 50
+    assert max(sent_at_read) <= 5 + 4 + 1  # queued, in the workers' hands, and this one
+
+
+class _NullRecorder:
+    def intent(self, *args: Any) -> None: ...
+
+    def result(self, *args: Any) -> None: ...
+
+    def check(self, *args: Any, **kwargs: Any) -> None: ...
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    layout=st.lists(st.sampled_from(["a", "b", "c", None]), min_size=1, max_size=40),
+    limits=st.dictionaries(
+        st.sampled_from(["a", "b", "c"]),
+        st.tuples(st.integers(0, 3), st.sampled_from([0.0, 400.0, 2000.0])),
+    ),
+    concurrency=st.integers(1, 6),
+    look_ahead=st.integers(1, 6),
+    canary=st.booleans(),
+)
+def test_per_workspace_queues_send_every_job_once_within_its_limits(
+    layout: list[str | None],
+    limits: dict[str, tuple[int, float]],
+    concurrency: int,
+    look_ahead: int,
+    canary: bool,
+) -> None:
+    """Whatever the mix of workspaces and limits: every job is sent exactly once, no
+    workspace exceeds its in-flight limit, and the queues end empty."""
+    jobs = [
+        Job(id=f"j{n}", name=f"j{n}", params=(), workspace=ws, project_id="p", line=n + 1)
+        for n, ws in enumerate(layout)
+    ]
+    service = FakeService(delay=0.0005)
+    settings_ = DispatchSettings(
+        concurrency=concurrency,
+        canary=canary,
+        look_ahead=look_ahead,
+        workspaces={ws: WorkspaceLimits(c, r) for ws, (c, r) in limits.items()},
+    )
+
+    async def main() -> Dispatcher:
+        dispatcher = Dispatcher(service, _NullRecorder(), Pacer(TokenBucket(0.0)), settings_)
+        with anyio.fail_after(10):
+            await dispatcher.run(jobs)
+        return dispatcher
+
+    dispatcher = anyio.run(main)
+    assert sorted(service.calls) == sorted(job.name for job in jobs)
+    for ws, (cap, _rate) in limits.items():
+        if cap:
+            assert service.peak_by_workspace[ws] <= cap
+    assert not dispatcher.tally.queued
+    assert service.peak <= concurrency
 
 
 async def test_transient_failures_are_retried_until_started(tmp_path: Path) -> None:

@@ -176,6 +176,7 @@ BAD_LINES = [
     ({**HEADER, "manifest": {"total_jobs": 2**62}}, "manifest.total_jobs: a count"),
     ({**HEADER, "shard": "0/1000000000"}, "shard: I/N"),
     ({**HEADER, "options": [1]}, "options: an object"),
+    ({**HEADER, "run_options": "x"}, "run_options: an object"),
     ({"event": "workers", "fleet": FLEET, "parts": [1]}, "parts: int 1 is not this"),
     ({"event": "merged", "fleet": ["x"]}, "fleet: a string"),
     ({"event": 5}, "event: missing, or not a string"),

@@ -369,7 +369,7 @@ def test_unknown_field_suggests_the_right_one(tmp_path: Path) -> None:
         f'{path}:1: parmas: unknown field; did you mean "params"?',
         f'{path}:2: worksapce: unknown field; did you mean "workspace"?',
         f"{path}:3: colour: unknown field (expected name, params, workspace, project_id, id,"
-        " action)",
+        " action, wave)",
     ]
 
 
@@ -403,7 +403,7 @@ def test_control_characters_in_field_names_are_escaped(tmp_path: Path) -> None:
     message = one_problem(tmp_path, {"name": "a", "x\ny": 1})
     assert "\n" not in message
     assert message.endswith(':1: "x\\ny": unknown field (expected name, params, workspace,'
-                            " project_id, id, action)")  # fmt: skip
+                            " project_id, id, action, wave)")  # fmt: skip
 
 
 def test_overlong_line_is_reported_not_read(
@@ -1305,10 +1305,65 @@ def test_a_record_becomes_the_job_with_its_identity(
     jid: str | None,
 ) -> None:
     """The send pass hashes the checker's tuples: the identity must stay `job_identity`'s."""
-    job = _job((name, params, workspace, project_id, jid, None, 7))
+    job = _job((name, params, workspace, project_id, jid, None, 7, 3))
     job_params = tuple(JobParam(*param) for param in params)
     assert job == Job(
         jid or job_identity(project_id, workspace, name, job_params),
-        name, job_params, workspace, project_id, 7, None,
+        name, job_params, workspace, project_id, 7, None, 3,
     )  # fmt: skip
     assert all(type(param) is JobParam for param in job.params)
+
+
+# --- the wave field -------------------------------------------------------------
+
+
+def test_wave_is_read_in_every_format_and_counted(tmp_path: Path) -> None:
+    """`wave` in JSONL, CSV and YAML: the Job's wave, and the validation's count per wave."""
+    sources = {
+        "m.jsonl": jsonl({"name": "a"}, {"name": "b", "wave": 2}, {"name": "c", "wave": 0}),
+        "m.csv": "name,wave\na,\nb,2\nc,0\n",
+        "m.yaml": "- name: a\n- name: b\n  wave: 2\n- {name: c, wave: 0}\n",
+    }
+    for name, text in sources.items():
+        path = write(tmp_path, name, text)
+        assert [(job.name, job.wave) for job in only_jobs(path)] == [("a", 0), ("b", 2), ("c", 0)]
+        result = validate(path)
+        assert result.problem_count == 0, result.problems
+        assert result.waves == {0: 2, 2: 1}
+
+
+def test_wave_does_not_change_the_identity(tmp_path: Path) -> None:
+    path = write(tmp_path, "m.jsonl", jsonl({"name": "a", "wave": 5}))
+    assert only_jobs(path)[0].id == job_identity(None, None, "a", ())
+    twice = write(tmp_path, "t.jsonl", jsonl({"name": "a", "wave": 1}, {"name": "a", "wave": 2}))
+    assert messages(twice) == [
+        f"{twice}:2: job: duplicate of the job on line 1 (same project, workspace, name and params)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (-1, "must be a whole number from 0 to 1000000, got number -1"),
+        (1.5, "must be a whole number from 0 to 1000000, got number 1.5"),
+        (True, "must be a whole number from 0 to 1000000, got boolean true"),
+        (1_000_001, "must be a whole number from 0 to 1000000, got number 1000001"),
+        ("2", 'must be a whole number from 0 to 1000000, got "2"; write it without quotes: 2'),
+        ([1], "must be a whole number from 0 to 1000000, got array"),
+    ],
+)
+def test_bad_waves_name_file_line_and_field(tmp_path: Path, value: Any, expected: str) -> None:
+    message = one_problem(tmp_path, {"name": "a", "wave": value})
+    assert message == f"{tmp_path / 'm.jsonl'}:1: wave: {expected}"
+
+
+def test_bad_waves_in_csv_and_yaml(tmp_path: Path) -> None:
+    csv_path = write(tmp_path, "m.csv", "name,wave\na,1\nb,first\nc,-2\n")
+    assert messages(csv_path) == [
+        f'{csv_path}:3: wave: must be a whole number from 0 to 1000000, got "first"',
+        f'{csv_path}:4: wave: must be a whole number from 0 to 1000000, got "-2"',
+    ]
+    yaml_path = write(tmp_path, "m.yaml", "- name: a\n  wave: 1\n- name: b\n\n  wave: 1.5\n")
+    assert messages(yaml_path) == [
+        f"{yaml_path}:5: wave: must be a whole number from 0 to 1000000, got number 1.5"
+    ]

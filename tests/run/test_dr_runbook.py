@@ -68,7 +68,7 @@ async def shell(command: str, cwd: Path, endpoint: str) -> Completed:
 def test_the_runbook_has_its_steps() -> None:
     commands = runbook_commands()
     kinds = [shlex.split(c.replace("<DR project>", "x"))[1] for c in commands]
-    assert kinds == ["report", "replay", "replay", "run", "report", "report"]
+    assert kinds == ["report", "replay", "replay", "resume", "report", "report"]
     assert "--dry-run" in commands[1]
     assert commands[2] == commands[1].replace(" --dry-run", "")  # "the same command without"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 from pathlib import Path
 from typing import Any, get_args
 
@@ -16,7 +15,7 @@ from launch_helpers import (
     launcher,
     ledger_events,
     report_json,
-    sim_env,
+    signal_when_started,
     write_manifest,
 )
 
@@ -274,16 +273,10 @@ async def test_sigint_stops_gracefully_records_everything_and_exits_130(tmp_path
     manifest = write_manifest(tmp_path / "m.jsonl", job_lines(2000))
     ledger = tmp_path / "l.jsonl"
     async with running(SimConfig(latency=0.05)) as (sim, url):
-        process = await anyio.open_process(
-            [sys.executable, "-m", "launcher", "run", str(manifest), "--endpoint", url,
-             "--project-id", "p1", "--rate", "200/s", "--ledger", str(ledger)],
-            env=sim_env(),
+        code = await signal_when_started(
+            sim, 100, signal.SIGINT, "run", str(manifest), "--endpoint", url,
+            "--project-id", "p1", "--rate", "200/s", "--ledger", str(ledger),
         )  # fmt: skip
-        async with process:
-            await anyio.sleep(1.5)
-            process.send_signal(signal.SIGINT)
-            with anyio.fail_after(20):
-                code = await process.wait()
     assert code == 130
     report = report_json(ledger)
     assert report["outcomes"]["unknown"] == 0  # in-flight requests were waited for

@@ -6,11 +6,20 @@ from pathlib import Path
 
 import pytest
 
+from launcher.config import RunOptions
 from launcher.ledger.history import JobRecord, fold
 from launcher.ledger.writer import Ledger, read_ledger
 from launcher.models import Failure, Job, JobParam, Reply
 from launcher.run.replay import replay_jobs
-from launcher.run.resume import Next, next_step, step_lookup
+from launcher.run.resume import (
+    Next,
+    current_identity,
+    describe_changes,
+    identity_changes,
+    next_step,
+    recorded_identity,
+    step_lookup,
+)
 
 
 @pytest.mark.parametrize(
@@ -28,6 +37,70 @@ from launcher.run.resume import Next, next_step, step_lookup
         (JobRecord(last="transient"), False, Next.SEND),
         (JobRecord(last="throttled"), False, Next.SEND),
         (JobRecord(last="not_sent"), False, Next.SEND),
+        # Failures of the run, not of the job: sent again without --retry-failed.
+        (
+            JobRecord(outcome="failed", last="auth_failed", permanent=True, failure="APIGW.0301"),
+            False,
+            Next.SEND,
+        ),
+        (
+            JobRecord(outcome="failed", last="auth_failed", permanent=True, failure="HTTP 403"),
+            False,
+            Next.SEND,
+        ),
+        (JobRecord(outcome="failed", last="refresh_auth", failure="APIGW.0307"), False, Next.SEND),
+        (
+            JobRecord(outcome="failed", last="permanent", permanent=True, failure="APIGW.0302"),
+            False,
+            Next.SEND,
+        ),
+        (
+            JobRecord(outcome="failed", last="permanent", permanent=True, failure="tls"),
+            False,
+            Next.SEND,
+        ),
+        (
+            JobRecord(outcome="failed", last="permanent", permanent=True, failure="dns: no host"),
+            False,
+            Next.SEND,
+        ),
+        (JobRecord(outcome="failed", last="transient", failure="connect"), False, Next.SEND),
+        (
+            JobRecord(outcome="failed", last="auth_failed", permanent=True, failure="APIG.0301"),
+            False,
+            Next.SEND,
+        ),
+        (  # 404 API not published: a wrong host or path, the run's endpoint
+            JobRecord(outcome="failed", last="permanent", permanent=True, failure="APIGW.0101"),
+            False,
+            Next.SEND,
+        ),
+        # ...while the job's own failures stay final, even on a 403.
+        (
+            JobRecord(outcome="failed", last="auth_failed", permanent=True, failure="DLF.6888"),
+            False,
+            Next.SKIP,
+        ),
+        (
+            JobRecord(outcome="failed", last="auth_failed", permanent=True, failure="DLF.6888"),
+            True,
+            Next.SEND,
+        ),
+        (
+            JobRecord(outcome="failed", last="permanent", permanent=True, failure="DLF.0100"),
+            False,
+            Next.SKIP,
+        ),
+        (
+            JobRecord(outcome="failed", last="permanent", permanent=True, failure="HTTP 404"),
+            False,
+            Next.SKIP,
+        ),
+        (
+            JobRecord(outcome="failed", last="permanent", permanent=True, failure="APIGW.0308"),
+            False,
+            Next.SKIP,
+        ),
     ],
 )
 def test_next_step(record: JobRecord | None, retry_failed: bool, step: Next) -> None:
@@ -107,3 +180,36 @@ def test_replay_rebuilds_jobs_with_project_and_workspace_remapped(tmp_path: Path
         "project_id": "pdr",
     }
     assert "workspace" not in lines[2]  # the default workspace stays the default
+
+
+@pytest.mark.parametrize(
+    ("header", "changes"),
+    [
+        ({}, []),  # an old header records nothing: nothing to compare
+        ({"endpoint": "https://a/", "simulator": False}, []),  # trailing slash
+        ({"endpoint": "https://b", "simulator": False}, [("endpoint", "https://b", "https://a")]),
+        (
+            {"endpoint": "http://127.0.0.1:9", "simulator": True},
+            [("endpoint", "sim", "https://a")],
+        ),
+        (
+            {"options": {"project_id": "p1", "workspace": None, "action": "start"}, "shard": None},
+            [],
+        ),
+        ({"options": {"project_id": "p0"}}, [("project_id", "p0", "p1")]),
+        ({"options": {"action": "stop"}}, [("action", "stop", "start")]),
+        ({"options": {"workspace": "w"}}, [("workspace", "w", None)]),
+        ({"shard": "1/2"}, [("shard", "1/2", None)]),
+    ],
+)
+def test_identity_changes(
+    header: dict[str, object], changes: list[tuple[str, object, object]]
+) -> None:
+    current = current_identity(RunOptions(project_id="p1"), "https://a")
+    assert identity_changes(recorded_identity(header), current) == changes
+
+
+def test_described_changes_never_show_a_password() -> None:
+    text = describe_changes([("endpoint", "https://u:secret@a", "https://b")])
+    assert "secret" not in text
+    assert text.endswith("-> https://b")

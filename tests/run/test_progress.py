@@ -21,6 +21,16 @@ def test_status_line_says_done_rate_eta_and_failures() -> None:
     assert "DLF.0100×2" in line
 
 
+def test_status_line_names_the_workspace_limit_that_binds_and_its_eta() -> None:
+    """Issue 16: a slow workspace held every other back with a wrong ETA and no hint why."""
+    tally = Tally(total=200, done=100)
+    tally.queued["ws-warehouse"] = 90
+    tally.limits["ws-warehouse"] = ("5/s", 5.0)
+    line = status_line(tally, elapsed=2.0)  # 50 jobs/s so far: 2 s for the other 100...
+    assert "held back by ws-warehouse: 5/s (90 queued)" in line
+    assert "ETA 18s" in line  # ...but 90 jobs at 5/s take 18 s
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("tty", [False, True])
 async def test_progress_ends_on_the_final_count(tty: bool) -> None:

@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import signal
-import sys
 from pathlib import Path
 
-import anyio
 import pytest
-from launch_helpers import job_lines, launcher, ledger_events, report_json, sim_env, write_manifest
+from launch_helpers import (
+    job_lines,
+    launcher,
+    ledger_events,
+    report_json,
+    signal_when_started,
+    write_manifest,
+)
 
 from launcher.simulator import SimConfig, running
 
 pytestmark = pytest.mark.anyio
-
-
-async def kill_after(seconds: float, *args: str) -> None:
-    """Start `launcher ARGS`, SIGKILL it after `seconds` (no flush, no footer)."""
-    process = await anyio.open_process([sys.executable, "-m", "launcher", *args], env=sim_env())
-    async with process:
-        await anyio.sleep(seconds)
-        process.send_signal(signal.SIGKILL)
-        await process.wait()
 
 
 async def test_kill_9_twice_then_resume_starts_every_job_exactly_once(tmp_path: Path) -> None:
@@ -38,9 +34,10 @@ async def test_kill_9_twice_then_resume_starts_every_job_exactly_once(tmp_path: 
     )  # fmt: skip
     async with running(faults) as (sim, url):
         args = tuple(url if a == "" else a for a in run)
-        await kill_after(1.2, *args)
+        # SIGKILL: no flush, no footer; each once the run is under way.
+        await signal_when_started(sim, 400, signal.SIGKILL, *args)
         first_cut = sum(sim.stats.starts.values())
-        await kill_after(1.2, *args, "--resume")
+        await signal_when_started(sim, 400, signal.SIGKILL, *args, "--resume")
         second_cut = sum(sim.stats.starts.values())
         done = await launcher(*args, "--resume")
     assert 0 < first_cut < second_cut < count  # both kills landed mid-run

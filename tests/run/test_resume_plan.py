@@ -41,6 +41,7 @@ def write_run(
                 "jobs": len(jobs),
                 "total_jobs": len(jobs),
                 "format": options.manifest_format,
+                "waves": {"0": len(jobs)},
             },
             "shard": options.shard,
             "options": options.public(),
@@ -81,6 +82,20 @@ def test_an_unchanged_manifest_is_hashed_not_validated(
     assert validations == []
     assert (plan.jobs, plan.validation.jobs, plan.validation.problem_count) == (30, 30, 0)
     assert plan.validation.sha256 == file_sha256(manifest)
+    assert plan.validation.waves == {0: 30}
+
+
+def test_a_header_without_wave_counts_means_a_full_validation(
+    tmp_path: Path, validations: list[str]
+) -> None:
+    """The waves of a reused validation come from the header: without them, validate."""
+    manifest = write_manifest(tmp_path / "m.jsonl", job_lines(30))
+    write_run(tmp_path / "l.jsonl", manifest, OPTIONS, settle=10)
+    recorded = latest_header(tmp_path / "l.jsonl")
+    del recorded["manifest"]["waves"]
+    plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=recorded)
+    assert validations == [str(manifest)]
+    assert plan.validation.waves == {0: 30}
 
 
 @pytest.mark.parametrize(
@@ -137,7 +152,7 @@ def test_nothing_left_skips_the_manifest_pass(tmp_path: Path) -> None:
     ledger = tmp_path / "l.jsonl"
     write_run(ledger, manifest, OPTIONS, settle=40)
     plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=latest_header(ledger))
-    segment = resume.plan_segment(str(ledger), plan, OPTIONS)
+    segment = resume.plan_segment(str(ledger), plan, OPTIONS, endpoint="sim")
     assert segment.nothing_left
     assert (segment.already_started, segment.already_settled) == (40, 40)
     assert list(segment.to_send(plan.iter_jobs(), retry_failed=False)) == []
@@ -149,7 +164,7 @@ def test_an_unsettled_job_means_a_manifest_pass(tmp_path: Path) -> None:
     ledger = tmp_path / "l.jsonl"
     write_run(ledger, manifest, OPTIONS, settle=39)
     plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=latest_header(ledger))
-    segment = resume.plan_segment(str(ledger), plan, OPTIONS)
+    segment = resume.plan_segment(str(ledger), plan, OPTIONS, endpoint="sim")
     assert not segment.nothing_left
     assert [job.name for job in segment.to_send(plan.iter_jobs(), retry_failed=False)] == [
         "job-0039"
@@ -171,6 +186,6 @@ def test_a_ledger_of_another_manifest_is_never_taken_as_settling_this_one(
     with open(ledger, "ab") as out:  # then a segment forced onto `manifest`
         out.write((tmp_path / "forced.jsonl").read_bytes())
     plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=latest_header(ledger))
-    segment = resume.plan_segment(str(ledger), plan, OPTIONS)
+    segment = resume.plan_segment(str(ledger), plan, OPTIONS, endpoint="sim")
     assert not segment.nothing_left
     assert len(list(segment.to_send(plan.iter_jobs(), retry_failed=False))) == 40

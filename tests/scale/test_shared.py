@@ -608,3 +608,52 @@ def test_the_kubernetes_example_is_consistent(tmp_path: Path) -> None:
     assert f'--shard "${{JOB_COMPLETION_INDEX}}/{count}"' in script
     assert f"-of-{count}.jsonl" in script
     assert "LAUNCHER_REDIS_URL" in documents["Secret"]["stringData"]
+
+
+def test_the_kubernetes_cronjob_runs_the_nightly_restart_from_the_image(tmp_path: Path) -> None:
+    """configs/k8s/nightly-restart-cronjob.yaml: a valid CronJob that runs the image's
+    entrypoint with the ConfigMap of indexed-job.yaml, resumes its night, needs no Redis."""
+    import re
+
+    import yaml
+
+    from launcher.config import load_config_file
+
+    root = Path(__file__).resolve().parents[2]
+    k8s = root / "configs" / "k8s"
+    (cron,) = yaml.safe_load_all((k8s / "nightly-restart-cronjob.yaml").read_text())
+    assert cron["apiVersion"] == "batch/v1"
+    assert cron["kind"] == "CronJob"
+    spec = cron["spec"]
+    assert len(spec["schedule"].split()) == 5
+    assert spec["concurrencyPolicy"] == "Forbid"
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    script = container["args"][0]
+    assert "exec launcher run /manifest/nightly.jsonl" in script
+    assert "--config /manifest/launcher.toml" in script
+    assert '--ledger "$ledger" $resume' in script
+    assert 'resume="--resume"' in script
+    # The volumes and the ConfigMap/Secret are those of indexed-job.yaml.
+    documents = {
+        doc["kind"]: doc for doc in yaml.safe_load_all((k8s / "indexed-job.yaml").read_text())
+    }
+    assert {v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v} == {
+        documents["ConfigMap"]["metadata"]["name"]
+    }
+    assert container["envFrom"][0]["secretRef"]["name"] == documents["Secret"]["metadata"]["name"]
+    # One pod, the core image: the Secret's Redis URL is overridden empty, so no Redis.
+    env = {item["name"]: item["value"] for item in container["env"]}
+    data = documents["ConfigMap"]["data"]
+    (tmp_path / "launcher.toml").write_text(data["launcher.toml"])
+    secret_env = dict(documents["Secret"]["stringData"]) | env
+    options = resolve_options({}, load_config_file(tmp_path / "launcher.toml"), secret_env)
+    assert options.redis is None
+    # The pod runs as the image's non-root user.
+    dockerfile = (root / "Dockerfile").read_text()
+    user = re.search(r"^USER (\d+)$", dockerfile, re.MULTILINE)
+    assert user is not None
+    assert pod["securityContext"]["runAsUser"] == int(user.group(1)) != 0
+    assert 'ENTRYPOINT ["launcher"]' in dockerfile
+    assert re.search(r"^FROM python:3\.\d+-slim$", dockerfile, re.MULTILINE)

@@ -728,3 +728,33 @@ def test_cli_bind_failure_exits_1() -> None:
     assert process.returncode == 1
     assert out == ""
     assert "cannot listen" in err
+
+
+async def _twenty_runs(config: SimConfig) -> tuple[list[str], dict[str, int]]:
+    async with running(config) as (sim, url), aiohttp.ClientSession() as session:
+        ids = []
+        for n in range(20):
+            answer = await call(session, "POST", f"{url}/v1/p/jobs/j{n}/run-immediate")
+            ids.append(answer.json["instanceId"])
+        shown = await call(session, "GET", f"{url}/v1/p/jobs/j0/instances/{ids[0]}")
+        assert shown.status == 200
+        assert shown.json["status"] == "running"
+        assert shown.json["instanceId"] == ids[0]
+        other = await call(session, "GET", f"{url}/v1/p/jobs/j1/instances/{ids[0]}")
+        assert other.status == 400  # DLF.0100: not this job's instance
+        await anyio.sleep(0.4)
+        statuses = []
+        for n, instance_id in enumerate(ids):
+            ended = await call(session, "GET", f"{url}/v1/p/jobs/j{n}/instances/{instance_id}")
+            assert ended.json["endTime"] is not None
+            statuses.append(ended.json["status"])
+        return statuses, dict(sim.service.instance_statuses())
+
+
+async def test_instances_end_after_run_seconds_with_a_seeded_status() -> None:
+    """`run_seconds`/`run_fail`: runs end success or fail (seeded); the instance GET serves one."""
+    config = SimConfig(run_seconds=0.3, run_fail=0.5, seed=7)
+    statuses, counts = await _twenty_runs(config)
+    assert set(statuses) == {"success", "fail"}
+    assert counts == {s: statuses.count(s) for s in set(statuses)}
+    assert (await _twenty_runs(config))[0] == statuses  # the same seed, the same ends
