@@ -91,8 +91,7 @@ def test_a_header_without_wave_counts_means_a_full_validation(
     """The waves of a reused validation come from the header: without them, validate."""
     manifest = write_manifest(tmp_path / "m.jsonl", job_lines(30))
     write_run(tmp_path / "l.jsonl", manifest, OPTIONS, settle=10)
-    recorded = latest_header(tmp_path / "l.jsonl")
-    del recorded["manifest"]["waves"]
+    recorded = replace(latest_header(tmp_path / "l.jsonl"), manifest_waves=None)
     plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=recorded)
     assert validations == [str(manifest)]
     assert plan.validation.waves == {0: 30}
