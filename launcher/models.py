@@ -1,27 +1,45 @@
-"""The records that flow through the launcher: a job and its parameters.
+"""The records that flow through the launcher: a job and its parameters, and the words
+the ledger records about them.
 
 A `Job` is what one manifest line asks for, with the run's defaults (project,
 workspace) already applied, so two lines that mean the same start are equal and
 share one identity.
+
+The vocabulary of outcomes, verdicts and check conclusions is defined here, once:
+the dispatcher writes it (`launcher.flow`), the ledger folds it, reports, resume
+and the load tester read it. `Verdict` is a `StrEnum` (the dispatcher compares
+members with `is`); the others are `Literal` strings (written and read as plain
+`str`, at no cost).
 """
 
 from __future__ import annotations
 
 import hashlib
 from enum import StrEnum
-from typing import Literal, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 import orjson
 
 __all__ = [
     "ACTIONS",
+    "NOT_SENT",
+    "STANDINGS",
     "Action",
+    "Conclusion",
     "Failure",
     "Job",
+    "JobFields",
     "JobParam",
+    "JobParamFields",
     "JobStatus",
+    "Outcome",
+    "RecordedVerdict",
     "Reply",
+    "ReplyFields",
+    "Standing",
+    "Verdict",
     "failure_key",
+    "from_fields",
     "job_identity",
 ]
 
@@ -127,6 +145,29 @@ class Reply(NamedTuple):
     detail: str | None = None  # why no answer was read (transport failures), e.g. the TLS error
 
 
+# Named tuples made per request (`Reply`) and per job (`Job`, `JobParam`) are built with
+# `from_fields(Cls, fields)`: `tuple.__new__`, which skips NamedTuple's generated
+# `__new__` (a Python function, which costs more than the whole tuple: benchmarks/RESULTS.md).
+# `fields` is annotated with the class's `...Fields` type, so mypy checks each field:
+#     fields: ReplyFields = (status, latency, None, None, request_id, None, after, None, None)
+#     reply = from_fields(Reply, fields)
+# tests/test_models.py checks each `...Fields` is its class's fields, in order.
+from_fields = tuple.__new__
+JobParamFields = tuple[str, str, str | None]
+JobFields = tuple[str, str, tuple[JobParam, ...], str | None, str | None, int, Action | None, int]
+ReplyFields = tuple[
+    int | None,
+    float,
+    str | None,
+    str | None,
+    str | None,
+    Failure | None,
+    float | None,
+    int | str | None,
+    str | None,
+]
+
+
 class JobStatus(NamedTuple):
     """The job list's view of one job, used to settle ambiguous attempts.
 
@@ -137,3 +178,47 @@ class JobStatus(NamedTuple):
     reply: Reply
     state: str | None
     found: bool
+
+
+class Verdict(StrEnum):
+    """What one attempt's reply means for the job (`launcher.flow.policy.classify`)."""
+
+    STARTED = "started"  # 2xx: the action took effect
+    PERMANENT = "permanent"  # the service refused for good (job missing, bad params, wrong path)
+    REFRESH_AUTH = "refresh_auth"  # token must be renewed (APIGW.0307): refresh, retry once
+    AUTH_FAILED = "auth_failed"  # credentials rejected: stop the whole run
+    THROTTLED = "throttled"  # 429: back off (honouring Retry-After) and retry
+    TRANSIENT = "transient"  # refused before it reached the service: safe to resend
+    AMBIGUOUS = "ambiguous"  # the request may have reached the service: check before resending
+    TLS_FAILED = "tls_failed"  # the certificate did not verify: nothing sent, stop the run
+
+    @property
+    def retryable(self) -> bool:
+        """True for verdicts that allow another attempt (ambiguous ones after a check)."""
+        return self in _RETRYABLE
+
+
+_RETRYABLE = frozenset(
+    {Verdict.REFRESH_AUTH, Verdict.THROTTLED, Verdict.TRANSIENT, Verdict.AMBIGUOUS}
+)
+
+# A `result` event's `verdict` when the attempt's intent was written but nothing left
+# the process: no credentials could be had (an IAM login failed), or the endpoint's
+# certificate did not verify. No reply was classified, so it is not a `Verdict`: the
+# ledger's verdicts are `RecordedVerdict`, and the fold reads `not_sent` as "safe to
+# send again" (`launcher.ledger.state.NOT_TAKEN`).
+NOT_SENT: Final = "not_sent"
+RecordedVerdict = Verdict | Literal["not_sent"]
+
+# A job's final outcome as the ledger records it (`outcome` of a `result` or `check`).
+Outcome = Literal["started", "failed", "unknown"]
+# Where a job stands in a report: its outcome, or `pending` (never sent, or its last
+# attempt certainly did not take effect: a resume sends it).
+Standing = Literal["started", "failed", "unknown", "pending"]
+STANDINGS: tuple[Standing, ...] = ("started", "failed", "unknown", "pending")
+
+# What a `check` event concluded about an ambiguous attempt: the call `took_effect`
+# (the job is started), was `not_taken` (safe to resend), the check itself failed
+# (`check_failed`, tried again) or kept failing (`gave_up`: the job is unknown); or,
+# with no check, that the attempts ran out (`attempts_exhausted`: the job failed).
+Conclusion = Literal["took_effect", "not_taken", "check_failed", "gave_up", "attempts_exhausted"]

@@ -107,3 +107,75 @@ def test_the_cli_is_imported_by_nobody_but_the_entry_point() -> None:
     for source, targets in graph().items():
         if room(source) not in ("cli", "__main__"):
             assert not [t for t in targets if room(t) == "cli"], source
+
+
+def _enum_classes() -> set[str]:
+    """The names of the package's enum classes (bases named *Enum or Flag)."""
+    names = set()
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(
+                ast.unparse(base).split(".")[-1] in {"Enum", "StrEnum", "IntEnum", "Flag"}
+                for base in node.bases
+            ):
+                names.add(node.name)
+    return names
+
+
+ENUMS = _enum_classes()
+
+
+def _module_level_enum_copies(tree: ast.Module) -> list[str]:
+    """Module-level `NAME = Enum.MEMBER` assignments (an enum member copied to a global)."""
+    return [
+        ast.unparse(node)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Attribute)
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id in ENUMS
+    ]
+
+
+def _tricks(path: Path) -> set[str]:
+    """Which measured speed tricks (benchmarks/RESULTS.md) the module at `path` plays."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    if _module_level_enum_copies(tree):
+        found.add("enum member as a global")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and ast.unparse(node.value) == "sys.modules":
+            if isinstance(getattr(node, "ctx", None), ast.Store):
+                found.add("sys.modules entry replaced")
+        elif isinstance(node, ast.Attribute) and ast.unparse(node) in {
+            "gc.set_threshold",
+            "gc.freeze",
+        }:
+            found.add("collector tuning")
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitXor):
+            if {ast.unparse(node.left), ast.unparse(node.right)} & {"54", "92", "0x36", "0x5C"}:
+                found.add("hand-rolled HMAC pads")
+        elif isinstance(node, ast.Attribute) and ast.unparse(node) == "tuple.__new__":
+            found.add("tuple.__new__ for named tuples")
+    return found
+
+
+# Each trick, the one module allowed to play it, and the test that shows it equivalent to
+# the plain form it replaces.
+TRICK_HOMES = {
+    "enum member as a global": "launcher.flow.policy",  # tests/test_models.py
+    "sys.modules entry replaced": "launcher.logs",  # tests/test_logs.py
+    "collector tuning": "launcher.run.runner",  # (no result changes: only when it collects)
+    "hand-rolled HMAC pads": "launcher.dlf.signing",  # tests/dlf/test_signing.py
+    "tuple.__new__ for named tuples": "launcher.models",  # tests/test_models.py
+}
+
+
+def test_each_speed_trick_stays_in_its_one_module() -> None:
+    """A micro-optimisation that costs clarity lives in one module, next to its reason."""
+    assert {"Verdict", "Failure", "Next"} <= ENUMS
+    homes: dict[str, list[str]] = {}
+    for name, path in MODULES.items():
+        for trick in _tricks(path):
+            homes.setdefault(trick, []).append(name)
+    assert homes == {trick: [home] for trick, home in TRICK_HOMES.items()}

@@ -20,18 +20,13 @@ from __future__ import annotations
 
 import email.utils
 import time
-from functools import partial
 from typing import Any
 
 import orjson
 
-from launcher.models import Reply
+from launcher.models import Reply, ReplyFields, from_fields
 
 __all__ = ["error_fields", "reply_from_answer", "retry_after", "service_clock"]
-
-# Reply((status, latency, error_code, error_msg, request_id, failure, retry_after,
-# instance_id, detail)), all fields in order, without NamedTuple's Python-level __new__.
-_new_reply = partial(tuple.__new__, Reply)
 
 _PAIRS = (("error_code", "error_msg"), ("errorCode", "errorMsg"), ("code", "message"))
 
@@ -80,7 +75,8 @@ def reply_from_answer(
     request_id = headers.get("x-request-id")
     after = retry_after(headers.get("retry-after")) if status in (429, 503) else None
     if status == 204 or not raw:  # (the common answer: made without NamedTuple's __new__)
-        return _new_reply((status, latency, None, None, request_id, None, after, None, None)), None
+        fields: ReplyFields = (status, latency, None, None, request_id, None, after, None, None)
+        return from_fields(Reply, fields), None
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError:

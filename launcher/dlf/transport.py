@@ -32,13 +32,13 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable, Iterable
-from functools import partial
 from typing import NamedTuple, cast
 
 import anyio
 import httptools
 
 from launcher.dlf.proxy import Proxy
+from launcher.models import from_fields
 
 __all__ = ["Answer", "HttpPool", "Lost", "NotSent", "backend_options"]
 
@@ -89,8 +89,8 @@ class Answer(NamedTuple):
     body: bytes
 
 
-# Answer((status, headers, body)) without NamedTuple's Python-level __new__.
-_new_answer = partial(tuple.__new__, Answer)
+# An `Answer` is built as `from_fields(Answer, fields)` (see `launcher.models.from_fields`).
+AnswerFields = tuple[int, dict[str, str], bytes]
 # The headers that frame an answer's body; without either, it ends at the connection's end.
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 # The most a proxy's answer to CONNECT may take, headers included.
@@ -161,9 +161,8 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done() or not self._headers_done or self._framed:
             return
         self.reusable = False
-        waiter.set_result(
-            _new_answer((self._parser.get_status_code(), self._headers, b"".join(self._body)))
-        )
+        fields: AnswerFields = (self._parser.get_status_code(), self._headers, b"".join(self._body))
+        waiter.set_result(from_fields(Answer, fields))
 
     # -- httptools callbacks ---------------------------------------------------
 
@@ -197,7 +196,8 @@ class _Connection(asyncio.Protocol):
             self._headers_done = self._framed = False
             return
         self.reusable = self._parser.should_keep_alive()
-        waiter.set_result(_new_answer((status, self._headers, b"".join(self._body))))
+        fields: AnswerFields = (status, self._headers, b"".join(self._body))
+        waiter.set_result(from_fields(Answer, fields))
 
     # -- use -------------------------------------------------------------------
 

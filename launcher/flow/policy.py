@@ -10,11 +10,11 @@ import math
 import random
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 
-from launcher.models import Failure, Reply
+from launcher.models import Failure, Reply, Verdict
 
 __all__ = [
+    "STARTED",
     "HaltRule",
     "RetryBudget",
     "RetryPolicy",
@@ -27,30 +27,11 @@ __all__ = [
 ]
 
 
-class Verdict(StrEnum):
-    """What one attempt's reply means for the job."""
-
-    STARTED = "started"  # 2xx: the action took effect
-    PERMANENT = "permanent"  # the service refused for good (job missing, bad params, wrong path)
-    REFRESH_AUTH = "refresh_auth"  # token must be renewed (APIGW.0307): refresh, retry once
-    AUTH_FAILED = "auth_failed"  # credentials rejected: stop the whole run
-    THROTTLED = "throttled"  # 429: back off (honouring Retry-After) and retry
-    TRANSIENT = "transient"  # refused before it reached the service: safe to resend
-    AMBIGUOUS = "ambiguous"  # the request may have reached the service: check before resending
-    TLS_FAILED = "tls_failed"  # the certificate did not verify: nothing sent, stop the run
-
-    @property
-    def retryable(self) -> bool:
-        """True for verdicts that allow another attempt (ambiguous ones after a check)."""
-        return self in _RETRYABLE
-
-
-_RETRYABLE = frozenset(
-    {Verdict.REFRESH_AUTH, Verdict.THROTTLED, Verdict.TRANSIENT, Verdict.AMBIGUOUS}
-)
-# The verdict of nearly every reply, read per request: an Enum member read off its class
-# costs ~0.1 µs in Python 3.11, five times a module global.
-_STARTED = Verdict.STARTED
+# The verdict of nearly every reply, read per request here, by the dispatcher and by
+# the load tester: an Enum member read off its class costs several times a module
+# global in Python 3.11 (benchmarks/RESULTS.md). The only enum member kept as a
+# global, and only here; tests/test_models.py checks it is the member.
+STARTED = Verdict.STARTED
 
 # The API gateway names its errors APIGW.xxxx (signing guide) or APIG.xxxx (APIG's
 # own table); the same number means the same error under either prefix.
@@ -95,7 +76,7 @@ def classify(reply: Reply) -> Verdict:
             return Verdict.TRANSIENT
         return Verdict.TLS_FAILED if failure is Failure.TLS else Verdict.AMBIGUOUS
     if 200 <= status < 300:
-        return _STARTED
+        return STARTED
     if status == 429:
         return Verdict.THROTTLED
     if status >= 500:

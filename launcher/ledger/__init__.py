@@ -2,7 +2,8 @@
 (`fold`, into a `History`) and reported (`report`).
 
 Modules, lowest first (each imports only those before it):
-`compact` (CompactMap) · `state` (a job's packed state) · `check` (what an
+`events` (each event's fields as types, `RunHeader`: a checked header's typed
+view) · `compact` (CompactMap) · `state` (a job's packed state) · `check` (what an
 event may hold, worker part names) · `read` (the line decoder, `LedgerRead`,
 regular files only) · `writer` (`Ledger`, fleet merges)
 · `folded` (`History`) · `parts` (parts folded elsewhere) · `folder` (the fold
@@ -13,6 +14,7 @@ names below from `launcher.ledger`.
 """
 
 from launcher.ledger.compact import CompactMap
+from launcher.ledger.events import RunHeader
 from launcher.ledger.fleet_fold import fold_fleet
 from launcher.ledger.fold import catch_up, fold
 from launcher.ledger.folded import History
@@ -64,6 +66,7 @@ __all__ = [
     "Ledger",
     "LedgerRead",
     "LiveFold",
+    "RunHeader",
     "Summary",
     "Unmerged",
     "catch_up",

@@ -56,8 +56,18 @@ _FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
         ("t",),
     ),
     "run": (
-        ("run_id", "resumes", "shard", "worker", "fleet", "version", "endpoint"),
-        ("segment",),
+        (
+            "run_id",
+            "resumes",
+            "shard",
+            "worker",
+            "fleet",
+            "version",
+            "endpoint",
+            "started_at",
+            "host",
+        ),
+        ("segment", "pid"),
         ("t",),
     ),
     "end": (("reason",), ("exit_code",), ("t",)),
@@ -147,6 +157,12 @@ def _run(event: dict[str, Any]) -> str | None:
             jobs = manifest.get(name)
             if jobs is not None and (type(jobs) is not int or not 0 <= jobs <= _MAX_JOBS):
                 return f"manifest.{name}: a count of jobs, not {_shown(jobs)}"
+        waves = manifest.get("waves")
+        if waves is not None and (
+            type(waves) is not dict
+            or not all(type(jobs) is int and 0 <= jobs <= _MAX_JOBS for jobs in waves.values())
+        ):
+            return f"manifest.waves: a count of jobs per wave, not {_shown(waves)}"
         for name in ("sha256", "path", "format"):
             if type(manifest.get(name)) not in _STR:
                 return f"manifest.{name}: a string, not {_shown(manifest.get(name))}"

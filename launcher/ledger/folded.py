@@ -29,6 +29,7 @@ from typing import Any
 
 from launcher.errors import UsageError
 from launcher.ledger.compact import CompactMap
+from launcher.ledger.events import RunHeader
 from launcher.ledger.read import open_regular
 from launcher.ledger.state import (
     KNOWN_VERDICTS,
@@ -103,12 +104,19 @@ class History:
         self._verdict_index: dict[str, int] = {v: i for i, v in enumerate(KNOWN_VERDICTS)}
 
     @property
+    def runs(self) -> list[RunHeader]:
+        """The `run` headers (checked as they were folded), as typed views, in order.
+
+        Built on each call from `headers`, which snapshots and worker parts carry as
+        decoded JSON: one view per segment, a handful."""
+        return [RunHeader.of(header) for header in self.headers]
+
+    @property
     def manifest_sha256(self) -> str | None:
         """The manifest hash recorded by the latest segment."""
-        for header in reversed(self.headers):
-            digest = (header.get("manifest") or {}).get("sha256")
-            if isinstance(digest, str):
-                return digest
+        for run in reversed(self.runs):
+            if run.manifest_sha256 is not None:
+                return run.manifest_sha256
         return None
 
     @property

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from launcher.ledger.check import MAX_LATENCY_MS, MAX_TIME, problem
+from launcher.ledger.events import RunHeader
 from launcher.ledger.folded import History, Source
 from launcher.ledger.parts import CountedPart, FoldedPart, Tail, totals_of
 from launcher.ledger.read import (
@@ -500,8 +501,7 @@ class Folder:
                     if found is not None:
                         raise _Bad(event, found)
                     history.headers.append(event)
-                    manifest = event.get("manifest") or {}
-                    jobs = int(manifest.get("jobs") or 0)
+                    jobs = RunHeader.of(event).manifest_jobs or 0
                     if jobs > source.jobs:  # a ledger counts the most jobs its headers announce
                         history.declared_jobs += jobs - source.jobs
                         source.jobs = jobs

@@ -18,14 +18,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from launcher.ledger.events import RunHeader
 from launcher.ledger.read import LedgerRead
 
 __all__ = ["InstanceFold", "fold_instances", "waited"]
 
 
-def waited(headers: Iterable[Mapping[str, Any]]) -> bool:
+def waited(headers: Iterable[RunHeader]) -> bool:
     """Whether any segment of a run followed its runs (`--wait`)."""
-    return any((header.get("options") or {}).get("wait") for header in headers)
+    return any(header.options.get("wait") for header in headers)
 
 
 @dataclass(slots=True)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from launcher.ledger.events import RunHeader
 from launcher.ledger.read import LedgerInvalid, checked_event, open_regular
 
 __all__ = [
@@ -41,33 +42,31 @@ __all__ = [
     "segment_states",
 ]
 
-Header = Mapping[str, Any]
+Footer = Mapping[str, Any]
 
 
-def run_key(header: Header) -> tuple[Any, ...]:
+def run_key(header: RunHeader) -> tuple[Any, ...]:
     """What makes ledgers one run, read from a ledger's first `run` header.
 
     A sharded run: the manifest's hash, the shard count, the endpoint, the
     action and the project (each shard's ledger has its own run id). Any other
     run: its fleet id (the worker parts of `--workers`) or its run id.
     """
-    shard = header.get("shard")
-    if isinstance(shard, str) and "/" in shard:
-        manifest = header.get("manifest") or {}
-        options = header.get("options") or {}
+    shard = header.shard
+    if shard is not None and "/" in shard:
+        options = header.options
         return (
             "shards",
-            manifest.get("sha256") if isinstance(manifest, Mapping) else None,
+            header.manifest_sha256,
             shard.partition("/")[2],
-            header.get("endpoint"),
-            options.get("action") if isinstance(options, Mapping) else None,
-            options.get("project_id") if isinstance(options, Mapping) else None,
+            header.endpoint,
+            options.get("action"),
+            options.get("project_id"),
         )
-    fleet = header.get("fleet")
-    return ("run", fleet if isinstance(fleet, str) else header.get("run_id"))
+    return ("run", header.fleet if header.fleet is not None else header.run_id)
 
 
-def group_runs(first_headers: Sequence[tuple[str, Header]]) -> list[list[str]]:
+def group_runs(first_headers: Sequence[tuple[str, RunHeader]]) -> list[list[str]]:
     """Ledger paths grouped by run (`run_key` of each one's first header), in given order."""
     groups: dict[tuple[Any, ...], list[str]] = {}
     for path, header in first_headers:
@@ -75,18 +74,17 @@ def group_runs(first_headers: Sequence[tuple[str, Header]]) -> list[list[str]]:
     return list(groups.values())
 
 
-def describe_run(header: Header) -> str:
+def describe_run(header: RunHeader) -> str:
     """A run in a few words, to tell runs apart in a message."""
-    manifest = header.get("manifest") or {}
-    name = os.path.basename(str(manifest.get("path") or "?"))
-    started = str(header.get("started_at") or "?")[:19]
-    shard = f", shard {header['shard']}" if header.get("shard") else ""
-    return f"run {str(header.get('run_id') or '?')[:8]} of {name} started {started}{shard}"
+    name = os.path.basename(header.manifest_path or "?")
+    started = (header.started_at or "?")[:19]
+    shard = f", shard {header.shard}" if header.shard else ""
+    return f"run {(header.run_id or '?')[:8]} of {name} started {started}{shard}"
 
 
 def active_seconds(
-    headers: Sequence[Header],
-    footers: Sequence[Header],
+    headers: Sequence[RunHeader],
+    footers: Sequence[Footer],
     last_t: float,
     last_writes: Mapping[str, float] | None = None,
 ) -> float:
@@ -104,15 +102,13 @@ def active_seconds(
     }
     for written_id, t in (last_writes or {}).items():
         ends.setdefault(written_id, t)
-    resumed_at = {
-        h.get("resumes"): h.get("t") for h in headers if isinstance(h.get("t"), int | float)
-    }
+    resumed_at = {h.resumes: h.t for h in headers if h.t is not None}
     spans: list[tuple[float, float]] = []
     for header in headers:
-        start = header.get("t")
-        if not isinstance(start, int | float):
+        start = header.t
+        if start is None:
             continue
-        run_id = header.get("run_id")
+        run_id = header.run_id
         end = ends.get(run_id)
         if end is None:
             end = resumed_at.get(run_id, last_t)
@@ -202,8 +198,8 @@ class SegmentState:
 
 
 def segment_states(
-    headers: Sequence[Header],
-    footers: Sequence[Header],
+    headers: Sequence[RunHeader],
+    footers: Sequence[Footer],
     *,
     this_host: str | None = None,
     alive: Callable[[int], bool] | None = None,
@@ -212,14 +208,13 @@ def segment_states(
     host_now = this_host if this_host is not None else socket.gethostname()
     is_alive = alive if alive is not None else pid_alive
     reasons = {f.get("run_id"): f.get("reason") for f in footers}
-    resumed = {h.get("resumes") for h in headers if h.get("resumes")}
+    resumed = {h.resumes for h in headers if h.resumes}
     states: list[SegmentState] = []
     for header in headers:
-        run_id = header.get("run_id")
+        run_id = header.run_id
         if run_id in resumed:
             continue
-        pid = header.get("pid") if isinstance(header.get("pid"), int) else None
-        host = header.get("host") if isinstance(header.get("host"), str) else None
+        pid, host = header.pid, header.host
         reason = reasons.get(run_id)
         if reason is not None or run_id in reasons:
             states.append(SegmentState(str(reason or "complete"), pid, host))

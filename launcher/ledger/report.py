@@ -26,7 +26,7 @@ from launcher.ledger.folded import History
 from launcher.ledger.instances import fold_instances, waited
 from launcher.ledger.lineage import active_seconds
 from launcher.ledger.read import LedgerRead, read_ledger
-from launcher.models import Job, failure_key
+from launcher.models import STANDINGS, Job, Standing, failure_key
 
 __all__ = [
     "CSV_COLUMNS",
@@ -48,7 +48,7 @@ __all__ = [
     "write_csv",
 ]
 
-OUTCOMES = ("started", "failed", "unknown", "pending")
+OUTCOMES = STANDINGS  # where a job stands: its outcome, or pending
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -66,9 +66,9 @@ class Summary:
     ledgers: list[str]
     run_ids: list[str]
     jobs: int
-    outcomes: dict[str, int]
+    outcomes: dict[Standing, int]
     failed_by_code: dict[str, int]
-    by_workspace: dict[str, dict[str, int]]
+    by_workspace: dict[str, dict[Standing, int]]
     attempts: int
     reconciled: int
     elapsed_s: float
@@ -122,7 +122,7 @@ def summary_of(history: History, last_writes: Mapping[str, float] | None = None)
     """
     outcomes = dict.fromkeys(OUTCOMES, 0)
     failed_by_code: Counter[str] = Counter()
-    by_workspace: dict[str, dict[str, int]] = {}
+    by_workspace: dict[str, dict[Standing, int]] = {}
     reconciled = 0
     overlaps = 0
     for record, count in history.groups():
@@ -143,13 +143,13 @@ def summary_of(history: History, last_writes: Mapping[str, float] | None = None)
     jobs = max(history.declared_jobs, seen, total)
     outcomes["pending"] += jobs - seen
     run_ids: list[str] = []
-    for header in history.headers:
-        run_id = header.get("run_id")
-        if isinstance(run_id, str) and run_id not in run_ids:
+    for run in history.runs:
+        run_id = run.run_id
+        if run_id is not None and run_id not in run_ids:
             run_ids.append(run_id)
     # The time segments ran, not the gaps between an interruption and its resume.
     elapsed = (
-        active_seconds(history.headers, history.footers, history.last_t, last_writes)
+        active_seconds(history.runs, history.footers, history.last_t, last_writes)
         if history.last_t > history.first_t
         else 0.0
     )
@@ -200,7 +200,7 @@ def _verify(footers: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
 
 def _instances(history: History) -> dict[str, int] | None:
     """With --wait, the followed runs by latest status: a pass over the `instance` events."""
-    if not waited(history.headers):
+    if not waited(history.runs):
         return None
     return fold_instances(read_ledger(path) for path in history.ledgers).counts()
 
@@ -324,15 +324,13 @@ def _shards(history: History) -> tuple[int, list[str]]:
     """
     seen: dict[tuple[str, int], set[int]] = {}
     totals: dict[tuple[str, int], int] = {}
-    for header in history.headers:
-        shard = header.get("shard")
-        manifest = header.get("manifest") or {}
-        if not isinstance(shard, str):
+    for run in history.runs:
+        if run.shard is None:
             continue
-        index, _, count = shard.partition("/")
-        key = (str(manifest.get("sha256")), int(count))
+        index, _, count = run.shard.partition("/")
+        key = (str(run.manifest_sha256), int(count))
         seen.setdefault(key, set()).add(int(index))
-        totals[key] = int(manifest.get("total_jobs") or 0)
+        totals[key] = run.manifest_total_jobs or 0
     missing = [
         f"{index}/{count}"
         for (digest, count), present in sorted(seen.items())

@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from launcher.models import NOT_SENT, Outcome, Standing, Verdict
+
 __all__ = [
     "NOT_TAKEN",
     "PERMANENT",
@@ -38,9 +40,15 @@ __all__ = [
 ]
 
 # Verdicts of a last attempt that certainly did not take effect: safe to send again.
-NOT_TAKEN = frozenset({"throttled", "transient", "refresh_auth", "not_sent", "tls_failed"})
+# (Plain `str`s, as decoded lines hold them: a set of those is probed at C speed.)
+NOT_TAKEN = frozenset(
+    map(
+        str,
+        (Verdict.THROTTLED, Verdict.TRANSIENT, Verdict.REFRESH_AUTH, NOT_SENT, Verdict.TLS_FAILED),
+    )
+)
 # Verdicts of a failure that a resend cannot fix.
-PERMANENT = frozenset({"permanent", "auth_failed"})
+PERMANENT = frozenset(map(str, (Verdict.PERMANENT, Verdict.AUTH_FAILED)))
 
 M64 = (1 << 64) - 1
 OVERLAP_EXAMPLES = 5  # overlapping job ids kept to name in the summary
@@ -73,28 +81,33 @@ REOPENED = ~(OUTCOME_FIELD | LAST_FIELD)  # no outcome, last = "intent" (index 0
 ONE_SOURCE = 1 << SOURCES_SHIFT
 ONE_ATTEMPT = 1 << ATTEMPTS_SHIFT
 
-OUTCOME_NAMES: tuple[str | None, ...] = (None, "started", "failed", "unknown")
+OUTCOME_NAMES: tuple[Outcome | None, ...] = (None, "started", "failed", "unknown")
 STARTED, FAILED, UNKNOWN = 1, 2, 3
 STARTED_BITS = STARTED << OUTCOME_SHIFT
 UNKNOWN_BITS = UNKNOWN << OUTCOME_SHIFT
 # An outcome this version does not know is kept as `unknown`: a resume then
 # checks the job with the service instead of trusting or resending it.
-OUTCOME_CODES = {"started": STARTED, "failed": FAILED, "unknown": UNKNOWN}
+OUTCOME_CODES: dict[str, int] = {"started": STARTED, "failed": FAILED, "unknown": UNKNOWN}
 
 # The verdict table starts with every verdict the launcher writes, so their
 # indexes are the same in every fold; others are added as met, up to LAST_MAX,
 # and past that read as "?" (not in NOT_TAKEN, like any unknown verdict).
-KNOWN_VERDICTS = (
+KNOWN_VERDICTS: tuple[str, ...] = (
     "intent",
-    "started",
-    "permanent",
-    "refresh_auth",
-    "auth_failed",
-    "throttled",
-    "transient",
-    "ambiguous",
-    "not_sent",
-    "tls_failed",
+    *(
+        str(verdict)
+        for verdict in (
+            Verdict.STARTED,
+            Verdict.PERMANENT,
+            Verdict.REFRESH_AUTH,
+            Verdict.AUTH_FAILED,
+            Verdict.THROTTLED,
+            Verdict.TRANSIENT,
+            Verdict.AMBIGUOUS,
+            NOT_SENT,
+            Verdict.TLS_FAILED,
+        )
+    ),
     "?",
 )
 TRANSIENT = KNOWN_VERDICTS.index("transient")
@@ -165,7 +178,7 @@ def unpack_state(packed: int) -> JobState:
 class JobRecord:
     """One job as the ledgers leave it (a decoded view of its packed state)."""
 
-    outcome: str | None = None  # started | failed | unknown | None (not settled)
+    outcome: Outcome | None = None  # None: not settled
     last: str = "intent"  # "intent", or the last result's verdict
     permanent: bool = False  # the failure was a permanent one (DLF.*, 404, auth)
     reconciled: bool = False  # started, as a status check found after a lost answer
@@ -185,7 +198,7 @@ class JobRecord:
         return self.detail[4] if self.detail is not None else None
 
     @property
-    def final(self) -> str:
+    def final(self) -> Standing:
         """The job's outcome for reports: started, failed, unknown or pending."""
         if self.outcome is not None:
             return self.outcome

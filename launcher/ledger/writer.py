@@ -34,9 +34,18 @@ import anyio
 import orjson
 
 from launcher.errors import LedgerFailed, UsageError
+from launcher.ledger.events import (
+    CheckEvent,
+    EndFields,
+    InstanceEvent,
+    IntentEvent,
+    ResultEvent,
+    RunFields,
+    VerifyEvent,
+)
 from launcher.ledger.read import Unmerged, part_paths
 from launcher.logs import get_logger
-from launcher.models import Action, Job, Reply
+from launcher.models import Action, Conclusion, Job, Outcome, RecordedVerdict, Reply
 
 __all__ = [
     "FsyncPolicy",
@@ -88,7 +97,7 @@ class Ledger:
         self._pending: list[bytes] = []
         self._dirty = False  # written since the last fsync
         # With `mirror`, the events written, as mappings, until `take_events` (see there).
-        self._mirror: list[dict[str, Any]] | None = [] if mirror else None
+        self._mirror: list[Mapping[str, Any]] | None = [] if mirror else None
         self.mirror_intact = mirror  # every event taken or to take was written in full
         self._intents_deferred = False  # see `defer_intents`
         self.bytes_written = 0
@@ -107,7 +116,7 @@ class Ledger:
 
     # -- events ---------------------------------------------------------------
 
-    def header(self, fields: Mapping[str, Any]) -> None:
+    def header(self, fields: RunFields) -> None:
         """Write the `run` header at once."""
         line = _line({"event": "run", "t": time.time(), **fields})
         self._pending.append(line)
@@ -121,7 +130,7 @@ class Ledger:
         The first attempt carries the job's description (name, params,
         workspace, project) so that a ledger alone is enough to replay a run.
         """
-        event: dict[str, Any] = {
+        event: IntentEvent = {
             "event": "intent",
             "job": job.id,
             "attempt": attempt,
@@ -163,11 +172,11 @@ class Ledger:
         job: Job,
         attempt: int,
         reply: Reply,
-        verdict: str,
-        outcome: str | None,
+        verdict: RecordedVerdict,
+        outcome: Outcome | None,
     ) -> None:
         """Record what `attempt` got back; `outcome` is the job's final one, on its last attempt."""
-        event: dict[str, Any] = {
+        event: ResultEvent = {
             "event": "result",
             "job": job.id,
             "attempt": attempt,
@@ -199,11 +208,11 @@ class Ledger:
         attempt: int,
         reply: Reply,
         state: str | None,
-        conclusion: str,
-        outcome: str | None = None,
+        conclusion: Conclusion,
+        outcome: Outcome | None = None,
     ) -> None:
         """Record a status check made to settle an ambiguous attempt, and what it concluded."""
-        event: dict[str, Any] = {
+        event: CheckEvent = {
             "event": "check",
             "job": job.id,
             "attempt": attempt,
@@ -222,7 +231,7 @@ class Ledger:
             event["outcome"] = outcome
         self._buffer(event)
 
-    def _buffer(self, event: dict[str, Any]) -> None:
+    def _buffer(self, event: ResultEvent | CheckEvent) -> None:
         """Buffer a result or check (and mirror it); write the group once it is full."""
         pending = self._pending
         pending.append(_line(event))
@@ -233,7 +242,7 @@ class Ledger:
 
     def instance(self, job: Job, instance_id: int | str | None, status: str) -> None:
         """Record a followed run's new status (`--wait`; see `launcher.ledger.instances`)."""
-        event = {
+        event: InstanceEvent = {
             "event": "instance",
             "job": job.id,
             "t": time.time(),
@@ -248,7 +257,7 @@ class Ledger:
 
     def verify(self, job: Job, expected: str, found: str | None) -> None:
         """Record a job whose state after the run is not what its call set (`--verify`)."""
-        event = {
+        event: VerifyEvent = {
             "event": "verify",
             "job": job.id,
             "t": time.time(),
@@ -263,7 +272,7 @@ class Ledger:
         if len(self._pending) >= _RESULTS_PER_WRITE:
             self.flush()
 
-    def footer(self, fields: Mapping[str, Any]) -> None:
+    def footer(self, fields: EndFields) -> None:
         """Write the `end` footer and push everything to disk."""
         line = _line({"event": "end", "t": time.time(), **fields})
         self._pending.append(line)
@@ -293,7 +302,7 @@ class Ledger:
         self.bytes_written += len(data)
         self._dirty = True
 
-    def take_events(self) -> list[dict[str, Any]]:
+    def take_events(self) -> list[Mapping[str, Any]]:
         """The events recorded since the last call, as the mappings their lines encode.
 
         Only with `mirror`. For a reader in this process that would otherwise read

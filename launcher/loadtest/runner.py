@@ -43,7 +43,7 @@ import anyio.abc
 from launcher.config import RunOptions
 from launcher.errors import EXIT_INTERRUPTED, AuthFailed, TlsFailed, UsageError
 from launcher.flow.dispatch import auth_failure_message, tls_failure_message
-from launcher.flow.policy import Verdict, classify, retry_delay
+from launcher.flow.policy import classify, retry_delay
 from launcher.loadtest.output import (
     TimeseriesWriter,
     build_summary,
@@ -63,7 +63,7 @@ from launcher.loadtest.schedule import (
 )
 from launcher.loadtest.stats import Recorder, SecondRow
 from launcher.logs import get_logger
-from launcher.models import Action, Job, JobStatus, Reply
+from launcher.models import Action, Job, JobStatus, Reply, Verdict
 from launcher.run.connect import connect, ensure_descriptors, resolve_endpoint
 
 __all__ = [

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from launcher.flow.pacing import parse_rate
-from launcher.flow.policy import RetryPolicy, Verdict, parse_duration
-from launcher.models import Reply, failure_key
+from launcher.flow.policy import STARTED, RetryPolicy, parse_duration
+from launcher.models import Reply, Verdict, failure_key
 
 __all__ = [
     "READ_ONLY",
@@ -249,7 +249,7 @@ def error_key(reply: Reply, verdict: Verdict) -> str | None:
     `HTTP 503`, `HTTP 404` when it does not; `timeout`, `connect`, `disconnect` when
     no answer was read (without the reason: a load test's keys stay a few).
     """
-    if verdict is Verdict.STARTED:
+    if verdict is STARTED:
         return None
     return failure_key(reply.error_code, reply.status, reply.failure)
 

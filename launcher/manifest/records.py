@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from launcher.models import Action
+from launcher.models import Action, JobParamFields
 
 __all__ = ["Defaults", "Problem", "_Column", "_Param", "_Record", "_Scalar"]
 
@@ -44,7 +44,7 @@ class _Scalar(NamedTuple):
 
 
 # A parameter as the checker keeps it: (name, value, paramType).
-_Param = tuple[str, str, str | None]
+_Param = JobParamFields
 # One valid job as the scanners yield it: (name, params, workspace, project_id,
 # id, action, line, wave), defaults applied. Plain tuples, not `Job`s: `validate`
 # needs no Job objects, and building them (and their JobParams) would be most

@@ -88,7 +88,7 @@ import stat
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from itertools import repeat
 from pathlib import Path
 from typing import IO, Final, Literal
 
@@ -115,7 +115,7 @@ from launcher.manifest.rules import (
     _Checker,
     _quote,
 )
-from launcher.models import Job, JobParam
+from launcher.models import Job, JobFields, JobParam, from_fields
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -475,15 +475,16 @@ def _job(record: _Record, digest: bytes | None = None) -> Job:
             # JSON as its canonical form, without making the JobParams first.
             digest = _sha256(_dumps((project_id, workspace, name, raw_params))).digest()
         jid = digest[:16].hex()  # its first 32 hex digits
-    params = tuple(map(_make_param, raw_params))
-    return _new_job((jid, name, params, workspace, project_id, line, action, wave))
+    params = tuple(map(from_fields, _JOB_PARAMS, raw_params))
+    fields: JobFields = (jid, name, params, workspace, project_id, line, action, wave)
+    return from_fields(Job, fields)
 
 
 _sha256 = hashlib.sha256
 _dumps = orjson.dumps
-_make_param = partial(tuple.__new__, JobParam)
-# Job(...) and JobParam._make without NamedTuple's Python-level __new__ (half the time).
-_new_job = partial(tuple.__new__, Job)
+# Job(...) and JobParam(*param) without NamedTuple's Python-level __new__ (see
+# `launcher.models.from_fields`): `map` calls `from_fields(JobParam, param)` at C speed.
+_JOB_PARAMS = repeat(JobParam)
 
 
 def _scan(

@@ -17,15 +17,15 @@ job's identity (`shard_of`).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from itertools import islice
-from typing import Any
 
 from launcher import __version__
 from launcher.config import RunOptions
 from launcher.errors import ManifestChanged, ManifestInvalid, UsageError
 from launcher.flow.shard import parse_shard, shard_of
+from launcher.ledger.events import RunHeader
 from launcher.logs import get_logger
 from launcher.manifest.validate import (
     Defaults,
@@ -101,9 +101,7 @@ class Plan:
         return (job for job in jobs if shard_of(job.id, count) == index)
 
 
-def plan_manifest(
-    manifest: str, options: RunOptions, *, recorded: Mapping[str, Any] | None = None
-) -> Plan:
+def plan_manifest(manifest: str, options: RunOptions, *, recorded: RunHeader | None = None) -> Plan:
     """Validate the whole manifest before anything is sent (raises ManifestInvalid).
 
     `recorded` is the latest `run` header of the ledger a resume continues:
@@ -150,23 +148,22 @@ def plan_manifest(
 _IDENTITY_OPTIONS = ("project_id", "workspace", "allow_duplicates", "manifest_format")
 
 
-def same_identities(header: Mapping[str, Any], manifest: str, options: RunOptions) -> bool:
+def same_identities(header: RunHeader, manifest: str, options: RunOptions) -> bool:
     """Whether a `run` header was written by this version with this run's identity options."""
-    recorded_options = header.get("options") or {}
-    recorded_path = (header.get("manifest") or {}).get("path")
+    recorded_options = header.options
+    recorded_path = header.manifest_path
     return (
-        header.get("version") == __version__
-        and isinstance(recorded_options, dict)
+        header.version == __version__
         and all(recorded_options.get(name) == getattr(options, name) for name in _IDENTITY_OPTIONS)
         # Without --format the file name decides the format: the same bytes as
         # a .csv are other jobs than as a .jsonl.
-        and isinstance(recorded_path, str)
+        and recorded_path is not None
         and detect_format(recorded_path) == detect_format(manifest)
     )
 
 
 def _validated_before(
-    manifest: str, options: RunOptions, recorded: Mapping[str, Any] | None
+    manifest: str, options: RunOptions, recorded: RunHeader | None
 ) -> Validation | None:
     """The validation `recorded` (a ledger's latest header) vouches for, if it does.
 
@@ -180,9 +177,8 @@ def _validated_before(
     """
     if recorded is None or not same_identities(recorded, manifest, options):
         return None
-    described = recorded.get("manifest") or {}
     digest, chunks, jobs = counted_digests(manifest, options.manifest_format)
-    if digest != described.get("sha256") or jobs is None:
+    if digest != recorded.manifest_sha256 or jobs is None:
         return None  # (None: bytes that may hold waves, or a YAML file: validated again)
     log.info("manifest unchanged since the ledger's last segment: not validated again")
     waves = {0: jobs} if jobs else {}  # no line names a wave: all in wave 0

@@ -25,6 +25,7 @@ from launcher.config import RunOptions
 from launcher.errors import UsageError
 from launcher.ledger import read_ledger
 from launcher.ledger.check import problem
+from launcher.ledger.events import RunHeader
 from launcher.ledger.read import LedgerInvalid, open_regular
 
 __all__ = ["latest_header", "recorded_manifest", "recorded_options", "resume_command"]
@@ -71,9 +72,8 @@ def recorded_manifest(ledger: str, header: Mapping[str, Any], given: str | None)
     """The manifest to resume with: `given` (--manifest), else the one the header records."""
     if given is not None:
         return given
-    described = header.get("manifest")
-    path = described.get("path") if isinstance(described, dict) else None
-    if not isinstance(path, str) or not path:
+    path = RunHeader.of(header).manifest_path
+    if not path:
         raise UsageError(f"{ledger}: the run header names no manifest; pass --manifest PATH")
     if not os.path.exists(path):
         raise UsageError(

@@ -95,10 +95,10 @@ class ReplayPlan:
 def check_workspace_map(source: str, history: History, workspace_map: Mapping[str, str]) -> None:
     """Every OLD of `--map-workspace OLD=NEW` must be a workspace of the source ledger."""
     known = {record.workspace for record, _ in history.groups() if record.workspace is not None}
-    for header in history.headers:
-        options = header.get("options")
-        if isinstance(options, dict) and isinstance(options.get("workspace"), str):
-            known.add(options["workspace"])
+    for header in history.runs:
+        workspace = header.options.get("workspace")
+        if isinstance(workspace, str):  # (options are the run's, as recorded: any JSON)
+            known.add(workspace)
     for old in workspace_map:
         if old not in known:
             close = difflib.get_close_matches(old, sorted(known), n=1)
@@ -125,17 +125,15 @@ def check_new_target(
     project (`--project-id` other than every project the source's jobs name),
     or a workspace renamed to another one (`--map-workspace`).
     """
-    header = history.headers[-1]
-    recorded = "sim" if header.get("simulator") else header.get("endpoint")
-    if isinstance(recorded, str) and recorded.rstrip("/") != endpoint.rstrip("/"):
+    header = history.runs[-1]
+    recorded = "sim" if header.simulator else header.endpoint
+    if recorded is not None and recorded.rstrip("/") != endpoint.rstrip("/"):
         return
     if any(old != new for old, new in workspace_map.items()):
         return
     if project_id is not None:
         projects = {(record.description or {}).get("project_id") for _, record in history.items()}
-        options = header.get("options")
-        if isinstance(options, dict):
-            projects.add(options.get("project_id"))
+        projects.add(header.options.get("project_id"))
         if project_id not in projects:
             return
     if force:
@@ -243,19 +241,18 @@ def _original_manifest(
     The header's count of jobs is a claim: when it says the ledger mentions
     every job, the manifest is still read if it is there unchanged.
     """
-    header = history.headers[-1]
-    described = header.get("manifest") or {}
-    jobs = described.get("jobs")
-    path = given or described.get("path")
-    recorded = described.get("sha256")
-    if given is None and (not isinstance(jobs, int) or jobs <= history.job_count):
-        if isinstance(path, str) and os.path.isfile(path):
+    header = history.runs[-1]
+    jobs = header.manifest_jobs
+    path = given or header.manifest_path
+    recorded = header.manifest_sha256
+    if given is None and (jobs is None or jobs <= history.job_count):
+        if path is not None and os.path.isfile(path):
             digest, chunks = file_digests(path)
             if digest == recorded:
                 return path, chunks
         return None  # the ledger mentions every job of the run, its header says
-    unsent = f"{jobs - history.job_count} job(s)" if isinstance(jobs, int) else "jobs"
-    if not isinstance(path, str) or not os.path.exists(path):
+    unsent = f"{jobs - history.job_count} job(s)" if jobs is not None else "jobs"
+    if path is None or not os.path.exists(path):
         raise UsageError(
             f"{source}: {unsent} of the run were never sent and are only in its manifest "
             f"{path}, which is gone; point at it with --manifest PATH, or leave them out "
@@ -284,13 +281,12 @@ def _never_sent(
     Only the bytes hashed (and found to be the run's) are read: a chunk that
     differs (`chunks`) stops the replay before anything is sent.
     """
-    header = history.headers[-1]
-    manifest = header.get("manifest") or {}
-    options = header.get("options") or {}
+    header = history.runs[-1]
+    options = header.options
     defaults = Defaults(project_id=options.get("project_id"), workspace=options.get("workspace"))
-    shard = header.get("shard")
-    index, count = parse_shard(shard) if isinstance(shard, str) else (0, 1)
-    jobs = iter_jobs(path, defaults, fmt=manifest.get("format"), checked=chunks)
+    shard = header.shard
+    index, count = parse_shard(shard) if shard is not None else (0, 1)
+    jobs = iter_jobs(path, defaults, fmt=header.manifest_format, checked=chunks)
     try:
         for job in jobs:
             if job.id in history or (count > 1 and shard_of(job.id, count) != index):

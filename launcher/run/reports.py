@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ import orjson
 
 from launcher.errors import LauncherError, ManifestChanged, UsageError
 from launcher.ledger import History, Summary, fold, load_fold, read_ledger, summary_of
+from launcher.ledger.events import RunHeader
 from launcher.ledger.lineage import (
     describe_run,
     describe_state,
@@ -89,11 +90,11 @@ def first_record(path: str) -> dict[str, Any]:
     )
 
 
-def _run_header(path: str, record: dict[str, Any]) -> dict[str, Any]:
+def _run_header(path: str, record: dict[str, Any]) -> RunHeader:
     if record.get("event") == "run":
-        return record
+        return RunHeader.of(record)
     # A fleet's ledger opens with its `workers` record: the fleet id is the run's.
-    return {"run_id": record.get("fleet"), "fleet": record.get("fleet")}
+    return RunHeader(run_id=record.get("fleet"), fleet=record.get("fleet"))
 
 
 def read_runs(
@@ -164,25 +165,23 @@ def add_never_sent(
 def _killed_and_resumed(history: History) -> bool:
     """Whether a segment without an `end` record was resumed (its end is then in the file)."""
     ended = {footer.get("run_id") for footer in history.footers}
-    resumed = {header.get("resumes") for header in history.headers}
-    return any(
-        header.get("run_id") in resumed and header.get("run_id") not in ended
-        for header in history.headers
-    )
+    runs = history.runs
+    resumed = {run.resumes for run in runs}
+    return any(run.run_id in resumed and run.run_id not in ended for run in runs)
 
 
 def describe_runs(reports: Sequence[RunReport]) -> list[str]:
     """Each run in a few words, for a message that names them."""
     return [
         f"{', '.join(report.paths)}: "
-        + (describe_run(report.history.headers[0]) if report.history.headers else "a run")
+        + (describe_run(report.history.runs[0]) if report.history.headers else "a run")
         for report in reports
     ]
 
 
 def _state(summary: Summary, history: History, paths: Sequence[str], now: float) -> None:
     """Set the summary's state: running, interrupted, unknown, or how its segments ended."""
-    states = segment_states(history.headers, history.footers)
+    states = segment_states(history.runs, history.footers)
     mtimes = [os.stat(path).st_mtime for path in paths if os.path.exists(path)]
     age = max(0.0, now - max(mtimes)) if mtimes else None
     summary.state_text = describe_state(states, age)
@@ -221,7 +220,7 @@ class Unsent:
         return counts
 
 
-def never_sent(history: History, headers: Sequence[Mapping[str, Any]] | None = None) -> Unsent:
+def never_sent(history: History, headers: Sequence[RunHeader] | None = None) -> Unsent:
     """The jobs of the manifests named in `headers` (default: the history's) that the
     history never attempted, in manifest order, each manifest read once.
 
@@ -231,12 +230,9 @@ def never_sent(history: History, headers: Sequence[Mapping[str, Any]] | None = N
     unsent = Unsent()
     seen: set[tuple[Any, ...]] = set()
     listed: set[str] = set()
-    for header in headers if headers is not None else history.headers:
-        manifest = header.get("manifest") or {}
-        options = header.get("options") or {}
-        if not isinstance(manifest, Mapping) or not isinstance(options, Mapping):
-            continue
-        path, digest = manifest.get("path"), manifest.get("sha256")
+    for header in headers if headers is not None else history.runs:
+        options = header.options
+        path, digest = header.manifest_path, header.manifest_sha256
         key = (
             path,
             digest,
@@ -244,7 +240,7 @@ def never_sent(history: History, headers: Sequence[Mapping[str, Any]] | None = N
             options.get("workspace"),
             options.get("manifest_format"),
         )
-        if key in seen or not isinstance(path, str):
+        if key in seen or path is None:
             continue
         seen.add(key)
         problem, chunks = _the_runs(path, digest)

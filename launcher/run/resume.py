@@ -42,7 +42,7 @@ from launcher.ledger import (
     read_ledger,
 )
 from launcher.logs import get_logger, redact_url
-from launcher.models import Job
+from launcher.models import NOT_SENT, Job, Verdict
 from launcher.run.plan import GRACE_SECONDS, Plan, has_content, same_identities
 
 __all__ = [
@@ -77,7 +77,7 @@ class Next(Enum):
 
 # Verdicts of an answer about the run, not the job: the credentials were
 # refused (401/403: the run stopped at once, see `Dispatcher._launch`).
-RUN_STOP_VERDICTS = frozenset({"auth_failed", "refresh_auth", "not_sent"})
+RUN_STOP_VERDICTS = frozenset(map(str, (Verdict.AUTH_FAILED, Verdict.REFRESH_AUTH, NOT_SENT)))
 # Failure codes (`JobRecord.failure`, before any `: detail`) of a request that
 # never reached the service: a broken network path, name resolution, TLS.
 RUN_STOP_FAILURES = frozenset({"connect", "dns", "tls", "proxy"})
@@ -387,12 +387,12 @@ def plan_segment(
     # manifest with these identity options and this shard; then as many settled
     # jobs as the run has means that all of them are settled.
     nothing_left = settled >= plan.jobs and all(
-        (header.get("manifest") or {}).get("sha256") == digest
-        and header.get("shard") == options.shard
+        header.manifest_sha256 == digest
+        and header.shard == options.shard
         and same_identities(header, plan.manifest, options)
-        for header in history.headers
+        for header in history.runs
     )
-    last = history.headers[-1]
+    last = history.runs[-1]
     log.info(
         "resuming",
         ledger=ledger_path,
@@ -404,7 +404,7 @@ def plan_segment(
     )
     return Segment(
         number=len(history.headers) + 1,
-        resumes=last.get("run_id"),
+        resumes=last.run_id,
         history=history,
         already_started=started,
         already_settled=settled,

@@ -119,8 +119,7 @@ def launch(
     """
     # Most objects of a run (manifest records, requests, replies) die young: the
     # youngest generation is collected every 10,000 net allocations instead of
-    # 700. At 700 a 50,000-start run did ~350 collections for 0.08 s of CPU
-    # (~1.5 µs a start) and found little; at 10,000 it does ~5 for 0.01 s.
+    # 700, which found little at a far higher cost (benchmarks/RESULTS.md).
     gc.set_threshold(10_000)
     stdout = out if out is not None else sys.stdout
     endpoint = resolve_endpoint(options, env)
@@ -130,7 +129,7 @@ def launch(
     # A resume folds its ledger first: its latest header may spare re-validation.
     # (A dry run changes no file: it reads a crashed fleet's parts where they are.)
     resumed = resume_history(ledger_path, merge=not options.dry_run) if options.resume else None
-    plan = plan_manifest(manifest, options, recorded=resumed.headers[-1] if resumed else None)
+    plan = plan_manifest(manifest, options, recorded=resumed.runs[-1] if resumed else None)
     if options.dry_run and resumed is None:
         print_dry_run(plan, options, endpoint, stdout)
         return RunResult(0, None, None)

@@ -32,6 +32,7 @@ from launcher.flow.dispatch import Dispatcher, DispatchSettings, Recorder, Tally
 from launcher.flow.pacing import Pacer, RateGate, TokenBucket, format_rate
 from launcher.flow.policy import RetryBudget, RetryPolicy, parse_halt
 from launcher.ledger import Ledger, LiveFold, Summary
+from launcher.ledger.events import EndFields, RunFields
 from launcher.logs import get_logger
 from launcher.models import Job
 from launcher.run.connect import Connection
@@ -201,25 +202,27 @@ async def run_segment(
         code = 1  # a followed run failed, timed out, or is still running
     if code == 0 and verified is not None and (verified["mismatches"] or "error" in verified):
         code = 1  # a job is not in the state its call set, or the list could not say
-    ledger.footer(
-        {
-            "run_id": run_id,
-            "reason": dispatcher.stop_reason or "complete",
-            "exit_code": code,
-            "elapsed_s": round(time.time() - started, 3),
-            "finished_at": datetime.now(UTC).isoformat(),
-            "tally": {
-                "done": tally.done,
-                "started": tally.started,
-                "failed": tally.failed,
-                "unknown": tally.unknown,
-                "attempts": tally.attempts,
-            },
-            **({"waves": jobs.summary()} if isinstance(jobs, Waves) else {}),
-            **({"wait": waiting_summary(waiter)} if waiter is not None else {}),
-            **({"verify": {**verified, "shard": options.shard}} if verified is not None else {}),
-        }
-    )
+    footer: EndFields = {
+        "run_id": run_id,
+        "reason": dispatcher.stop_reason or "complete",
+        "exit_code": code,
+        "elapsed_s": round(time.time() - started, 3),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "tally": {
+            "done": tally.done,
+            "started": tally.started,
+            "failed": tally.failed,
+            "unknown": tally.unknown,
+            "attempts": tally.attempts,
+        },
+    }
+    if isinstance(jobs, Waves):
+        footer["waves"] = jobs.summary()
+    if waiter is not None:
+        footer["wait"] = waiting_summary(waiter)
+    if verified is not None:
+        footer["verify"] = {**verified, "shard": options.shard}
+    ledger.footer(footer)
     return code
 
 
@@ -235,37 +238,35 @@ def _write_header(
 ) -> None:
     """The segment's `run` header: what it runs, against what, with which options."""
     auth = connection.client.auth.describe()
-    ledger.header(
-        {
-            "run_id": run_id,
-            "segment": segment.number,
-            "resumes": segment.resumes,
-            "version": __version__,
-            "manifest": {
-                "path": str(Path(plan.manifest).resolve()),
-                "sha256": plan.validation.sha256,
-                "jobs": plan.jobs,
-                "total_jobs": plan.validation.jobs,
-                "waves": {str(wave): jobs for wave, jobs in (plan.validation.waves or {}).items()},
-                "format": options.manifest_format,
-            },
-            "shard": options.shard,
-            **({"worker": f"{role.index}/{role.count}", "fleet": role.fleet} if role else {}),
-            "endpoint": connection.url,
-            "simulator": connection.simulated,
-            "auth": auth,
-            "options": options.public(),
+    fields: RunFields = {
+        "run_id": run_id,
+        "segment": segment.number,
+        "resumes": segment.resumes,
+        "version": __version__,
+        "manifest": {
+            "path": str(Path(plan.manifest).resolve()),
+            "sha256": plan.validation.sha256,
+            "jobs": plan.jobs,
+            "total_jobs": plan.validation.jobs,
+            "waves": {str(wave): jobs for wave, jobs in (plan.validation.waves or {}).items()},
+            "format": options.manifest_format,
+        },
+        "shard": options.shard,
+        "endpoint": connection.url,
+        "simulator": connection.simulated,
+        "auth": auth,
+        "options": options.public(),
+        "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+    if role is not None:
+        fields["worker"] = f"{role.index}/{role.count}"
+        fields["fleet"] = role.fleet
+        if role.run_options is not None:
             # A worker records its share of the limits, and the run's for a resume.
-            **(
-                {"run_options": role.run_options.public()}
-                if role is not None and role.run_options is not None
-                else {}
-            ),
-            "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
-    )
+            fields["run_options"] = role.run_options.public()
+    ledger.header(fields)
     log.info(
         "run starting",
         run_id=run_id,

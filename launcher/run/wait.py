@@ -52,7 +52,7 @@ from launcher.flow.waiting import (
 from launcher.ledger import History, Ledger, fold, read_ledger
 from launcher.ledger.instances import InstanceFold, fold_instances
 from launcher.logs import get_logger
-from launcher.models import Action, Job, Reply
+from launcher.models import Action, Conclusion, Job, Outcome, RecordedVerdict, Reply
 
 __all__ = ["POLLS_IN_FLIGHT", "Waiter", "open_waiter", "waiting_summary"]
 
@@ -270,7 +270,12 @@ class _Following:
         self._ledger.intent(job, attempt, action)
 
     def result(
-        self, job: Job, attempt: int, reply: Reply, verdict: str, outcome: str | None
+        self,
+        job: Job,
+        attempt: int,
+        reply: Reply,
+        verdict: RecordedVerdict,
+        outcome: Outcome | None,
     ) -> None:
         self._ledger.result(job, attempt, reply, verdict, outcome)
         self._settled(job, outcome, reply.instance_id)
@@ -281,13 +286,13 @@ class _Following:
         attempt: int,
         reply: Reply,
         state: str | None,
-        conclusion: str,
-        outcome: str | None = None,
+        conclusion: Conclusion,
+        outcome: Outcome | None = None,
     ) -> None:
         self._ledger.check(job, attempt, reply, state, conclusion, outcome)
         self._settled(job, outcome, None)
 
-    def _settled(self, job: Job, outcome: str | None, instance_id: int | str | None) -> None:
+    def _settled(self, job: Job, outcome: Outcome | None, instance_id: int | str | None) -> None:
         if outcome is None:
             return
         waiter = self._waiter
@@ -317,9 +322,10 @@ def open_waiter(
     history: History | None = segment.history
     run_since = time.time()
     if history is not None and history.headers:
-        started_at = history.headers[0].get("started_at")
-        with contextlib.suppress(TypeError, ValueError):
-            run_since = datetime.fromisoformat(started_at).timestamp()  # type: ignore[arg-type]
+        started_at = history.runs[0].started_at  # a string, as checked on read
+        if started_at is not None:
+            with contextlib.suppress(ValueError):
+                run_since = datetime.fromisoformat(started_at).timestamp()
     waiter = Waiter(client, ledger, options.wait_timeout, options.action, run_since)
     if history is None:
         return waiter, None

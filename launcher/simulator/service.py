@@ -124,12 +124,14 @@ class JobService:
     def _end_if_due(self, instance: dict[str, object]) -> None:
         """End a running instance whose `run_seconds` are over, with its drawn status."""
         instance_id = instance["instanceId"]
-        due = self._running.get(instance_id) if isinstance(instance_id, int) else None
+        if not isinstance(instance_id, int):
+            return
+        due = self._running.get(instance_id)
         if due is None:
             return
         ends_at, status, job = due
         if time.time() >= ends_at:
-            del self._running[instance_id]  # type: ignore[arg-type]
+            del self._running[instance_id]
             instance["status"] = status
             instance["endTime"] = int(ends_at * 1000)
             job.last_instance_status = status

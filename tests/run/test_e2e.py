@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any, get_args
 
 import orjson
 import pytest
@@ -17,7 +18,39 @@ from launch_helpers import (
     write_manifest,
 )
 
+from launcher.ledger.check import problem
+from launcher.ledger.events import CheckEvent, EndFields, IntentEvent, ResultEvent, RunFields
+from launcher.models import NOT_SENT, Conclusion, Outcome, Verdict
 from launcher.simulator import IamUser, SimConfig, running
+
+# Each kind's type (`launcher.ledger.events`), and the keys the writer adds to it.
+_TYPED: dict[str, tuple[Any, frozenset[str]]] = {
+    "run": (RunFields, frozenset({"event", "t"})),
+    "intent": (IntentEvent, frozenset()),
+    "result": (ResultEvent, frozenset()),
+    "check": (CheckEvent, frozenset()),
+    "end": (EndFields, frozenset({"event", "t"})),
+}
+
+
+def assert_events_are_their_types(events: list[dict[str, Any]]) -> None:
+    """Every event a run wrote has exactly the keys its TypedDict declares (the required
+    ones all there), its words from the vocabulary, and passes the reader's check."""
+    assert {event["event"] for event in events} >= _TYPED.keys()  # every typed kind met
+    for event in events:
+        if event["event"] not in _TYPED:  # a fleet's records, ...: not typed here
+            continue
+        typed, added = _TYPED[event["event"]]
+        required = typed.__required_keys__ | added
+        assert required <= event.keys() <= required | typed.__optional_keys__, event
+        assert problem(event) is None, event
+        if "verdict" in event:
+            assert event["verdict"] in {*Verdict, NOT_SENT}
+        if "outcome" in event:
+            assert event["outcome"] in get_args(Outcome)
+        if "conclusion" in event:
+            assert event["conclusion"] in get_args(Conclusion)
+
 
 pytestmark = pytest.mark.anyio
 
@@ -171,6 +204,7 @@ async def test_faults_end_with_every_job_started_exactly_once(tmp_path: Path) ->
     assert report["reconciled"] >= 1  # lost answers were settled by a status check
     checks = [e for e in ledger_events(ledger) if e["event"] == "check"]
     assert {"took_effect", "not_taken"} <= {c["conclusion"] for c in checks}
+    assert_events_are_their_types(ledger_events(ledger))
 
 
 async def test_adaptive_rate_finds_an_unknown_server_limit(tmp_path: Path) -> None:

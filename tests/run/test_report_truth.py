@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from launch_helpers import job_lines, launcher, ledger_events, sim_env, write_manifest
 
+from launcher.ledger.events import RunHeader
 from launcher.ledger.lineage import (
     active_seconds,
     describe_state,
@@ -46,8 +47,8 @@ def _json(text: str) -> dict[str, Any]:
 # --- pure rules ---------------------------------------------------------------------------
 
 
-def _header(run_id: str, t: float, **fields: Any) -> dict[str, Any]:
-    return {"event": "run", "run_id": run_id, "t": t, **fields}
+def _header(run_id: str, t: float, **fields: Any) -> RunHeader:
+    return RunHeader.of({"event": "run", "run_id": run_id, "t": t, **fields})
 
 
 def test_shards_of_one_run_group_and_other_runs_do_not() -> None:
@@ -63,7 +64,7 @@ def test_shards_of_one_run_group_and_other_runs_do_not() -> None:
         ("other", _header("r4", 0, shard="0/3", **{**shard, "endpoint": "https://dr"})),
     ]
     assert group_runs(firsts) == [["s0", "s1", "s2"], ["night1"], ["night2"], ["other"]]
-    assert run_key({"run_id": "w", "fleet": "f1"}) == ("run", "f1")
+    assert run_key(RunHeader.of({"run_id": "w", "fleet": "f1"})) == ("run", "f1")
 
 
 def test_elapsed_counts_segments_not_the_gaps_between_them() -> None:

@@ -12,7 +12,7 @@ import pytest
 from launch_helpers import job_lines, write_manifest, write_run
 
 from launcher.config import RunOptions
-from launcher.ledger import fold, read_ledger
+from launcher.ledger import RunHeader, fold, read_ledger
 from launcher.manifest.validate import file_sha256
 from launcher.run import plan as planning
 from launcher.run import resume
@@ -34,8 +34,8 @@ def validations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def latest_header(ledger: Path) -> dict[str, Any]:
-    return fold([read_ledger(ledger)]).headers[-1]
+def latest_header(ledger: Path) -> RunHeader:
+    return fold([read_ledger(ledger)]).runs[-1]
 
 
 def test_an_unchanged_manifest_is_hashed_not_validated(
@@ -57,8 +57,8 @@ def test_wave_counts_come_from_the_manifest_never_from_the_header(
     """A header's wave counts are a claim: waves are the manifest's own."""
     plain = write_manifest(tmp_path / "m.jsonl", job_lines(30))
     write_run(tmp_path / "l.jsonl", plain, OPTIONS, settle=10)
-    recorded = latest_header(tmp_path / "l.jsonl")
-    del recorded["manifest"]["waves"]  # (or any count: not read)
+    # (or any count: not read)
+    recorded = replace(latest_header(tmp_path / "l.jsonl"), manifest_waves=None)
     plan = planning.plan_manifest(str(plain), OPTIONS, recorded=recorded)
     assert validations == []  # no line can name a wave: all 30 in wave 0, from the bytes
     assert plan.validation.waves == {0: 30}
@@ -66,8 +66,8 @@ def test_wave_counts_come_from_the_manifest_never_from_the_header(
         tmp_path / "w.jsonl", job_lines(10) + job_lines(20, prefix="late", wave=1)
     )
     write_run(tmp_path / "w-l.jsonl", waved, OPTIONS, settle=0)
-    recorded = latest_header(tmp_path / "w-l.jsonl")
-    recorded["manifest"]["waves"] = {"0": 30}  # forged: one wave, so no gate
+    # forged: one wave, so no gate
+    recorded = replace(latest_header(tmp_path / "w-l.jsonl"), manifest_waves={"0": 30})
     plan = planning.plan_manifest(str(waved), OPTIONS, recorded=recorded)
     assert validations == [str(waved)]  # a line names a wave: validated, and counted
     assert plan.validation.waves == {0: 10, 1: 20}
@@ -116,8 +116,8 @@ def test_a_shard_counts_its_size_from_the_manifest_not_the_header(
     sharded = replace(OPTIONS, shard="1/3")
     first = planning.plan_manifest(str(manifest), sharded)  # validates, counts the shard
     write_run(tmp_path / "l.jsonl", manifest, sharded, settle=0)
-    header = latest_header(tmp_path / "l.jsonl")
-    header["manifest"]["jobs"] = 1  # a forged claim: the shard's jobs are counted
+    # a forged claim: the shard's jobs are counted
+    header = replace(latest_header(tmp_path / "l.jsonl"), manifest_jobs=1)
     again = planning.plan_manifest(str(manifest), sharded, recorded=header)
     assert validations == [str(manifest)]  # only the first time
     assert again.jobs == first.jobs < 60
