@@ -138,8 +138,8 @@ def test_the_count_of_an_unchanged_manifest_is_its_own(
     manifest.write_bytes(text)
     assert planning.plan_manifest(str(manifest), OPTIONS).jobs == jobs  # validated
     write_run(tmp_path / "l.jsonl", manifest, OPTIONS, settle=0)
-    header = latest_header(tmp_path / "l.jsonl")
-    header["manifest"]["total_jobs"] = header["manifest"]["jobs"] = 1000
+    forged = latest_header(tmp_path / "l.jsonl")
+    header = replace(forged, manifest_total_jobs=1000, manifest_jobs=1000)
     plan = planning.plan_manifest(str(manifest), OPTIONS, recorded=header)
     assert validations == [str(manifest)]  # the resume counted, did not validate
     assert (plan.jobs, plan.validation.jobs) == (jobs, jobs)
