@@ -355,6 +355,9 @@ class RunOptions:
         0.1, _positive_float, "First retry waits up to this", shown="0.1 s"
     )
     backoff_cap: float = _option(20.0, _positive_float, "No retry waits longer", shown="20 s")
+    settle: float = _option(
+        5.0, _duration, "Resend a call whose answer was lost no sooner than this", shown="5s"
+    )
     action: Action = _option("start", Action, "What to do to each job", commands=_SERVICE)
     allow_duplicates: bool = _option(False, _flag, "Accept the same job twice", commands=_MANIFEST)
     allow_empty: bool = _option(

@@ -103,6 +103,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "halt": ("fail=3", "fail=3"),
     "deadline": ("90s", "90s"),
     "wait_timeout": ("90s", "90s"),
+    "settle": ("250ms", "250ms"),
     "workers": ("2", 2),
 }
 

@@ -188,6 +188,13 @@ def _bind_error(group: BaseException) -> OSError | None:
     "--fail-504-after", type=_FRACTION, help="Fraction that take effect, then get 504 [0]."
 )
 @click.option("--refused-5xx", type=_FRACTION, help="Fraction refused before forwarding (500) [0].")
+@click.option(
+    "--late-fraction",
+    type=_FRACTION,
+    help="Fraction answered 504 that take effect only --late-seconds later [0].",
+)
+@click.option("--late-seconds", type=_SECONDS, help="When a late call takes effect [1].")
+@click.option("--late-answer", type=_SECONDS, help="Seconds before a late call's 504 [0].")
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="Serve https with this PEM.")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="Private key of --tls-cert.")
 @click.option(

@@ -112,12 +112,12 @@ class DispatchSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     canary: bool = True
     status_checks: int = 3  # tries at the status check that settles an ambiguous attempt
-    # A run-immediate's "no instance" is trusted only this many seconds after the call
-    # could still be on its way: after the ambiguous answer (a call still being processed
-    # makes its instance late, and a second run-immediate is a second run), or on a
+    # The settle window (`--settle`): a check's "not taken" (the old state: STOPPED after
+    # a start, SCHEDULING after a stop, no instance after a run-immediate) is trusted only
+    # this many seconds after the call could still be on its way: after the ambiguous
+    # answer (a gateway answers 504 while its backend may do the work later), or on a
     # resume after the earlier run's intent (its process may have died with the request
-    # written). Not for start/stop: a second start is far less harmful than a resume
-    # whose workers all wait.
+    # written, and the bytes reach the service later). "Took effect" is trusted at once.
     settle: float = 5.0
     halt: HaltRule | None = None
     # Per-workspace overrides from the config file: workspace -> (concurrency, rate).
@@ -138,6 +138,7 @@ class Tally:
     attempts: int = 0
     in_flight: int = 0
     throttled: int = 0
+    checking: int = 0  # jobs whose lost answer is being checked (within --settle, mostly)
     failures: Counter[str] = field(default_factory=Counter)
     wave: str = ""  # the wave being sent, for the display ("" when the run has none)
     # Per-workspace limits: jobs read ahead and waiting for their workspace, and
@@ -442,51 +443,71 @@ class Dispatcher:
         `start` and `stop` are checked in the job list (SCHEDULING / STOPPED);
         `run-immediate` in the instance list: an instance of the job planned
         after the intent (less `PLAN_TIME_SKEW`) means it ran, because a
-        duplicate run-immediate is a duplicate run. For run-immediate the first
-        check waits until `settle` seconds after the ambiguous answer
-        (`answered`, on the dispatcher's clock): an instance made by a call the
-        service was still processing appears late; on a resume (`answered` is
-        None), until `settle` seconds after the earlier intent (`intent_t`, Unix
-        time): a request written just before a crash may reach the service after
-        a quick check. Returns `started` (it took
-        effect), `not_taken` (safe to send again) or `unknown` (the check kept
-        failing).
+        duplicate run-immediate is a duplicate run.
+
+        The settle window: a check that finds the call took effect settles the job
+        at once, but one that finds the old state concludes `not_taken` (which
+        allows a resend) only once `settle` seconds have passed since the ambiguous
+        answer (`answered`, on the dispatcher's clock), or, on a resume (`answered`
+        is None), since the earlier intent (`intent_t`, Unix time): the service may
+        apply a call late (a 504 while the backend is still at it; the bytes of a
+        crashed run's request, read after a quick check). Before that, the check is
+        recorded `not_yet` and made again when the window ends. Returns `started`
+        (it took effect), `not_taken` (safe to send again) or `unknown` (the check
+        kept failing, `status_checks` times).
         """
         policy = self._settings.retry
+        now = self._clock()
+        settle = self._settings.settle
+        if answered is None:  # a resume: the earlier run's request may still arrive
+            window_end = now + (intent_t + settle - time.time())
+        else:
+            window_end = answered + settle
         last_reply = _NO_REPLY
-        for check in range(1, self._settings.status_checks + 1):
+        tally = self.tally
+        tally.checking += 1
+        try:
+            failed = 0
+            waited = False  # slept to the window's end: the next "not taken" is trusted
             # Wait first: an answer that was lost may still be in the service's hands.
-            delay = retry_delay(Verdict.TRANSIENT, _NO_REPLY, check, policy, self._rand)
-            if action == "run-immediate":
-                settle = self._settings.settle
-                if answered is None:  # a resume: the earlier run's request may still arrive
-                    delay = max(delay, intent_t + settle - time.time())
+            delay = retry_delay(Verdict.TRANSIENT, _NO_REPLY, 1, policy, self._rand)
+            while True:
+                await anyio.sleep(delay)
+                if action == "run-immediate":
+                    since_ms = int((intent_t - PLAN_TIME_SKEW) * 1000)
+                    last_reply, instances = await self._service.instances(job, since_ms)
+                    state = _instance_state(instances) if last_reply.status == 200 else None
+                    took_effect = state is not None and state != "none"
+                    not_taken = state == "none"
                 else:
-                    delay = max(delay, answered + settle - self._clock())
-            await anyio.sleep(delay)
-            if action == "run-immediate":
-                since_ms = int((intent_t - PLAN_TIME_SKEW) * 1000)
-                last_reply, instances = await self._service.instances(job, since_ms)
-                state = _instance_state(instances) if last_reply.status == 200 else None
-                took_effect = state is not None and state != "none"
-                not_taken = state == "none"
-            else:
-                status = await self._service.job_status(job)
-                last_reply, state = status.reply, status.state
-                took_effect = state == _TOOK_EFFECT[action]
-                # Absent from a list that answered: the job does not exist, so the
-                # action cannot have worked; a resend gets the service's own verdict.
-                not_taken = (state is not None and state in _NOT_TAKEN[action]) or (
-                    last_reply.status == 200 and not status.found
-                )
-            if took_effect:
-                self._recorder.check(job, attempt, last_reply, state, "took_effect", "started")
-                self._count_final("started", None)
-                return "started"
-            if not_taken:
-                self._recorder.check(job, attempt, last_reply, state, "not_taken")
-                return "not_taken"
-            self._recorder.check(job, attempt, last_reply, state, "check_failed")
+                    status = await self._service.job_status(job)
+                    last_reply, state = status.reply, status.state
+                    took_effect = state == _TOOK_EFFECT[action]
+                    # Absent from a list that answered: the job does not exist, so the
+                    # action cannot have worked; a resend gets the service's own verdict.
+                    not_taken = (state is not None and state in _NOT_TAKEN[action]) or (
+                        last_reply.status == 200 and not status.found
+                    )
+                if took_effect:
+                    self._recorder.check(job, attempt, last_reply, state, "took_effect", "started")
+                    self._count_final("started", None)
+                    return "started"
+                if not_taken:
+                    early = window_end - self._clock()
+                    if early <= 0.0 or waited:
+                        self._recorder.check(job, attempt, last_reply, state, "not_taken")
+                        return "not_taken"
+                    # Too soon to tell: the call may still land. Look again at the end.
+                    self._recorder.check(job, attempt, last_reply, state, "not_yet")
+                    delay, waited = early, True
+                    continue
+                self._recorder.check(job, attempt, last_reply, state, "check_failed")
+                failed += 1
+                if failed >= self._settings.status_checks:
+                    break
+                delay = retry_delay(Verdict.TRANSIENT, _NO_REPLY, failed + 1, policy, self._rand)
+        finally:
+            tally.checking -= 1
         self._recorder.check(job, attempt, last_reply, None, "gave_up", "unknown")
         self._count_final("unknown", None)
         return "unknown"

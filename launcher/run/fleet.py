@@ -444,7 +444,9 @@ def start_fleet(
 
 
 # The counters a child reports and the parent sums, in this order.
-_TALLY_FIELDS = ("done", "started", "failed", "unknown", "attempts", "in_flight", "throttled")
+_TALLY_FIELDS = (
+    "done", "started", "failed", "unknown", "attempts", "in_flight", "throttled", "checking"
+)  # fmt: skip
 
 
 def _tally_row(tally: Tally) -> list[int]:

@@ -119,5 +119,10 @@ def run_collector(tally: Tally) -> Collector:
             yield GaugeMetricFamily(
                 "launcher_run_in_flight", "Requests in flight now.", value=tally.in_flight
             )
+            yield GaugeMetricFamily(
+                "launcher_run_checking",
+                "Jobs whose lost answer is being checked now (waiting out --settle, mostly).",
+                value=tally.checking,
+            )
 
     return RunCollector()

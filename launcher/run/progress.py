@@ -13,7 +13,7 @@ import anyio
 
 from launcher.flow.dispatch import Tally
 
-__all__ = ["eta_seconds", "held_back", "show_progress", "status_line"]
+__all__ = ["checking", "eta_seconds", "held_back", "show_progress", "status_line"]
 
 
 def held_back(tally: Tally) -> str:
@@ -24,6 +24,12 @@ def held_back(tally: Tally) -> str:
             limit = tally.limits.get(workspace, ("its limit", 0.0))[0]
             parts.append(f"{workspace or '(no workspace)'}: {limit} ({queued} queued)")
     return ", ".join(parts)
+
+
+def checking(tally: Tally) -> str:
+    """`3 lost answers being checked`: jobs whose lost answer waits out --settle (mostly)
+    before a check may resend the call."""
+    return f"{tally.checking} lost answer{'s' if tally.checking != 1 else ''} being checked"
 
 
 def eta_seconds(tally: Tally, rate: float) -> float | None:
@@ -51,6 +57,8 @@ def status_line(tally: Tally, elapsed: float) -> str:
     )
     if tally.throttled:
         line += f", {tally.throttled} throttled"
+    if tally.checking:
+        line += f", {checking(tally)}"
     if tally.failures:
         top = ", ".join(f"{code}×{n}" for code, n in tally.failures.most_common(3))
         line += f" [{top}]"
@@ -116,6 +124,9 @@ async def show_progress(
             rate = tally.done / elapsed if elapsed > 0 else 0.0
             seconds = eta_seconds(tally, rate)
             held = held_back(tally) if tally.queued else ""
+            held = f"held back by {held}" if held else ""
+            if tally.checking:
+                held = f"{held}, {checking(tally)}" if held else checking(tally)
             bar.update(
                 task,
                 completed=tally.done,
@@ -123,7 +134,7 @@ async def show_progress(
                 failed=tally.failed,
                 wave=tally.wave,
                 eta=f"{seconds:.0f}s" if seconds is not None else "?",
-                held=f"held back by {held}" if held else "",
+                held=held,
             )
 
         try:

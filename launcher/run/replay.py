@@ -118,12 +118,15 @@ def check_new_target(
     project_id: str | None,
     workspace_map: Mapping[str, str],
     force: bool,
+    only: frozenset[str] = frozenset(),
 ) -> None:
     """Refuse a replay aimed at its source's own endpoint and project, unless `force`.
 
     A new target is another endpoint (`--endpoint`, `--region`), another
     project (`--project-id` other than every project the source's jobs name),
-    or a workspace renamed to another one (`--map-workspace`).
+    or a workspace renamed to another one (`--map-workspace`). Jobs in doubt
+    (`unknown`) replayed to their own target are sent without the status check
+    (and settle window) that `launcher resume` makes first: the message says so.
     """
     header = history.runs[-1]
     recorded = "sim" if header.simulator else header.endpoint
@@ -136,14 +139,24 @@ def check_new_target(
         projects.add(header.options.get("project_id"))
         if project_id not in projects:
             return
+    in_doubt = (
+        f" Jobs in doubt would be sent without a check: `launcher resume {source}` checks "
+        "each with the service first (after --settle), and sends only those not started."
+        if "unknown" in only
+        else ""
+    )
     if force:
-        log.warning("replaying to the source's own endpoint and project (--force)", source=source)
+        log.warning(
+            "replaying to the source's own endpoint and project (--force)",
+            source=source,
+            unchecked="jobs in doubt are sent without a status check" if in_doubt else None,
+        )
         return
     raise UsageError(
         f"{source}: this replay aims at the endpoint ({redact_url(endpoint)}) and project "
         "its source ran against: every job would start there a second time. Give a new "
         "target (--project-id, --endpoint/--region, --map-workspace OLD=NEW), or --force "
-        "if that is what you mean"
+        f"if that is what you mean.{in_doubt}"
     )
 
 
@@ -176,6 +189,7 @@ def plan_replay(
             project_id=project_id,
             workspace_map=workspace_map,
             force=force,
+            only=only,
         )
     original = _original_manifest(source, history, manifest) if "pending" in only else None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

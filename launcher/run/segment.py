@@ -303,6 +303,7 @@ def _build_dispatcher(
             cap=options.backoff_cap,
         ),
         canary=options.canary,
+        settle=options.settle,
         halt=parse_halt(options.halt) if options.halt else None,
         workspaces={
             workspace: WorkspaceLimits(concurrency, rate, burst)

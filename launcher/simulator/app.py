@@ -19,7 +19,8 @@ the workspace and its absence means the default one (key `None`).
 429 answers, connection resets before or after the call took effect, slow
 answers, a request-rate limit, AK/SK signature checking with the gateway's
 lockout, IAM tokens that expire, and the real service's edges (504 after the work
-was done, refusals before forwarding, 100 Continue, close-delimited answers, other
+was done, 504 while the work is still to be done (`late_fraction`: it takes effect
+`late_seconds` later), refusals before forwarding, 100 Continue, close-delimited answers, other
 error-body shapes, a skewed clock, TLS). `SimStats` counts what happened, above all
 how many calls *took effect* per job, which is what exactly-once tests compare.
 
@@ -33,6 +34,7 @@ and no work beyond what its configuration asks for.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
 import random
@@ -41,7 +43,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -67,6 +69,7 @@ _FAULT_KINDS: Final = (
     "slow",
     "504_after",
     "refused",
+    "late",
 )
 _REASONS: Final = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request"}
 # SO_LINGER on, timeout 0: closing the socket sends RST instead of FIN, like a
@@ -110,6 +113,7 @@ class Simulator:
                 config.slow_fraction,
                 config.fail_504_after,
                 config.refused_5xx,
+                config.late_fraction,
             ),
             strict=True,
         ):
@@ -123,6 +127,9 @@ class Simulator:
         self._rid_counter = 0
         self.gateway = Gateway(config, self.stats)
         self.service = JobService(config, self.stats)
+        # Calls taken by the backend that take effect later (`late_fraction`): their
+        # timers, and what applies them; applied at once when the server stops.
+        self._late: dict[object, tuple[asyncio.TimerHandle, Callable[[], object]]] = {}
         # Answers that need more than aiohttp's plain response (rare, test-only modes).
         self._special = (
             config.continue_100
@@ -170,6 +177,33 @@ class Simulator:
         finally:
             with anyio.CancelScope(shield=True):
                 await runner.cleanup()
+            self.apply_late()
+
+    @property
+    def late_pending(self) -> int:
+        """Calls of `late_fraction` taken but not in effect yet."""
+        return len(self._late)
+
+    def apply_late(self) -> None:
+        """Apply every late call now (the server stops: what the backend took, it does, and
+        the counters must show it)."""
+        for handle, effect in list(self._late.values()):
+            handle.cancel()
+            effect()
+        self._late.clear()
+
+    def _take_effect_later(
+        self, route: str, request: web.Request, parts: list[str], body: bytes, rid: str
+    ) -> None:
+        """Process a job call `late_seconds` from now, as a backend still at it would."""
+        token = object()
+
+        def effect() -> None:
+            self._late.pop(token, None)
+            self.service.handle(route, request, parts, body, rid)
+
+        handle = asyncio.get_running_loop().call_later(self.config.late_seconds, effect)
+        self._late[token] = (handle, effect)
 
     # -- request handling -------------------------------------------------------------
 
@@ -225,6 +259,10 @@ class Simulator:
                 failed = self._failure(fault, rid) if fault is not None else None
                 if failed is not None:
                     answer = failed
+                elif fault == "late" and route in ACTIONS:
+                    self._take_effect_later(route, request, parts, body, rid)
+                    answer = error(504, "APIGW.0203", "Backend timeout.", rid)
+                    delay += config.late_answer
                 else:
                     answer = self.service.handle(route, request, parts, body, rid)
                     if fault == "reset_after":

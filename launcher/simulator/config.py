@@ -67,6 +67,14 @@ class SimConfig:
     timeout), as a gateway answers when DLF did the work too slowly."""
     refused_5xx: float = 0.0
     """Fraction of job calls the gateway refuses before forwarding: 500 APIGW.0103, no effect."""
+    late_fraction: float = 0.0
+    """Fraction of start/stop/run-immediate calls answered 504 APIGW.0203 (Backend timeout)
+    that TAKE EFFECT only `late_seconds` after they arrived: the backend was still at it, so
+    a status check in between still sees the old state."""
+    late_seconds: float = 1.0
+    """How long after its arrival a `late_fraction` call takes effect."""
+    late_answer: float = 0.0
+    """Seconds before the 504 of a `late_fraction` call (0: at once), on top of `latency`."""
     faults_on_queries: bool = False
     """Whether job-list and instance-list calls get the faults above too."""
     rate_limit: float | None = None
@@ -143,6 +151,7 @@ class SimConfig:
             "slow_fraction": self.slow_fraction,
             "fail_504_after": self.fail_504_after,
             "refused_5xx": self.refused_5xx,
+            "late_fraction": self.late_fraction,
         }
         for name, value in fractions.items():
             if not 0.0 <= value <= 1.0:
@@ -153,6 +162,8 @@ class SimConfig:
             ("latency", self.latency),
             ("latency_jitter", self.latency_jitter),
             ("slow_seconds", self.slow_seconds),
+            ("late_seconds", self.late_seconds),
+            ("late_answer", self.late_answer),
             ("lockout_seconds", self.lockout_seconds),
             ("max_skew", self.max_skew),
             ("retry_after", self.retry_after or 0.0),
@@ -293,6 +304,9 @@ _CONVERTERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "slow_seconds": _as_float,
     "fail_504_after": _as_float,
     "refused_5xx": _as_float,
+    "late_fraction": _as_float,
+    "late_seconds": _as_float,
+    "late_answer": _as_float,
     "real_time_jobs": _as_str_set,
     "continue_100": _as_bool,
     "close_delimited": _as_bool,

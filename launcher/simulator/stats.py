@@ -26,7 +26,8 @@ class SimStats:
     by_route: Counter[str] = field(default_factory=Counter)
     by_status: Counter[int] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
-    """Injected faults by kind: 503, 500, 429, reset_before, reset_after, slow."""
+    """Injected faults by kind: 503, 500, 429, reset_before, reset_after, slow, 504_after,
+    refused, late."""
     starts: Counter[JobKey] = field(default_factory=Counter)
     stops: Counter[JobKey] = field(default_factory=Counter)
     runs: Counter[JobKey] = field(default_factory=Counter)

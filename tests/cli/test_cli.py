@@ -22,6 +22,7 @@ SAMPLES: dict[str, str] = {
     "halt": "fail=3",
     "deadline": "90s",
     "wait_timeout": "90s",
+    "settle": "250ms",
     "workers": "2",
 }
 

@@ -116,9 +116,11 @@ async def dispatch(
     workspaces: dict[str, WorkspaceLimits] | None = None,
     look_ahead: int = 10_000,
     stop_after: int = 0,
+    settle: float = 0.05,
 ) -> tuple[Dispatcher, Summary]:
     """Dispatch `jobs` to `service`; with `stop_after`, stop the run once that many calls
-    were made (the rest end pending)."""
+    were made (the rest end pending). `settle`: a short window, so a check that finds a
+    lost answer's call not taken resends soon."""
     ledger_path = tmp_path / "ledger.jsonl"
     ledger = Ledger(ledger_path, fsync="never")
     count = total if total is not None else len(jobs)  # type: ignore[arg-type]
@@ -130,6 +132,7 @@ async def dispatch(
         canary=canary,
         workspaces=workspaces or {},
         look_ahead=look_ahead,
+        settle=settle,
     )
     dispatcher = Dispatcher(service, ledger, Pacer(TokenBucket(0.0)), settings)
     if stop_after:
@@ -355,6 +358,21 @@ async def test_a_lost_answer_is_resent_when_the_check_says_it_did_not_start(
     _, summary = await dispatch(tmp_path, make_jobs(1), service)
     assert service.calls == ["job-0", "job-0"]
     assert summary.outcomes["started"] == 1
+    # The quick look is too soon to trust "not taken"; the look after the window is.
+    events = read_ledger(tmp_path / "ledger.jsonl").events
+    assert [e["conclusion"] for e in events if e["event"] == "check"] == ["not_yet", "not_taken"]
+
+
+async def test_a_call_found_in_effect_is_settled_at_once_whatever_the_window(
+    tmp_path: Path,
+) -> None:
+    """The window only delays a resend: a check that finds the call in effect settles it."""
+    service = FakeService({"job-0": [Reply(504, 0.0, error_code="APIGW.0203")]})
+    service.state["job-0"] = "SCHEDULING"
+    with anyio.fail_after(10):
+        _, summary = await dispatch(tmp_path, make_jobs(1), service, settle=3600.0)
+    assert summary.outcomes["started"] == 1
+    assert service.calls == ["job-0"]
 
 
 async def test_when_the_check_keeps_failing_the_job_ends_unknown(tmp_path: Path) -> None:
@@ -574,3 +592,99 @@ async def test_a_resume_waits_for_a_run_of_the_earlier_segment_before_resending(
     # check found no instance and this segment ran the job a second time.
     assert 1 + len(service.runs) == runs
     assert dispatcher.tally.started == 1
+
+
+class LateStart(FakeService):
+    """start/stop: the first call's answer is lost, and the call takes effect only `late`
+    seconds after it was sent (the backend was still at it when the gateway gave up)."""
+
+    def __init__(self, action: Action, late: float, earlier: float | None = None) -> None:
+        super().__init__()
+        self.action = action
+        self.late = late
+        self.effects: list[float] = []  # when each call takes effect (monotonic)
+        if earlier is not None:  # a call of an earlier segment, sent at Unix time `earlier`
+            self.effects.append(time.monotonic() + (earlier - time.time()) + late)
+
+    async def call(self, job: Job, action: Action) -> Reply:
+        self.calls.append(job.name)
+        if not self.effects:
+            self.effects.append(time.monotonic() + self.late)
+            return Reply(504, 0.0, error_code="APIGW.0203")
+        self.effects.append(time.monotonic())
+        return Reply(204, 0.0)
+
+    async def job_status(self, job: Job) -> JobStatus:
+        landed = any(time.monotonic() >= t for t in self.effects)
+        before, after = (
+            ("STOPPED", "SCHEDULING") if self.action == "start" else ("SCHEDULING", "STOPPED")
+        )
+        return JobStatus(Reply(200, 0.001), after if landed else before, True)
+
+
+def _late_settings(action: Action, settle: float) -> DispatchSettings:
+    return DispatchSettings(
+        action=action,
+        concurrency=1,
+        retry=RetryPolicy(max_attempts=4, base=0.001, cap=0.01),
+        settle=settle,
+    )
+
+
+@pytest.mark.parametrize("action", ["start", "stop"])
+@pytest.mark.parametrize(("settle", "effects"), [(0.0, 2), (0.4, 1)])
+async def test_start_and_stop_wait_out_the_window_before_any_resend(
+    tmp_path: Path, action: Action, settle: float, effects: int
+) -> None:
+    service = LateStart(action, late=0.2)
+    ledger = Ledger(tmp_path / "l.jsonl", fsync="never")
+    ledger.header({"run_id": "r1", "manifest": {"jobs": 1}})
+    dispatcher = Dispatcher(
+        service, ledger, Pacer(TokenBucket(0.0)), _late_settings(action, settle)
+    )
+    await dispatcher.run(make_jobs(1))
+    ledger.close()
+    # Without the window the quick check sees the old state and sends the call again.
+    assert len(service.effects) == effects
+    assert dispatcher.tally.started == 1
+    assert dispatcher.tally.checking == 0
+
+
+@pytest.mark.parametrize(("settle", "effects"), [(0.0, 2), (0.4, 1)])
+async def test_a_resume_waits_out_the_window_of_a_start_written_before_a_crash(
+    tmp_path: Path, settle: float, effects: int
+) -> None:
+    intent_t = time.time()
+    service = LateStart("start", late=0.2, earlier=intent_t)
+    ledger = Ledger(tmp_path / "l.jsonl", fsync="never")
+    ledger.header({"run_id": "r2", "manifest": {"jobs": 1}})
+    dispatcher = Dispatcher(
+        service,
+        ledger,
+        Pacer(TokenBucket(0.0)),
+        _late_settings("start", settle),
+        prior=lambda _: (1, intent_t),
+    )
+    await dispatcher.run(make_jobs(1))
+    ledger.close()
+    # The earlier segment's start lands in any case; without the window the quick check
+    # found the job STOPPED and this segment started it a second time.
+    assert len(service.effects) == effects
+    assert dispatcher.tally.started == 1
+
+
+async def test_jobs_being_checked_are_counted_while_they_wait(tmp_path: Path) -> None:
+    service = LateStart("start", late=0.2)
+    ledger = Ledger(tmp_path / "l.jsonl", fsync="never")
+    ledger.header({"run_id": "r1", "manifest": {"jobs": 1}})
+    dispatcher = Dispatcher(service, ledger, Pacer(TokenBucket(0.0)), _late_settings("start", 0.5))
+    seen = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dispatcher.run, make_jobs(1))
+        with anyio.fail_after(10):
+            while not service.calls:  # noqa: ASYNC110 - the fake has no event for this
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.1)  # answered 504 at once: now within the window
+        seen.append(dispatcher.tally.checking)
+    assert seen == [1]
+    assert dispatcher.tally.checking == 0

@@ -194,8 +194,10 @@ async def test_faults_end_with_every_job_started_exactly_once(tmp_path: Path) ->
         done = await launcher(
             "run", str(manifest), "--endpoint", url, "--project-id", "p1", "--rate", "0",
             "--no-adaptive", "--timeout", "1", "--max-attempts", "6",
-            "--backoff-base", "0.01", "--ledger", str(ledger),
+            "--backoff-base", "0.01", "--ledger", str(ledger), "--settle", "0.1",
         )  # fmt: skip
+    # (No fault here applies a call late: a short --settle window is safe, and keeps the
+    # retries after "not taken" among the successes that refund the retry budget.)
     assert done.code == 0, done.stdout + done.stderr
     for n in range(600):
         assert sim.stats.took_effect("start", "p1", f"job-{n:04d}") == 1

@@ -324,7 +324,9 @@ async def test_two_workers_start_every_job_once_into_one_ledger(tmp_path: Path) 
     manifest = write_manifest(tmp_path / "m.jsonl", job_lines(count))
     ledger = tmp_path / "l.jsonl"
     async with running(SimConfig(fail_503=0.02, seed=3)) as (sim, url):
-        done = await launcher(*_run_args(manifest, url, ledger, "--rate", "0", "--workers", "2"))
+        done = await launcher(
+            *_run_args(manifest, url, ledger, "--rate", "0", "--workers", "2", "--settle", "0.1")
+        )
     assert done.code == 0, done.stderr
     for n in range(count):
         assert sim.stats.took_effect("start", "p1", f"job-{n:04d}") == 1

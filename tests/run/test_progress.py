@@ -31,6 +31,14 @@ def test_status_line_names_the_workspace_limit_that_binds_and_its_eta() -> None:
     assert "ETA 18s" in line  # ...but 90 jobs at 5/s take 18 s
 
 
+def test_status_line_says_how_many_lost_answers_are_being_checked() -> None:
+    """A check waits out --settle before it may resend: the wait shows, it is not a hang."""
+    assert "checked" not in status_line(Tally(total=10, done=2), elapsed=1.0)
+    line = status_line(Tally(total=10, done=2, checking=3), elapsed=1.0)
+    assert "3 lost answers being checked" in line
+    assert "1 lost answer being checked" in status_line(Tally(total=3, checking=1), elapsed=1.0)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("tty", [False, True])
 async def test_progress_ends_on_the_final_count(tty: bool) -> None:

@@ -96,7 +96,25 @@ async def test_a_replay_to_its_own_target_is_refused_without_force(tmp_path: Pat
         assert refused.code == 2
         assert "second time" in refused.stderr
         assert "--force" in refused.stderr
+        assert "launcher resume" not in refused.stderr  # no job in doubt was asked for
     assert elsewhere.code == 0, elsewhere.stderr
     assert forced.code == 0, forced.stderr
     assert sim.stats.took_effect("start", "p2", "job-0000", "ws-finance") == 1
     assert sim.stats.took_effect("start", "p1", "job-0000", "ws-finance") == 1  # forced
+
+
+async def test_a_replay_of_jobs_in_doubt_to_their_own_target_points_at_resume(
+    tmp_path: Path,
+) -> None:
+    """Jobs in doubt replayed where they ran would be sent without the status check and
+    settle window a resume makes first: the refusal names the command that checks."""
+    async with running() as (sim, url):
+        _, ledger = await source_run(tmp_path, url, "--rate", "0")
+        sim.stats.reset()
+        refused = await launcher(
+            "replay", str(ledger), "--endpoint", url, "--only", "unknown,pending",
+            "--ledger", str(tmp_path / "r1.jsonl"),
+        )  # fmt: skip
+    assert refused.code == 2
+    assert f"launcher resume {ledger}" in refused.stderr
+    assert sim.stats.requests == 0

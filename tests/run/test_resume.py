@@ -30,7 +30,7 @@ async def test_kill_9_twice_then_resume_starts_every_job_exactly_once(tmp_path: 
     run = (
         "run", str(manifest), "--endpoint", "", "--project-id", "p1", "--rate", "1000/s",
         "--concurrency", "64", "--timeout", "1", "--ledger", str(ledger), "--no-adaptive",
-        "--backoff-base", "0.01",
+        "--backoff-base", "0.01", "--settle", "1",
     )  # fmt: skip
     async with running(faults) as (sim, url):
         args = tuple(url if a == "" else a for a in run)

@@ -100,7 +100,7 @@ async def test_waves_run_in_order_under_faults(tmp_path: Path) -> None:
         done = await launcher(
             "run", str(manifest), "--endpoint", url, "--project-id", "p1", "--rate", "0",
             "--ledger", str(ledger), "--max-attempts", "10", "--backoff-base", "0.01",
-            "--timeout", "2", "--workers", "4",
+            "--timeout", "2", "--workers", "4", "--settle", "0.1",
         )  # fmt: skip
     assert done.code == 0, done.stdout + done.stderr
     for wave in range(3):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import orjson
 import pytest
 from net_helpers import tls_files
@@ -81,6 +82,34 @@ async def test_504_after_processing_took_effect_and_refusals_did_not() -> None:
         assert sim.stats.took_effect("start", "p", f"j{n}") == 1
     for n in refused:
         assert sim.stats.took_effect("start", "p", f"j{n}") == 0
+
+
+async def test_a_late_call_is_answered_504_at_once_and_takes_effect_later() -> None:
+    config = SimConfig(late_fraction=1.0, late_seconds=0.3, known_jobs=frozenset({"j1"}))
+    async with running(config) as (sim, url), aiohttp.ClientSession() as session:
+        status, body = await post(session, f"{url}/v1/p/jobs/j1/start")
+        assert (status, body["error_code"]) == (504, "APIGW.0203")
+        _, before, _ = await get(session, f"{url}/v1/p/jobs?jobName=j1")
+        assert sim.stats.took_effect("start", "p", "j1") == 0
+        assert sim.late_pending == 1
+        while sim.late_pending:  # noqa: ASYNC110 - the simulator has no event for this
+            await anyio.sleep(0.02)
+        _, after, _ = await get(session, f"{url}/v1/p/jobs?jobName=j1")
+        assert sim.stats.took_effect("start", "p", "j1") == 1
+        assert sim.stats.faults["late"] == 1
+    assert before["jobs"][0]["status"] == "STOPPED"  # a status check sees the old state
+    assert after["jobs"][0]["status"] == "SCHEDULING"
+
+
+async def test_late_calls_still_pending_take_effect_when_the_simulator_stops() -> None:
+    async with (
+        running(SimConfig(late_fraction=1.0, late_seconds=60.0)) as (sim, url),
+        aiohttp.ClientSession() as session,
+    ):
+        assert (await post(session, f"{url}/v1/p/jobs/j1/run-immediate"))[0] == 504
+        assert sim.stats.took_effect("run-immediate", "p", "j1") == 0
+    assert sim.late_pending == 0
+    assert sim.stats.took_effect("run-immediate", "p", "j1") == 1
 
 
 @pytest.mark.parametrize(
