@@ -219,6 +219,10 @@ STANDINGS: tuple[Standing, ...] = ("started", "failed", "unknown", "pending")
 
 # What a `check` event concluded about an ambiguous attempt: the call `took_effect`
 # (the job is started), was `not_taken` (safe to resend), the check itself failed
-# (`check_failed`, tried again) or kept failing (`gave_up`: the job is unknown); or,
-# with no check, that the attempts ran out (`attempts_exhausted`: the job failed).
-Conclusion = Literal["took_effect", "not_taken", "check_failed", "gave_up", "attempts_exhausted"]
+# (`check_failed`, tried again) or kept failing (`gave_up`: the job is unknown); the
+# job still reads its old state inside the settle window (`not_yet`: looked again
+# when it ends, never resent before); or, with no check, that the attempts ran out
+# (`attempts_exhausted`: the job failed).
+Conclusion = Literal[
+    "took_effect", "not_taken", "not_yet", "check_failed", "gave_up", "attempts_exhausted"
+]
