@@ -114,19 +114,25 @@ class Failure(StrEnum):
 
 
 def failure_key(
-    error_code: str | None, status: int | None, failure: str | None, detail: str | None = None
+    error_code: str | None,
+    status: int | None,
+    failure: str | None,
+    detail: str | None = None,
+    *,
+    bare_status: bool = False,
 ) -> str:
     """How a failed attempt is counted, in run reports and load-test reports alike.
 
     Its error code (`DLF.0100`, `APIGW.0308`), else its HTTP status (`HTTP 503`:
-    a bare number reads as a code), else how the request failed (`timeout`,
-    `connect`, `disconnect`; `error` when nothing says), with its reason when
-    one is given (`connect: cannot connect to ...`).
+    a bare number reads as a code; `bare_status`: `503`, as the load test's
+    `errors` keys have always been, a contract scripts read), else how the request
+    failed (`timeout`, `connect`, `disconnect`; `error` when nothing says), with
+    its reason when one is given (`connect: cannot connect to ...`).
     """
     if error_code:
         return error_code
     if status is not None:
-        return f"HTTP {status}"
+        return str(status) if bare_status else f"HTTP {status}"
     kind = str(failure) if failure else "error"  # (a `Failure` member: its plain value)
     return f"{kind}: {detail}" if detail else kind
 

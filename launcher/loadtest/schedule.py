@@ -246,12 +246,13 @@ def measure(scheduled: float, answered: float, service: float) -> Sample:
 def error_key(reply: Reply, verdict: Verdict) -> str | None:
     """How an answer is counted: None for a start, else `models.failure_key` (as run
     reports count failures): `APIGW.0308`, `DLF.0100` when the body names a code;
-    `HTTP 503`, `HTTP 404` when it does not; `timeout`, `connect`, `disconnect` when
-    no answer was read (without the reason: a load test's keys stay a few).
+    `503`, `404` when it does not (bare: the `errors` keys operators' scripts read);
+    `timeout`, `connect`, `disconnect` when no answer was read (without the reason:
+    a load test's keys stay a few).
     """
     if verdict is STARTED:
         return None
-    return failure_key(reply.error_code, reply.status, reply.failure)
+    return failure_key(reply.error_code, reply.status, reply.failure, bare_status=True)
 
 
 # --- thresholds -------------------------------------------------------------------------

@@ -267,7 +267,7 @@ def test_latency_counts_from_the_scheduled_time(
         (Reply(200, 0.01, instance_id=5), None),
         (Reply(429, 0.01, error_code="APIGW.0308"), "APIGW.0308"),
         (Reply(400, 0.01, error_code="DLF.0100"), "DLF.0100"),
-        (Reply(503, 0.01), "HTTP 503"),  # as run reports count it
+        (Reply(503, 0.01), "503"),  # bare, as the interface's `errors` keys promise
         (Reply(None, 1.0, failure=Failure.TIMEOUT), "timeout"),
         (Reply(None, 0.0, failure=Failure.CONNECT), "connect"),
         (Reply(None, 0.1, failure=Failure.DISCONNECT), "disconnect"),
