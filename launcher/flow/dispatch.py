@@ -148,8 +148,10 @@ class Tally:
 
 
 # What `_reconcile` found: the call took effect (the job is `started`), it certainly
-# did not (`not_taken`: safe to send again), or the check kept failing (`unknown`).
-Settled = Literal["started", "not_taken", "unknown"]
+# did not (`not_taken`: safe to send again), the check kept failing (`unknown`), or
+# the run stopped before it could tell (`in_doubt`: the ledger still shows the lost
+# answer, so a resume checks again, its window counted from the intent).
+Settled = Literal["started", "not_taken", "unknown", "in_doubt"]
 
 # What a status check says about an ambiguous `start`/`stop`.
 _TOOK_EFFECT = {"start": "SCHEDULING", "stop": "STOPPED"}
@@ -455,6 +457,10 @@ class Dispatcher:
         recorded `not_yet` and made again when the window ends. Returns `started`
         (it took effect), `not_taken` (safe to send again) or `unknown` (the check
         kept failing, `status_checks` times).
+
+        A stopping run does not wait out the window (an operator's Ctrl-C at 3 a.m.
+        is not held for `--settle`): the job is left `in_doubt`, with no conclusion
+        recorded, and a resume makes the check, after the window since the intent.
         """
         policy = self._settings.retry
         now = self._clock()
@@ -472,7 +478,10 @@ class Dispatcher:
             # Wait first: an answer that was lost may still be in the service's hands.
             delay = retry_delay(Verdict.TRANSIENT, _NO_REPLY, 1, policy, self._rand)
             while True:
-                await anyio.sleep(delay)
+                with anyio.move_on_after(delay):
+                    await self._stopped.wait()
+                if self._stopping:
+                    return "in_doubt"
                 if action == "run-immediate":
                     since_ms = int((intent_t - PLAN_TIME_SKEW) * 1000)
                     last_reply, instances = await self._service.instances(job, since_ms)

@@ -20,9 +20,10 @@ from launcher.errors import AuthFailed, TlsFailed
 from launcher.flow.dispatch import Dispatcher, DispatchSettings, WorkspaceLimits
 from launcher.flow.pacing import Pacer, TokenBucket
 from launcher.flow.policy import RetryPolicy
-from launcher.ledger import Ledger, read_ledger
+from launcher.ledger import Ledger, fold, read_ledger
 from launcher.ledger.report import Summary, summarize
 from launcher.models import Action, Failure, Job, JobStatus, Reply
+from launcher.run.resume import Next, next_step
 
 pytestmark = pytest.mark.anyio
 
@@ -373,6 +374,42 @@ async def test_a_call_found_in_effect_is_settled_at_once_whatever_the_window(
         _, summary = await dispatch(tmp_path, make_jobs(1), service, settle=3600.0)
     assert summary.outcomes["started"] == 1
     assert service.calls == ["job-0"]
+
+
+async def test_a_stop_inside_the_window_leaves_the_job_in_doubt_at_once(tmp_path: Path) -> None:
+    """Ctrl-C is not held for --settle: the job keeps its lost answer, unconcluded,
+    and a resume checks it (never a blind resend)."""
+    service = FakeService({"job-0": [Reply(None, 0.0, failure=Failure.DISCONNECT)]})
+    looked = anyio.Event()
+    answer = service.job_status
+
+    async def job_status(job: Job) -> JobStatus:
+        looked.set()
+        return await answer(job)
+
+    service.job_status = job_status  # type: ignore[method-assign]
+    ledger = Ledger(tmp_path / "ledger.jsonl", fsync="never")
+    ledger.header({"run_id": "r1", "manifest": {"jobs": 1}})
+    settings = DispatchSettings(
+        concurrency=1, retry=RetryPolicy(base=0.001, cap=0.01), settle=3600.0
+    )
+    dispatcher = Dispatcher(service, ledger, Pacer(TokenBucket(0.0)), settings)
+    with anyio.fail_after(10):  # far inside the hour-long window
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(dispatcher.run, make_jobs(1))
+            await looked.wait()
+            while dispatcher.tally.checking == 0:  # noqa: ASYNC110 - no event to wait on
+                await anyio.sleep(0.001)
+            dispatcher.stop("interrupted")
+    ledger.close()
+    assert service.calls == ["job-0"]
+    assert dispatcher.tally.checking == 0
+    read = read_ledger(tmp_path / "ledger.jsonl")
+    assert [e["conclusion"] for e in read.events if e["event"] == "check"] == ["not_yet"]
+    record = fold([read_ledger(tmp_path / "ledger.jsonl")]).record("job-0")
+    assert record is not None
+    assert record.outcome is None
+    assert next_step(record, retry_failed=False) is Next.CHECK
 
 
 async def test_when_the_check_keeps_failing_the_job_ends_unknown(tmp_path: Path) -> None:

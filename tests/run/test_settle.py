@@ -101,3 +101,40 @@ async def test_a_resume_after_kill_9_waits_for_a_request_written_before_the_cras
     assert report["outcomes"] == {"started": count, "failed": 0, "unknown": 0, "pending": 0}
     headers = [e for e in ledger_events(ledger) if e["event"] == "run"]
     assert len(headers) == 1 + int(workers)  # the crashed run, and each worker's segment
+
+
+async def test_an_interrupt_inside_the_window_is_not_held_for_it(tmp_path: Path) -> None:
+    """SIGINT while lost answers wait out a long --settle: the run stops without waiting
+    for the window, leaves each job in doubt (no conclusion), and the resume checks
+    them, after the window since each intent: every start reaches the service once."""
+    count = 4
+    manifest = write_manifest(tmp_path / "m.jsonl", job_lines(count))
+    ledger = tmp_path / "l.jsonl"
+    faults = SimConfig(late_fraction=1.0, late_seconds=LATE)
+    async with running(faults) as (sim, url):
+        args = _run(manifest, url, ledger, "--no-canary")
+        interrupted = await anyio.open_process(
+            [sys.executable, "-m", "launcher", *args, "--settle", "3600"], env=sim_env()
+        )
+        async with interrupted:
+            await _until_late(sim, count)
+            with anyio.fail_after(30):  # each lost answer had its quick look
+                while sim.stats.by_route["jobs"] < count:  # noqa: ASYNC110 - no event
+                    await anyio.sleep(0.01)
+            interrupted.send_signal(signal.SIGINT)
+            # A bound, not a timing: before, a stop waited out the window (or the
+            # 30 s grace for requests in flight, whichever came first).
+            with anyio.fail_after(20):
+                code = await interrupted.wait()
+        assert code == 130
+        checks = Counter(e["conclusion"] for e in ledger_events(ledger) if e["event"] == "check")
+        assert checks == {"not_yet": count}
+        assert report_json(ledger)["outcomes"]["started"] == 0
+        done = await launcher(*args, "--resume", "--settle", SETTLE)
+    assert done.code == 0, done.stdout + done.stderr
+    assert sim.stats.by_route["start"] == count  # nothing was sent again
+    for n in range(count):
+        assert sim.stats.took_effect("start", "p1", f"job-{n:04d}") == 1, f"job-{n:04d}"
+    report = report_json(ledger)
+    assert report["outcomes"] == {"started": count, "failed": 0, "unknown": 0, "pending": 0}
+    assert report["reconciled"] == count
