@@ -4,7 +4,7 @@
 reconcile a lost answer; `transport.HttpPool` is the lean HTTP/1.1 pool under
 it (with the write-ahead hook that puts the ledger's intent on disk before a
 request leaves); `signing` is SDK-HMAC-SHA256; `auth` picks AK/SK, an IAM
-token or an IAM password login from the environment; `proxy` which forward proxy
+token or an IAM password login (`iam`) from the environment; `proxy` which forward proxy
 a URL goes through (`--proxy`, HTTPS_PROXY, NO_PROXY); `regions` the SDK's region
 tables; `answers` the SDK's error-body shapes; `listing` the paged job and
 instance lists (read to `total`) that snapshot, wait and verify build on. Nothing
@@ -20,9 +20,9 @@ from launcher.dlf.auth import (
     auth_from_env,
     check_credentials,
     check_url,
-    iam_endpoint_for_region,
 )
 from launcher.dlf.client import DlfClient, endpoint_for_region, job_body, path_segment
+from launcher.dlf.iam import iam_endpoint_for_region
 from launcher.dlf.listing import (
     InstanceLookup,
     JobEntry,

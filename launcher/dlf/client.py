@@ -29,7 +29,8 @@ import orjson
 from launcher import __version__
 from launcher.dlf import listing
 from launcher.dlf.answers import reply_from_answer, service_clock
-from launcher.dlf.auth import AkSkAuth, Auth, IamPasswordAuth
+from launcher.dlf.auth import AkSkAuth, Auth
+from launcher.dlf.iam import IamPasswordAuth
 from launcher.dlf.listing import QueryAnswer
 from launcher.dlf.paths import path_segment
 from launcher.dlf.proxy import ProxySettings

@@ -10,8 +10,9 @@ import aiohttp
 import pytest
 from net_helpers import TlsFiles, tinyproxy, tls_files
 
-from launcher.dlf.auth import Auth, IamPasswordAuth, NoAuth
+from launcher.dlf.auth import Auth, NoAuth
 from launcher.dlf.client import DlfClient
+from launcher.dlf.iam import IamPasswordAuth
 from launcher.dlf.proxy import ProxySettings
 from launcher.errors import AuthFailed, UsageError
 from launcher.flow.policy import Verdict, classify
