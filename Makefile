@@ -42,8 +42,12 @@ ensure-tinyproxy:
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tinyproxy; }
 
+# The suite runs on up to 4 processes (pytest-xdist; `worksteal` evens out the few
+# long end-to-end tests). Every test makes its own ports, files and servers, so none
+# shares state with another. `make unit TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 unit: $(VENV)/.test-installed ensure-redis ensure-tinyproxy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test: lint typecheck unit
 
