@@ -423,10 +423,14 @@ class Dispatcher:
                 self.tally.throttled += 1
             delay = retry_delay(verdict, reply, tries, policy, self._rand)
             if delay > 0.0:
-                with anyio.move_on_after(delay):
-                    await self._stopped.wait()
+                await self._pause(delay)
             if self._stopping:
                 return None  # the ledger shows a retryable last attempt: the job is pending
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep `delay` seconds, or less if the run stops meanwhile."""
+        with anyio.move_on_after(delay):
+            await self._stopped.wait()
 
     def _may_retry(self, verdict: Verdict) -> bool:
         return self._budget is None or self._budget.try_spend(verdict)
@@ -478,8 +482,7 @@ class Dispatcher:
             # Wait first: an answer that was lost may still be in the service's hands.
             delay = retry_delay(Verdict.TRANSIENT, _NO_REPLY, 1, policy, self._rand)
             while True:
-                with anyio.move_on_after(delay):
-                    await self._stopped.wait()
+                await self._pause(delay)
                 if self._stopping:
                     return "in_doubt"
                 if action == "run-immediate":

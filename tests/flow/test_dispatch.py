@@ -62,6 +62,7 @@ class FakeService:
         self.first_call_alone: bool | None = None
         self.calls_seen = anyio.Event()  # set once `notify_after` calls were made
         self.notify_after = 0
+        self.looked = anyio.Event()  # set at the first status check
 
     async def call(self, job: Job, action: Action) -> Reply:
         self.calls.append(job.name)
@@ -88,6 +89,7 @@ class FakeService:
             self._by_workspace[job.workspace] -= 1
 
     async def job_status(self, job: Job) -> JobStatus:
+        self.looked.set()
         scripted = self.status_script.get(job.name)
         if scripted:
             return scripted.pop(0)
@@ -380,14 +382,6 @@ async def test_a_stop_inside_the_window_leaves_the_job_in_doubt_at_once(tmp_path
     """Ctrl-C is not held for --settle: the job keeps its lost answer, unconcluded,
     and a resume checks it (never a blind resend)."""
     service = FakeService({"job-0": [Reply(None, 0.0, failure=Failure.DISCONNECT)]})
-    looked = anyio.Event()
-    answer = service.job_status
-
-    async def job_status(job: Job) -> JobStatus:
-        looked.set()
-        return await answer(job)
-
-    service.job_status = job_status  # type: ignore[method-assign]
     ledger = Ledger(tmp_path / "ledger.jsonl", fsync="never")
     ledger.header({"run_id": "r1", "manifest": {"jobs": 1}})
     settings = DispatchSettings(
@@ -397,9 +391,8 @@ async def test_a_stop_inside_the_window_leaves_the_job_in_doubt_at_once(tmp_path
     with anyio.fail_after(10):  # far inside the hour-long window
         async with anyio.create_task_group() as tg:
             tg.start_soon(dispatcher.run, make_jobs(1))
-            await looked.wait()
-            while dispatcher.tally.checking == 0:  # noqa: ASYNC110 - no event to wait on
-                await anyio.sleep(0.001)
+            # The quick look found STOPPED (`not_yet`); the job now waits out the window.
+            await service.looked.wait()
             dispatcher.stop("interrupted")
     ledger.close()
     assert service.calls == ["job-0"]
